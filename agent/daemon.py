@@ -1,0 +1,98 @@
+"""Runs the agent process: registers with the coordinator, sends heartbeats, re-registers when
+the coordinator has forgotten it, and dispatches the coordinator's orders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from agent.hostinfo import agent_info
+from agent.link import CoordinatorLink
+from crctl.config import Config
+from crctl.v1 import control_pb2
+
+log = structlog.get_logger()
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._link = CoordinatorLink(
+            config.control_endpoint, config.keys_dir, config.agent_key_name(), config.host
+        )
+        self._info = agent_info(config.host)
+        self._interval = config.heartbeat_interval
+        self._registered = False
+        self._sequence = 0
+
+    async def _register(self) -> None:
+        message = control_pb2.AgentMessage()
+        message.register.info.CopyFrom(self._info)
+        if await self._link.send(message):
+            log.info("agent_registering", addresses=list(self._info.addresses))
+
+    async def _heartbeat(self) -> None:
+        self._sequence += 1
+        message = control_pb2.AgentMessage()
+        message.heartbeat.host = self._config.host
+        message.heartbeat.sequence = self._sequence
+        await self._link.send(message)
+
+    def _on_message(self, message: control_pb2.CoordinatorMessage) -> bool:
+        """Handle one message; returns True when the agent must register (again)."""
+        kind = message.WhichOneof("body")
+        if kind == "register_ack":
+            ack = message.register_ack
+            if not ack.accepted:
+                log.error("agent_registration_refused", reason=ack.reason)
+                return False
+            self._registered = True
+            if ack.heartbeat_interval > 0:
+                self._interval = ack.heartbeat_interval
+            log.info("agent_registered", heartbeat_interval=self._interval)
+        elif kind == "heartbeat_ack" and not message.heartbeat_ack.known:
+            log.warning("agent_unknown_to_coordinator")
+            self._registered = False
+            return True
+        return False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._link.connect()
+        watcher = asyncio.create_task(self._link.watch())
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time()
+        try:
+            while not stop.is_set():
+                now = loop.time()
+                if now >= next_beat:
+                    if self._registered:
+                        await self._heartbeat()
+                    else:
+                        await self._register()
+                    next_beat = now + self._interval
+                message = await self._link.receive(timeout=max(0.0, next_beat - loop.time()))
+                if message is not None and self._on_message(message):
+                    await self._register()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            self._link.close()
+
+
+async def serve(config: Config) -> None:
+    agent = Agent(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("agent_started", control_endpoint=config.control_endpoint)
+    await agent.run(stop)
+    log.info("agent_stopped")
+
+
+def run(config: Config) -> None:
+    asyncio.run(serve(config))

@@ -1,0 +1,222 @@
+"""`crctl`: argument parsing and dispatch. Each command is a small function; errors become exit
+codes in one place (cli.exit_codes) and a one-line message on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cli import render
+from cli.client import CoordinatorClient
+from cli.exit_codes import ExitCode, exit_code_for
+from crctl import keys, logs
+from crctl.config import KEYS, Config, load_config
+from crctl.doctor import run_checks
+from crctl.errors import CrctlError
+from crctl.v1 import coordinator_pb2
+
+Command = Callable[[argparse.Namespace, Config], int]
+
+_STATE_NAMES = {
+    coordinator_pb2.AGENT_STATE_ALIVE: "alive",
+    coordinator_pb2.AGENT_STATE_LOST: "lost",
+    coordinator_pb2.AGENT_STATE_UNSPECIFIED: "unknown",
+}
+
+
+def _config_flags() -> argparse.ArgumentParser:
+    """Every config key as a --flag (same names as the file and CRCTL_* variables)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("configuration (also CRCTL_<KEY> or the --config file)")
+    group.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                       help="TOML config file (default: $CRCTL_CONFIG)")
+    for key in KEYS:
+        group.add_argument(f"--{key.replace('_', '-')}", dest=f"cfg_{key}",
+                           default=argparse.SUPPRESS, metavar=key.upper())
+    return parent
+
+
+def _load(args: argparse.Namespace) -> Config:
+    flags = {k.removeprefix("cfg_"): v for k, v in vars(args).items() if k.startswith("cfg_")}
+    return load_config(file=getattr(args, "config", None), flags=flags)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
+    checks = run_checks()
+    if args.json:
+        render.print_json([{"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}
+                           for c in checks])
+    else:
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            print(f"{mark} {check.name:<12} {check.detail}")
+            if not check.ok and check.fix:
+                print(f"     {'':<12} fix: {check.fix}")
+    failed = [c for c in checks if c.required and not c.ok]
+    return ExitCode.PREREQUISITE if failed else ExitCode.OK
+
+
+def cmd_coordinator(args: argparse.Namespace, config: Config) -> int:
+    from coordinator.daemon import run
+
+    logs.configure(component="coordinator", host=config.host, fmt=config.log_format,
+                   level=config.log_level)
+    run(config)
+    return ExitCode.OK
+
+
+def cmd_agent(args: argparse.Namespace, config: Config) -> int:
+    from agent.daemon import run
+
+    logs.configure(component="agent", host=config.host, fmt=config.log_format,
+                   level=config.log_level)
+    run(config)
+    return ExitCode.OK
+
+
+def _age(seconds: float) -> str:
+    return f"{max(0.0, time.time() - seconds):.1f}s ago"
+
+
+def cmd_agents(args: argparse.Namespace, config: Config) -> int:
+    with CoordinatorClient(config.grpc_address) as client:
+        agents = client.list_agents()
+    if args.json:
+        render.print_json([
+            {**render.to_dict(a), "state": _STATE_NAMES[a.state]} for a in agents
+        ])
+        return ExitCode.OK
+    render.print_table(
+        ["host", "address", "state", "last heartbeat", "criu"],
+        [[a.host, ",".join(a.addresses) or "-", _STATE_NAMES[a.state],
+          _age(a.last_heartbeat.ToNanoseconds() / 1e9), a.criu_version or "-"] for a in agents],
+    )
+    return ExitCode.OK
+
+
+def cmd_keys_init(args: argparse.Namespace, config: Config) -> int:
+    directory = args.dir or config.keys_dir
+    keys.init_keys(directory, args.agent)
+    print(f"keys in {directory}: coordinator + {len(args.agent)} agent(s)")
+    return ExitCode.OK
+
+
+def cmd_testbed_up(args: argparse.Namespace, config: Config) -> int:
+    from testbed import bed
+
+    state = bed.up(args.hosts, args.dir)
+    print(f"testbed up: {len(state.hosts)} hosts, coordinator at {state.grpc_address}")
+    for host in state.hosts.values():
+        print(f"  {host.name}  {host.address}  (nsenter --net=/run/netns/{host.namespace})")
+    return ExitCode.OK
+
+
+def cmd_testbed_status(args: argparse.Namespace, config: Config) -> int:
+    from testbed import bed, procs
+
+    state = bed.status(args.dir)
+    if state is None:
+        if args.json:
+            render.print_json({"up": False})
+        else:
+            print("testbed is down")
+        return ExitCode.OK
+    processes = {name: {"pid": ref.pid, "running": procs.is_running(ref)}
+                 for name, ref in state.processes.items()}
+    if args.json:
+        render.print_json({
+            "up": True, "directory": state.directory, "grpc_address": state.grpc_address,
+            "control_endpoint": state.control_endpoint,
+            "hosts": {h.name: {"address": h.address, "namespace": h.namespace}
+                      for h in state.hosts.values()},
+            "processes": processes,
+        })
+        return ExitCode.OK
+    print(f"testbed in {state.directory}, coordinator at {state.grpc_address}")
+    render.print_table(
+        ["daemon", "pid", "running"],
+        [[name, p["pid"], "yes" if p["running"] else "no"] for name, p in processes.items()],
+    )
+    return ExitCode.OK
+
+
+def cmd_testbed_start(args: argparse.Namespace, config: Config) -> int:
+    from testbed import bed
+
+    state = bed.status(args.dir)
+    if state is None:
+        raise CrctlError("testbed is down; run `crctl testbed up` first")
+    ref = bed.start(state, args.daemon)
+    print(f"{args.daemon} running as pid {ref.pid}")
+    return ExitCode.OK
+
+
+def cmd_testbed_down(args: argparse.Namespace, config: Config) -> int:
+    from testbed import bed
+
+    removed = bed.down(args.dir)
+    print("testbed down" + (f": removed {len(removed)} items" if removed else ": nothing to do"))
+    return ExitCode.OK
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from testbed.bed import DEFAULT_DIR
+
+    cfg = _config_flags()
+    parser = argparse.ArgumentParser(
+        prog="crctl", description="Checkpoint and migrate distributed jobs with CRIU.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help_text: str,
+            where: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+            json_flag: bool = False) -> argparse.ArgumentParser:
+        p = where.add_parser(name, parents=[cfg], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    add("doctor", cmd_doctor, "check that this host can checkpoint and restore", json_flag=True)
+    add("coordinator", cmd_coordinator, "run the coordinator daemon")
+    add("agent", cmd_agent, "run the per-host agent daemon")
+    add("agents", cmd_agents, "list agents known to the coordinator", json_flag=True)
+
+    keys_parser = sub.add_parser("keys", help="manage CurveZMQ keys")
+    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = add("init", cmd_keys_init, "create the coordinator's and agents' key pairs", keys_sub)
+    p.add_argument("--dir", type=Path, help="keys directory (default: keys_dir)")
+    p.add_argument("--agent", action="append", default=[], metavar="NAME",
+                   help="create a key pair for this agent (repeatable)")
+
+    tb = sub.add_parser("testbed", help="emulated hosts on this machine (network namespaces)")
+    tb_sub = tb.add_subparsers(dest="testbed_command", required=True, metavar="ACTION")
+    p = add("up", cmd_testbed_up, "create hosts h1..hN, start a coordinator and agents", tb_sub)
+    p.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
+    p = add("status", cmd_testbed_status, "show the testbed's daemons", tb_sub, json_flag=True)
+    p = add("start", cmd_testbed_start, "start a stopped testbed daemon", tb_sub)
+    p.add_argument("daemon", help='"coordinator" or "agent-hN"')
+    p = add("down", cmd_testbed_down, "remove everything the testbed made", tb_sub)
+    for action in tb_sub.choices.values():
+        action.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                            help=f"testbed state directory (default {DEFAULT_DIR})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _load(args)
+        return int(args.func(args, config))
+    except CrctlError as exc:
+        print(f"crctl: error: {exc}", file=sys.stderr)
+        return int(exit_code_for(exc))
+    except KeyboardInterrupt:
+        return 130

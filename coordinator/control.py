@@ -1,0 +1,132 @@
+"""The coordinator's side of the control plane: a CurveZMQ ROUTER socket that agents connect to.
+
+Authentication: every agent presents a Curve key; the ZAP handler admits only keys in the allow
+list (``keys_dir/agents/*.key``) and logs each refusal. An admitted key's name is the only host
+name that connection may speak for."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+from crctl import keys
+from crctl.errors import UnavailableError
+from crctl.logs import get_logger
+from crctl.v1 import control_pb2
+from crctl.wire import WireError, decode_agent_message, encode
+
+ZAP_DOMAIN = "crctl"
+log = get_logger()
+
+# (host the message speaks for, message) -> reply or None
+Handler = Callable[
+    [str, control_pb2.AgentMessage], Awaitable[control_pb2.CoordinatorMessage | None]
+]
+
+
+class _AllowList:
+    """ZAP credentials provider: admits known agent keys, logs every refusal."""
+
+    def __init__(self, allowed: dict[bytes, str]) -> None:
+        self.allowed = allowed
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.allowed:
+            return True
+        log.warning("agent_refused", reason="unknown CurveZMQ key", client_key=key.decode())
+        return False
+
+
+class _NamedAuthenticator(AsyncioAuthenticator):
+    """Reports the admitted key's name (not the raw key) as the ZMQ User-Id of its messages."""
+
+    def __init__(self, context: zmq.asyncio.Context, allowed: dict[bytes, str]) -> None:
+        super().__init__(context)
+        self._names = allowed
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self._names.get(zmq.utils.z85.encode(client_public_key), "")
+
+
+class ControlPlane:
+    def __init__(self, endpoint: str, keys_dir: Any, handler: Handler) -> None:
+        self._endpoint = endpoint
+        self._keys_dir = keys_dir
+        self._handler = handler
+        self._context = zmq.asyncio.Context()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._auth: _NamedAuthenticator | None = None
+
+    def start(self) -> None:
+        server = keys.coordinator_keypair(self._keys_dir)
+        allowed = keys.allowed_agent_keys(self._keys_dir)
+        self._auth = _NamedAuthenticator(self._context, allowed)
+        self._auth.start()
+        self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=_AllowList(allowed))
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes over its identity
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a gone agent raises
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        sock.curve_server = True
+        sock.curve_publickey = server.public
+        sock.curve_secretkey = server.secret
+        sock.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        try:
+            sock.bind(self._endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise UnavailableError(
+                f"cannot listen for agents on {self._endpoint}: {exc}"
+            ) from None
+        self._socket = sock
+        log.info("control_listening", endpoint=self._endpoint, allowed_agents=len(allowed))
+
+    async def send(self, host: str, message: control_pb2.CoordinatorMessage) -> None:
+        assert self._socket is not None
+        try:
+            await self._socket.send_multipart([host.encode(), encode(message)])
+        except zmq.ZMQError as exc:
+            raise UnavailableError(f"agent {host} is not connected: {exc}", host=host) from None
+
+    async def serve(self) -> None:
+        assert self._socket is not None
+        while True:
+            frames = await self._socket.recv_multipart(copy=False)
+            if len(frames) != 2:
+                log.warning("control_bad_envelope", frames=len(frames))
+                continue
+            identity, frame = frames
+            speaker = frame.get("User-Id") or ""
+            try:
+                message = decode_agent_message(frame.bytes)
+            except WireError as exc:
+                log.warning("control_bad_message", key_name=speaker, error=str(exc))
+                continue
+            if identity.bytes.decode(errors="replace") != speaker:
+                log.warning(
+                    "agent_refused",
+                    reason="identity does not match its key",
+                    identity=identity.bytes.decode(errors="replace"),
+                    key_name=speaker,
+                )
+                continue
+            reply = await self._handler(speaker, message)
+            if reply is not None:
+                try:
+                    await self.send(speaker, reply)
+                except UnavailableError as exc:
+                    log.warning("control_reply_failed", error=str(exc), agent=speaker)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._context.term()
+

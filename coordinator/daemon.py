@@ -1,0 +1,62 @@
+"""Runs the coordinator process: state store, agent registry, ZeroMQ control plane, gRPC API."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from coordinator.api import create_server
+from coordinator.control import ControlPlane
+from coordinator.registry import AgentRegistry
+from coordinator.service import CoordinatorService
+from coordinator.store import Store
+from crctl.clock import SystemClock
+from crctl.config import Config
+
+log = structlog.get_logger()
+
+
+async def serve(config: Config) -> None:
+    store = Store(config.state_db)
+    registry = AgentRegistry(store, SystemClock(), lost_after=config.agent_lost_after)
+    service = CoordinatorService(registry, heartbeat_interval=config.heartbeat_interval)
+    plane = ControlPlane(config.control_endpoint, config.keys_dir, service.on_agent_message)
+    plane.start()
+    server, port = await create_server(service, config.grpc_address)
+    await server.start()
+    log.info(
+        "coordinator_started",
+        grpc_address=config.grpc_address,
+        grpc_port=port,
+        control_endpoint=config.control_endpoint,
+        state_db=str(config.state_db),
+        known_agents=len(registry.agents()),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = [
+        asyncio.create_task(plane.serve(), name="control"),
+        asyncio.create_task(
+            service.run_sweeper(min(config.heartbeat_interval, config.agent_lost_after) / 2),
+            name="sweeper",
+        ),
+    ]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stopper and task.exception() is not None:
+            log.error("coordinator_task_failed", task=task.get_name(), error=repr(task.exception()))
+    log.info("coordinator_stopping")
+    for task in tasks:
+        task.cancel()
+    await server.stop(grace=1.0)
+    plane.close()
+    store.close()
+
+
+def run(config: Config) -> None:
+    asyncio.run(serve(config))

@@ -1,0 +1,77 @@
+"""The coordinator's domain layer: turns control-plane messages and timer ticks into registry
+changes, and answers the API's questions. The gRPC servicer and the ZeroMQ socket only translate."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from coordinator.registry import AgentRegistry
+from coordinator.store import AgentRecord
+from crctl.v1 import control_pb2
+
+log = structlog.get_logger()
+
+
+class CoordinatorService:
+    def __init__(self, registry: AgentRegistry, *, heartbeat_interval: float) -> None:
+        self._registry = registry
+        self._heartbeat_interval = heartbeat_interval
+
+    async def on_agent_message(
+        self, host: str, message: control_pb2.AgentMessage
+    ) -> control_pb2.CoordinatorMessage | None:
+        kind = message.WhichOneof("body")
+        if kind == "register":
+            return self._on_register(host, message.register.info)
+        if kind == "heartbeat":
+            return self._on_heartbeat(host)
+        log.warning("control_unexpected_message", agent=host, kind=kind)
+        return None
+
+    def _on_register(
+        self, host: str, info: control_pb2.AgentInfo
+    ) -> control_pb2.CoordinatorMessage:
+        reply = control_pb2.CoordinatorMessage()
+        if info.host != host:
+            reason = f"host name {info.host!r} does not match the agent's key {host!r}"
+            log.warning("agent_refused", agent=host, reason=reason)
+            reply.register_ack.accepted = False
+            reply.register_ack.reason = reason
+            return reply
+        record, revived = self._registry.register(info)
+        log.info(
+            "agent_registered",
+            agent=host,
+            addresses=list(record.addresses),
+            criu_version=record.criu_version,
+            back_from_lost=revived,
+        )
+        reply.register_ack.accepted = True
+        reply.register_ack.heartbeat_interval = self._heartbeat_interval
+        return reply
+
+    def _on_heartbeat(self, host: str) -> control_pb2.CoordinatorMessage:
+        reply = control_pb2.CoordinatorMessage()
+        if not self._registry.knows(host):
+            reply.heartbeat_ack.known = False
+            return reply
+        transition = self._registry.heartbeat(host)
+        if transition is not None:
+            log.info("agent_alive", agent=host, silent_for=round(transition.silent_for, 3))
+        reply.heartbeat_ack.known = True
+        return reply
+
+    def sweep(self) -> None:
+        for transition in self._registry.sweep():
+            log.warning("agent_lost", agent=transition.host,
+                        silent_for=round(transition.silent_for, 3))
+
+    async def run_sweeper(self, period: float) -> None:
+        while True:
+            self.sweep()
+            await asyncio.sleep(period)
+
+    def agents(self) -> list[AgentRecord]:
+        return self._registry.agents()

@@ -1,0 +1,147 @@
+"""One typed, frozen configuration object for every crctl process.
+
+Precedence, lowest first: the defaults below < a TOML file (``--config`` or ``CRCTL_CONFIG``)
+< ``CRCTL_<KEY>`` environment variables < command-line flags. The same key names are used
+everywhere: ``heartbeat_interval`` is ``heartbeat_interval = 1.0`` in the file,
+``CRCTL_HEARTBEAT_INTERVAL=1.0`` in the environment and ``--heartbeat-interval 1.0`` on the
+command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from crctl.errors import ConfigError
+
+ENV_PREFIX = "CRCTL_"
+CONFIG_FILE_ENV = "CRCTL_CONFIG"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    # Where the coordinator serves its gRPC API, and where clients reach it.
+    grpc_address: str = "127.0.0.1:50051"
+    # The coordinator's ZeroMQ endpoint for agents: it binds this, agents connect to it.
+    control_endpoint: str = "tcp://127.0.0.1:50052"
+    # The coordinator's durable state (SQLite).
+    state_db: Path = Path("/var/lib/crctl/coordinator.db")
+    # Where committed checkpoints are stored (a shared filesystem on a real cluster).
+    checkpoint_dir: Path = Path("/var/lib/crctl/checkpoints")
+    # CurveZMQ keys: coordinator.key(_secret) and agents/<name>.key(_secret).
+    keys_dir: Path = Path("/etc/crctl/keys")
+    # This agent's key pair name under keys_dir/agents/ (defaults to the host name).
+    agent_key: str = ""
+    # The agent's identity; defaults to the machine's host name.
+    host: str = field(default_factory=socket.gethostname)
+    # Seconds between an agent's heartbeats.
+    heartbeat_interval: float = 1.0
+    # Seconds of silence after which the coordinator reports an agent lost.
+    agent_lost_after: float = 5.0
+    # Scratch space of an agent (working image copies, rank pipes).
+    agent_work_dir: Path = Path("/var/lib/crctl/agent")
+    # "auto" (JSON when not a terminal), "json" or "console".
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    def agent_key_name(self) -> str:
+        return self.agent_key or self.host
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
+_LOG_FORMATS = ("auto", "json", "console")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+_TYPES: dict[str, type] = typing.get_type_hints(Config)
+
+
+def _field_type(name: str) -> type:
+    return _TYPES[name]
+
+
+def _coerce(name: str, value: object, source: str) -> object:
+    """Turn a raw value from a file, the environment or a flag into the key's type."""
+    wanted = _field_type(name)
+    try:
+        if wanted is Path:
+            if not isinstance(value, str | Path) or str(value) == "":
+                raise ValueError("expected a path")
+            return Path(value)
+        if wanted is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            number = float(value)  # type: ignore[arg-type]
+            if number <= 0:
+                raise ValueError("must be greater than 0")
+            return number
+        if wanted is str:
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: bad value {value!r} for {name}: {exc}") from None
+    raise ConfigError(f"{source}: {name} has an unsupported type")  # pragma: no cover
+
+
+def _validated(layer: Mapping[str, object], source: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in layer.items():
+        if key not in KEYS:
+            raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(KEYS)})")
+        if value is None:
+            continue
+        out[key] = _coerce(key, value, source)
+    return out
+
+
+def _file_layer(path: Path | None, env: Mapping[str, str]) -> dict[str, object]:
+    if path is None and env.get(CONFIG_FILE_ENV):
+        path = Path(env[CONFIG_FILE_ENV])
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return _validated(data, f"config file {path}")
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, object]:
+    layer = {
+        key: env[ENV_PREFIX + key.upper()] for key in KEYS if ENV_PREFIX + key.upper() in env
+    }
+    return _validated(layer, "environment")
+
+
+def load_config(
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, object] | None = None,
+) -> Config:
+    """Build the Config from defaults, a file, the environment and flags (in that order)."""
+    environ = os.environ if env is None else env
+    merged: dict[str, object] = {}
+    merged.update(_file_layer(file, environ))
+    merged.update(_env_layer(environ))
+    merged.update(_validated(flags or {}, "command line"))
+    config = Config(**merged)  # type: ignore[arg-type]
+    if config.log_format not in _LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
+    if config.log_level not in _LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+    return config

@@ -1,0 +1,70 @@
+"""The project's exception hierarchy. Every error carries the fields an operator needs
+(job, checkpoint, host, phase, errno) and renders as one readable line.
+
+Mapping to gRPC status codes lives in ``coordinator.status_codes``; mapping to CLI exit codes
+lives in ``cli.exit_codes``. Nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CrctlError(Exception):
+    """Base class: a message a person can act on, plus structured context fields."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job: str | None = None,
+        checkpoint: str | None = None,
+        host: str | None = None,
+        phase: str | None = None,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.job = job
+        self.checkpoint = checkpoint
+        self.host = host
+        self.phase = phase
+        self.errno = errno
+
+    def fields(self) -> dict[str, Any]:
+        """The non-empty context fields, for structured logs."""
+        raw = {
+            "job": self.job,
+            "checkpoint": self.checkpoint,
+            "host": self.host,
+            "phase": self.phase,
+            "errno": self.errno,
+        }
+        return {k: v for k, v in raw.items() if v is not None}
+
+    def __str__(self) -> str:
+        context = " ".join(f"{k}={v}" for k, v in self.fields().items())
+        return f"{self.message} ({context})" if context else self.message
+
+
+class ConfigError(CrctlError):
+    """A configuration value, file or flag is malformed."""
+
+
+class NotFoundError(CrctlError):
+    """An unknown job, checkpoint or host was named."""
+
+
+class ConflictError(CrctlError):
+    """The request clashes with something already under way (e.g. a checkpoint in progress)."""
+
+
+class UnavailableError(CrctlError):
+    """A daemon (coordinator or agent) could not be reached."""
+
+
+class CriuError(CrctlError):
+    """CRIU failed; ``message`` carries CRIU's own reason and the log path."""
+
+
+class PrerequisiteError(CrctlError):
+    """Something the host must provide (root, CRIU, nft, namespaces) is missing."""

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code (deploy/gen-proto.sh). Never edit by hand."""

@@ -1,0 +1,279 @@
+"""`crctl testbed up|status|start|down`: emulated hosts h1..hN with a coordinator and agents.
+
+Everything the testbed makes is recorded in ``<dir>/testbed.json`` and named with the
+``crctl-`` prefix, so ``down`` can remove it all, also after a crash or when run twice."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cli.client import CoordinatorClient
+from crctl import keys
+from crctl.errors import CrctlError, PrerequisiteError, UnavailableError
+from crctl.v1 import coordinator_pb2
+from testbed import netns, procs
+
+DEFAULT_DIR = Path(os.environ.get("CRCTL_TESTBED_DIR", "/run/crctl-testbed"))
+PREFIX = "crctl"
+BRIDGE = f"{PREFIX}-br0"
+GRPC_ADDRESS = "127.0.0.1:50051"
+CONTROL_PORT = 50052
+COORDINATOR = "coordinator"
+
+
+@dataclass
+class Host:
+    name: str
+    namespace: str
+    veth: str
+    address: str
+
+
+@dataclass
+class State:
+    directory: str
+    grpc_address: str
+    control_endpoint: str
+    heartbeat_interval: float
+    agent_lost_after: float
+    hosts: dict[str, Host] = field(default_factory=dict)
+    processes: dict[str, procs.ProcessRef] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.directory)
+
+    def save(self) -> None:
+        path = self.dir / "testbed.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, directory: Path) -> State | None:
+        path = directory / "testbed.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        raw["hosts"] = {k: Host(**v) for k, v in raw["hosts"].items()}
+        raw["processes"] = {k: procs.ProcessRef(**v) for k, v in raw["processes"].items()}
+        return cls(**raw)
+
+
+def agent_process(host: str) -> str:
+    return f"agent-{host}"
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _crctl() -> list[str]:
+    return [sys.executable, "-m", "cli"]
+
+
+def _daemon_argv(state: State, name: str) -> list[str]:
+    common = [
+        "--keys-dir", str(state.dir / "keys"),
+        "--control-endpoint", state.control_endpoint,
+        "--heartbeat-interval", str(state.heartbeat_interval),
+        "--log-format", "json",
+    ]
+    if name == COORDINATOR:
+        return [
+            *_crctl(), "coordinator", *common,
+            "--grpc-address", state.grpc_address,
+            "--state-db", str(state.dir / "coordinator.db"),
+            "--checkpoint-dir", str(state.dir / "checkpoints"),
+            "--agent-lost-after", str(state.agent_lost_after),
+        ]
+    host = state.hosts[name.removeprefix("agent-")]
+    return [
+        *netns.nsenter_prefix(host.namespace), *_crctl(), "agent", *common,
+        "--host", host.name,
+        "--agent-work-dir", str(state.dir / "agents" / host.name),
+    ]
+
+
+def _log_path(state: State, name: str) -> Path:
+    return state.dir / "logs" / f"{name}.log"
+
+
+def start(state: State, name: str) -> procs.ProcessRef:
+    """Start a testbed daemon ("coordinator" or "agent-hN") unless it is already running."""
+    current = state.processes.get(name)
+    if current is not None and procs.is_running(current):
+        return current
+    if name != COORDINATOR and name.removeprefix("agent-") not in state.hosts:
+        raise CrctlError(f"no such testbed daemon {name!r}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_project_root()),
+                                                      env.get("PYTHONPATH", "")]))
+    ref = procs.spawn(_daemon_argv(state, name), _log_path(state, name), env=env)
+    state.processes[name] = ref
+    state.save()
+    return ref
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _port_free(address: str) -> bool:
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for_agents(
+    state: State, expected: list[str], timeout: float
+) -> list[coordinator_pb2.Agent]:
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    with CoordinatorClient(state.grpc_address, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                agents = client.list_agents()
+                alive = {a.host for a in agents if a.state == coordinator_pb2.AGENT_STATE_ALIVE}
+                if set(expected) <= alive:
+                    return agents
+                last_error = f"alive so far: {sorted(alive) or 'none'}"
+            except UnavailableError as exc:
+                last_error = str(exc)
+            time.sleep(0.2)
+    raise UnavailableError(
+        f"agents {expected} did not all register within {timeout:.0f}s ({last_error}); "
+        f"see the logs in {state.dir / 'logs'}"
+    )
+
+
+def up(
+    hosts: int,
+    directory: Path = DEFAULT_DIR,
+    *,
+    heartbeat_interval: float = 0.5,
+    agent_lost_after: float = 3.0,
+    timeout: float = 60.0,
+) -> State:
+    if os.geteuid() != 0:
+        raise PrerequisiteError("the testbed needs root (network namespaces, bridge, CRIU)")
+    if not 1 <= hosts <= netns.MAX_HOSTS:
+        raise CrctlError(f"--hosts must be between 1 and {netns.MAX_HOSTS}")
+    with _locked(directory):
+        if State.load(directory) is not None or netns.namespaces_matching(rf"{PREFIX}-h\d+"):
+            raise CrctlError(
+                "a testbed is already up (or left over from a crash); run `crctl testbed down`"
+            )
+        if not _port_free(GRPC_ADDRESS):
+            raise UnavailableError(f"port {GRPC_ADDRESS} is taken: is a coordinator running?")
+        state = State(
+            directory=str(directory),
+            grpc_address=GRPC_ADDRESS,
+            control_endpoint=f"tcp://{netns.BRIDGE_ADDRESS}:{CONTROL_PORT}",
+            heartbeat_interval=heartbeat_interval,
+            agent_lost_after=agent_lost_after,
+        )
+        names = [f"h{i}" for i in range(1, hosts + 1)]
+        keys.init_keys(directory / "keys", names)
+        state.save()
+        try:
+            netns.create_bridge(BRIDGE)
+            for index, name in enumerate(names, start=1):
+                host = Host(name=name, namespace=f"{PREFIX}-{name}", veth=f"{PREFIX}-v{index}",
+                            address=str(netns.host_address(index)))
+                netns.create_host(host.namespace, host.veth, BRIDGE,
+                                  netns.host_address(index))
+                state.hosts[name] = host
+                state.save()
+            start(state, COORDINATOR)
+            for name in names:
+                start(state, agent_process(name))
+            wait_for_agents(state, names, timeout)
+        except CrctlError as exc:
+            tails = _log_tails(state)
+            _teardown(directory)
+            raise CrctlError(f"testbed up failed: {exc}{tails}") from None
+        except BaseException:
+            _teardown(directory)
+            raise
+        return state
+
+
+def _log_tails(state: State, lines: int = 5) -> str:
+    out = []
+    for name in state.processes:
+        path = _log_path(state, name)
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"\n--- {name} log (last {lines} lines):\n" + "\n".join(tail))
+    return "".join(out)
+
+
+def status(directory: Path = DEFAULT_DIR) -> State | None:
+    return State.load(directory)
+
+
+def _teardown(directory: Path) -> list[str]:
+    """Remove everything: recorded processes, every process left in our namespaces, the
+    namespaces, the bridge and the state directory. Idempotent."""
+    removed: list[str] = []
+    state = State.load(directory)
+    if state is not None:
+        for name, ref in state.processes.items():
+            if procs.kill(ref):
+                removed.append(f"process {name} (pid {ref.pid})")
+    namespaces = set(netns.namespaces_matching(rf"{PREFIX}-h\d+"))
+    if state is not None:
+        namespaces |= {
+            h.namespace for h in state.hosts.values() if netns.netns_path(h.namespace).exists()
+        }
+    for namespace in sorted(namespaces):
+        for pid in netns.pids_in(namespace):
+            ticks = procs.start_ticks(pid)
+            if ticks is not None and procs.kill(procs.ProcessRef(pid, ticks)):
+                removed.append(f"process {pid} in {namespace}")
+        netns.delete_namespace(namespace)
+        removed.append(f"namespace {namespace}")
+    for link in [BRIDGE, *(h.veth for h in (state.hosts.values() if state else []))]:
+        if netns.link_exists(link):
+            netns.delete_link(link)
+            removed.append(f"link {link}")
+    if directory.exists():
+        if any(p.name != ".lock" for p in directory.iterdir()):
+            removed.append(f"directory {directory}")
+        shutil.rmtree(directory, ignore_errors=True)
+    return removed
+
+
+def down(directory: Path = DEFAULT_DIR) -> list[str]:
+    if os.geteuid() != 0:
+        raise PrerequisiteError("removing the testbed needs root")
+    with _locked(directory):
+        return _teardown(directory)
+
+
+def exec_in_host(state: State, host: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a command inside an emulated host's network namespace (for tests and operators)."""
+    return subprocess.run([*netns.nsenter_prefix(state.hosts[host].namespace), *argv],
+                          capture_output=True, text=True, check=False)

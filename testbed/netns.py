@@ -1,0 +1,87 @@
+"""Network plumbing for emulated hosts: a bridge in the root namespace and one network namespace
+per host, joined by veth pairs. Addresses come from 198.18.0.0/15 (the benchmarking range)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+from pathlib import Path
+
+from crctl.errors import PrerequisiteError
+
+NETNS_DIR = Path("/run/netns")
+SUBNET = ipaddress.IPv4Network("198.18.0.0/24")
+BRIDGE_ADDRESS = SUBNET.network_address + 1
+MAX_HOSTS = 200
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise PrerequisiteError(f"`ip {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result
+
+
+def host_address(index: int) -> ipaddress.IPv4Address:
+    """Host hN's address: 198.18.0.(10 + N)."""
+    if not 1 <= index <= MAX_HOSTS:
+        raise ValueError(f"host index {index} out of range 1..{MAX_HOSTS}")
+    return SUBNET.network_address + 10 + index
+
+
+def netns_path(namespace: str) -> Path:
+    return NETNS_DIR / namespace
+
+
+def link_exists(name: str) -> bool:
+    return _ip("link", "show", "dev", name, check=False).returncode == 0
+
+
+def create_bridge(bridge: str) -> None:
+    if not link_exists(bridge):
+        _ip("link", "add", bridge, "type", "bridge")
+    _ip("addr", "replace", f"{BRIDGE_ADDRESS}/{SUBNET.prefixlen}", "dev", bridge)
+    _ip("link", "set", bridge, "up")
+
+
+def delete_link(name: str) -> None:
+    if link_exists(name):
+        _ip("link", "delete", name, check=False)
+
+
+def create_host(namespace: str, veth: str, bridge: str, address: ipaddress.IPv4Address) -> None:
+    """A namespace with lo up and eth0 (address/24, default route via the bridge)."""
+    if not netns_path(namespace).exists():
+        _ip("netns", "add", namespace)
+    delete_link(veth)
+    _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+    _ip("link", "set", veth, "master", bridge)
+    _ip("link", "set", veth, "up")
+    _ip("-n", namespace, "link", "set", "lo", "up")
+    _ip("-n", namespace, "addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "eth0")
+    _ip("-n", namespace, "link", "set", "eth0", "up")
+    _ip("-n", namespace, "route", "add", "default", "via", str(BRIDGE_ADDRESS))
+
+
+def namespaces_matching(pattern: str) -> list[str]:
+    """Names of existing network namespaces that fully match the regular expression."""
+    result = _ip("netns", "list", check=False)
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    return [name for name in names if re.fullmatch(pattern, name)]
+
+
+def pids_in(namespace: str) -> list[int]:
+    result = _ip("netns", "pids", namespace, check=False)
+    return [int(p) for p in result.stdout.split() if p.isdigit()]
+
+
+def delete_namespace(namespace: str) -> None:
+    if netns_path(namespace).exists():
+        _ip("netns", "delete", namespace, check=False)
+
+
+def nsenter_prefix(namespace: str) -> list[str]:
+    """Run a command in the host's network namespace only (not `ip netns exec`, which also makes
+    a mount namespace that CRIU refuses to dump)."""
+    return ["nsenter", f"--net={netns_path(namespace)}", "--"]
