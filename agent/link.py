@@ -39,8 +39,10 @@ class CoordinatorLink:
         sock.curve_publickey = own.public
         sock.curve_secretkey = own.secret
         self._monitor = sock.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_DISCONNECTED
         )
         self._socket = sock
         self.connected = asyncio.Event()
@@ -78,12 +80,16 @@ class CoordinatorLink:
                 self.connected.clear()
                 log.warning("coordinator_disconnected", endpoint=self._endpoint)
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                log.error("coordinator_refused_us", endpoint=self._endpoint,
-                          reason="authentication failed: this agent's key is not allowed",
-                          status=event["value"])
+                log.error(
+                    "coordinator_refused_us",
+                    endpoint=self._endpoint,
+                    reason="authentication failed: this agent's key is not allowed",
+                    status=event["value"],
+                )
             else:
-                log.error("coordinator_handshake_failed", endpoint=self._endpoint,
-                          status=event["value"])
+                log.error(
+                    "coordinator_handshake_failed", endpoint=self._endpoint, status=event["value"]
+                )
 
     def close(self) -> None:
         self._socket.disable_monitor()

@@ -30,8 +30,9 @@ class CoordinatorClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., Reply], request: object,
-              timeout: float | None = None) -> Reply:
+    def _call(
+        self, method: Callable[..., Reply], request: object, timeout: float | None = None
+    ) -> Reply:
         try:
             return method(request, timeout=timeout or self._timeout)
         except grpc.RpcError as exc:

@@ -31,11 +31,19 @@ def _config_flags() -> argparse.ArgumentParser:
     """Every config key as a --flag (same names as the file and CRCTL_* variables)."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("configuration (also CRCTL_<KEY> or the --config file)")
-    group.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                       help="TOML config file (default: $CRCTL_CONFIG)")
+    group.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML config file (default: $CRCTL_CONFIG)",
+    )
     for key in KEYS:
-        group.add_argument(f"--{key.replace('_', '-')}", dest=f"cfg_{key}",
-                           default=argparse.SUPPRESS, metavar=key.upper())
+        group.add_argument(
+            f"--{key.replace('_', '-')}",
+            dest=f"cfg_{key}",
+            default=argparse.SUPPRESS,
+            metavar=key.upper(),
+        )
     return parent
 
 
@@ -46,11 +54,13 @@ def _load(args: argparse.Namespace) -> Config:
 
 # --- commands -------------------------------------------------------------------------------
 
+
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     checks = run_checks()
     if args.json:
-        render.print_json([{"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}
-                           for c in checks])
+        render.print_json(
+            [{"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks]
+        )
     else:
         for check in checks:
             mark = "ok  " if check.ok else "FAIL"
@@ -64,8 +74,9 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
 def cmd_coordinator(args: argparse.Namespace, config: Config) -> int:
     from coordinator.daemon import run
 
-    logs.configure(component="coordinator", host=config.host, fmt=config.log_format,
-                   level=config.log_level)
+    logs.configure(
+        component="coordinator", host=config.host, fmt=config.log_format, level=config.log_level
+    )
     run(config)
     return ExitCode.OK
 
@@ -73,8 +84,9 @@ def cmd_coordinator(args: argparse.Namespace, config: Config) -> int:
 def cmd_agent(args: argparse.Namespace, config: Config) -> int:
     from agent.daemon import run
 
-    logs.configure(component="agent", host=config.host, fmt=config.log_format,
-                   level=config.log_level)
+    logs.configure(
+        component="agent", host=config.host, fmt=config.log_format, level=config.log_level
+    )
     run(config)
     return ExitCode.OK
 
@@ -87,14 +99,20 @@ def cmd_agents(args: argparse.Namespace, config: Config) -> int:
     with CoordinatorClient(config.grpc_address) as client:
         agents = client.list_agents()
     if args.json:
-        render.print_json([
-            {**render.to_dict(a), "state": _STATE_NAMES[a.state]} for a in agents
-        ])
+        render.print_json([{**render.to_dict(a), "state": _STATE_NAMES[a.state]} for a in agents])
         return ExitCode.OK
     render.print_table(
         ["host", "address", "state", "last heartbeat", "criu"],
-        [[a.host, ",".join(a.addresses) or "-", _STATE_NAMES[a.state],
-          _age(a.last_heartbeat.ToNanoseconds() / 1e9), a.criu_version or "-"] for a in agents],
+        [
+            [
+                a.host,
+                ",".join(a.addresses) or "-",
+                _STATE_NAMES[a.state],
+                _age(a.last_heartbeat.ToNanoseconds() / 1e9),
+                a.criu_version or "-",
+            ]
+            for a in agents
+        ],
     )
     return ExitCode.OK
 
@@ -126,16 +144,24 @@ def cmd_testbed_status(args: argparse.Namespace, config: Config) -> int:
         else:
             print("testbed is down")
         return ExitCode.OK
-    processes = {name: {"pid": ref.pid, "running": procs.is_running(ref)}
-                 for name, ref in state.processes.items()}
+    processes = {
+        name: {"pid": ref.pid, "running": procs.is_running(ref)}
+        for name, ref in state.processes.items()
+    }
     if args.json:
-        render.print_json({
-            "up": True, "directory": state.directory, "grpc_address": state.grpc_address,
-            "control_endpoint": state.control_endpoint,
-            "hosts": {h.name: {"address": h.address, "namespace": h.namespace}
-                      for h in state.hosts.values()},
-            "processes": processes,
-        })
+        render.print_json(
+            {
+                "up": True,
+                "directory": state.directory,
+                "grpc_address": state.grpc_address,
+                "control_endpoint": state.control_endpoint,
+                "hosts": {
+                    h.name: {"address": h.address, "namespace": h.namespace}
+                    for h in state.hosts.values()
+                },
+                "processes": processes,
+            }
+        )
         return ExitCode.OK
     print(f"testbed in {state.directory}, coordinator at {state.grpc_address}")
     render.print_table(
@@ -164,19 +190,32 @@ def cmd_testbed_down(args: argparse.Namespace, config: Config) -> int:
     return ExitCode.OK
 
 
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from cli.demo import run_demo
+
+    run_demo(args.hosts)
+    return ExitCode.OK
+
+
 # --- parser ---------------------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
     from testbed.bed import DEFAULT_DIR
 
     cfg = _config_flags()
     parser = argparse.ArgumentParser(
-        prog="crctl", description="Checkpoint and migrate distributed jobs with CRIU.")
+        prog="crctl", description="Checkpoint and migrate distributed jobs with CRIU."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Command, help_text: str,
-            where: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
-            json_flag: bool = False) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        func: Command,
+        help_text: str,
+        where: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+        json_flag: bool = False,
+    ) -> argparse.ArgumentParser:
         p = where.add_parser(name, parents=[cfg], help=help_text, description=help_text)
         p.set_defaults(func=func)
         if json_flag:
@@ -188,12 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("agent", cmd_agent, "run the per-host agent daemon")
     add("agents", cmd_agents, "list agents known to the coordinator", json_flag=True)
 
+    p = add("demo", cmd_demo, "run the one-machine demo on emulated hosts, then clean up")
+    p.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
+
     keys_parser = sub.add_parser("keys", help="manage CurveZMQ keys")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     p = add("init", cmd_keys_init, "create the coordinator's and agents' key pairs", keys_sub)
     p.add_argument("--dir", type=Path, help="keys directory (default: keys_dir)")
-    p.add_argument("--agent", action="append", default=[], metavar="NAME",
-                   help="create a key pair for this agent (repeatable)")
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="create a key pair for this agent (repeatable)",
+    )
 
     tb = sub.add_parser("testbed", help="emulated hosts on this machine (network namespaces)")
     tb_sub = tb.add_subparsers(dest="testbed_command", required=True, metavar="ACTION")
@@ -204,8 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("daemon", help='"coordinator" or "agent-hN"')
     p = add("down", cmd_testbed_down, "remove everything the testbed made", tb_sub)
     for action in tb_sub.choices.values():
-        action.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                            help=f"testbed state directory (default {DEFAULT_DIR})")
+        action.add_argument(
+            "--dir",
+            type=Path,
+            default=DEFAULT_DIR,
+            help=f"testbed state directory (default {DEFAULT_DIR})",
+        )
     return parser
 
 

@@ -81,9 +81,7 @@ class ControlPlane:
             sock.bind(self._endpoint)
         except zmq.ZMQError as exc:
             sock.close(0)
-            raise UnavailableError(
-                f"cannot listen for agents on {self._endpoint}: {exc}"
-            ) from None
+            raise UnavailableError(f"cannot listen for agents on {self._endpoint}: {exc}") from None
         self._socket = sock
         log.info("control_listening", endpoint=self._endpoint, allowed_agents=len(allowed))
 
@@ -129,4 +127,3 @@ class ControlPlane:
         if self._auth is not None:
             self._auth.stop()
         self._context.term()
-

@@ -65,8 +65,9 @@ class CoordinatorService:
 
     def sweep(self) -> None:
         for transition in self._registry.sweep():
-            log.warning("agent_lost", agent=transition.host,
-                        silent_for=round(transition.silent_for, 3))
+            log.warning(
+                "agent_lost", agent=transition.host, silent_for=round(transition.silent_for, 3)
+            )
 
     async def run_sweeper(self, period: float) -> None:
         while True:

@@ -121,9 +121,7 @@ def _file_layer(path: Path | None, env: Mapping[str, str]) -> dict[str, object]:
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, object]:
-    layer = {
-        key: env[ENV_PREFIX + key.upper()] for key in KEYS if ENV_PREFIX + key.upper() in env
-    }
+    layer = {key: env[ENV_PREFIX + key.upper()] for key in KEYS if ENV_PREFIX + key.upper() in env}
     return _validated(layer, "environment")
 
 

@@ -13,8 +13,12 @@ from pathlib import Path
 
 MIN_CRIU = (4, 1)
 # Capability bits (linux/capability.h) the checkpoint path needs when not plain root.
-_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21,
-         "CAP_CHECKPOINT_RESTORE": 40}
+_CAPS = {
+    "CAP_NET_ADMIN": 12,
+    "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_CHECKPOINT_RESTORE": 40,
+}
 
 
 @dataclass(frozen=True)
@@ -47,22 +51,37 @@ def check_privileges() -> Check:
     status = Path("/proc/self/status").read_text()
     match = re.search(r"^CapEff:\s*([0-9a-f]+)", status, re.M)
     effective = int(match.group(1), 16) if match else 0
-    missing = [name for name, bit in _CAPS.items()
-               if not effective & (1 << bit) and name != "CAP_CHECKPOINT_RESTORE"]
+    missing = [
+        name
+        for name, bit in _CAPS.items()
+        if not effective & (1 << bit) and name != "CAP_CHECKPOINT_RESTORE"
+    ]
     if os.geteuid() == 0 and not missing:
         return Check("privileges", True, "running as root with the needed capabilities")
-    return Check("privileges", False, f"euid={os.geteuid()}, missing {', '.join(missing) or '-'}",
-                 "run crctl as root (CRIU needs CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_NET_ADMIN)")
+    return Check(
+        "privileges",
+        False,
+        f"euid={os.geteuid()}, missing {', '.join(missing) or '-'}",
+        "run crctl as root (CRIU needs CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_NET_ADMIN)",
+    )
 
 
 def check_criu() -> Check:
     version = criu_version()
     if not version:
-        return Check("criu", False, "criu is not on PATH",
-                     "run deploy/install-criu.sh (installs or builds CRIU >= 4.1)")
+        return Check(
+            "criu",
+            False,
+            "criu is not on PATH",
+            "run deploy/install-criu.sh (installs or builds CRIU >= 4.1)",
+        )
     if _version_tuple(version) < MIN_CRIU:
-        return Check("criu", False, f"CRIU {version} is too old (need >= 4.1 on this kernel)",
-                     "run deploy/install-criu.sh to build CRIU 4.1.1")
+        return Check(
+            "criu",
+            False,
+            f"CRIU {version} is too old (need >= 4.1 on this kernel)",
+            "run deploy/install-criu.sh to build CRIU 4.1.1",
+        )
     return Check("criu", True, f"CRIU {version} at {shutil.which('criu')}")
 
 
@@ -74,16 +93,24 @@ def check_criu_kernel() -> Check:
     if result.returncode == 0 and "Looks good" in text:
         return Check("criu_check", True, "criu check: looks good")
     last = text.splitlines()[-1] if text else f"exit {result.returncode}"
-    return Check("criu_check", False, f"criu check failed: {last}",
-                 "see `criu check --all`; the kernel lacks a feature CRIU needs")
+    return Check(
+        "criu_check",
+        False,
+        f"criu check failed: {last}",
+        "see `criu check --all`; the kernel lacks a feature CRIU needs",
+    )
 
 
 def check_pycriu() -> Check:
     try:
         import pycriu  # noqa: F401
     except Exception as exc:  # any import failure means the same fix
-        return Check("pycriu", False, f"pycriu does not import: {exc}",
-                     "run deploy/install-criu.sh --python <this environment's python>")
+        return Check(
+            "pycriu",
+            False,
+            f"pycriu does not import: {exc}",
+            "run deploy/install-criu.sh --python <this environment's python>",
+        )
     return Check("pycriu", True, "pycriu imports")
 
 
@@ -92,39 +119,62 @@ def check_nft() -> Check:
         return Check("nft", False, "nft is not on PATH", "apt-get install nftables")
     result = _run("nft", "list", "tables")
     if result.returncode != 0:
-        return Check("nft", False, f"nft cannot list tables: {result.stderr.strip()}",
-                     "load the nf_tables kernel module and run as root")
+        return Check(
+            "nft",
+            False,
+            f"nft cannot list tables: {result.stderr.strip()}",
+            "load the nf_tables kernel module and run as root",
+        )
     return Check("nft", True, "nftables works")
 
 
 def check_freezer() -> Check:
     v1 = Path("/sys/fs/cgroup/freezer")
-    if (v1 / "freezer.state").exists() or (v1.is_dir() and any(v1.glob("*/freezer.state"))) \
-            or (v1 / "cgroup.procs").exists():
+    if (
+        (v1 / "freezer.state").exists()
+        or (v1.is_dir() and any(v1.glob("*/freezer.state")))
+        or (v1 / "cgroup.procs").exists()
+    ):
         return Check("freezer", True, f"cgroup v1 freezer at {v1}")
     v2 = Path("/sys/fs/cgroup/cgroup.controllers")
     if v2.exists():
         return Check("freezer", True, "cgroup v2 (cgroup.freeze)")
-    return Check("freezer", False, "no cgroup freezer found",
-                 "mount the cgroup v1 freezer or cgroup v2 at /sys/fs/cgroup")
+    return Check(
+        "freezer",
+        False,
+        "no cgroup freezer found",
+        "mount the cgroup v1 freezer or cgroup v2 at /sys/fs/cgroup",
+    )
 
 
 def check_namespaces() -> Check:
     missing = [ns for ns in ("net", "pid", "mnt") if not Path(f"/proc/self/ns/{ns}").exists()]
     tools = [t for t in ("unshare", "nsenter", "ip") if shutil.which(t) is None]
     if missing or tools:
-        return Check("namespaces", False,
-                     f"missing namespaces {missing or '-'}, tools {tools or '-'}",
-                     "apt-get install util-linux iproute2; use a kernel with namespaces")
+        return Check(
+            "namespaces",
+            False,
+            f"missing namespaces {missing or '-'}, tools {tools or '-'}",
+            "apt-get install util-linux iproute2; use a kernel with namespaces",
+        )
     result = _run("unshare", "--pid", "--fork", "--mount-proc", "true")
     if result.returncode != 0:
-        return Check("namespaces", False, f"cannot create a PID namespace: {result.stderr.strip()}",
-                     "run as root on a host that allows PID namespaces")
+        return Check(
+            "namespaces",
+            False,
+            f"cannot create a PID namespace: {result.stderr.strip()}",
+            "run as root on a host that allows PID namespaces",
+        )
     return Check("namespaces", True, "net, pid and mount namespaces usable")
 
 
 ALL_CHECKS: tuple[Callable[[], Check], ...] = (
-    check_privileges, check_criu, check_criu_kernel, check_pycriu, check_nft, check_freezer,
+    check_privileges,
+    check_criu,
+    check_criu_kernel,
+    check_pycriu,
+    check_nft,
+    check_freezer,
     check_namespaces,
 )
 

@@ -88,24 +88,39 @@ def _crctl() -> list[str]:
 
 def _daemon_argv(state: State, name: str) -> list[str]:
     common = [
-        "--keys-dir", str(state.dir / "keys"),
-        "--control-endpoint", state.control_endpoint,
-        "--heartbeat-interval", str(state.heartbeat_interval),
-        "--log-format", "json",
+        "--keys-dir",
+        str(state.dir / "keys"),
+        "--control-endpoint",
+        state.control_endpoint,
+        "--heartbeat-interval",
+        str(state.heartbeat_interval),
+        "--log-format",
+        "json",
     ]
     if name == COORDINATOR:
         return [
-            *_crctl(), "coordinator", *common,
-            "--grpc-address", state.grpc_address,
-            "--state-db", str(state.dir / "coordinator.db"),
-            "--checkpoint-dir", str(state.dir / "checkpoints"),
-            "--agent-lost-after", str(state.agent_lost_after),
+            *_crctl(),
+            "coordinator",
+            *common,
+            "--grpc-address",
+            state.grpc_address,
+            "--state-db",
+            str(state.dir / "coordinator.db"),
+            "--checkpoint-dir",
+            str(state.dir / "checkpoints"),
+            "--agent-lost-after",
+            str(state.agent_lost_after),
         ]
     host = state.hosts[name.removeprefix("agent-")]
     return [
-        *netns.nsenter_prefix(host.namespace), *_crctl(), "agent", *common,
-        "--host", host.name,
-        "--agent-work-dir", str(state.dir / "agents" / host.name),
+        *netns.nsenter_prefix(host.namespace),
+        *_crctl(),
+        "agent",
+        *common,
+        "--host",
+        host.name,
+        "--agent-work-dir",
+        str(state.dir / "agents" / host.name),
     ]
 
 
@@ -121,8 +136,9 @@ def start(state: State, name: str) -> procs.ProcessRef:
     if name != COORDINATOR and name.removeprefix("agent-") not in state.hosts:
         raise CrctlError(f"no such testbed daemon {name!r}")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_project_root()),
-                                                      env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(_project_root()), env.get("PYTHONPATH", "")])
+    )
     ref = procs.spawn(_daemon_argv(state, name), _log_path(state, name), env=env)
     state.processes[name] = ref
     state.save()
@@ -200,10 +216,13 @@ def up(
         try:
             netns.create_bridge(BRIDGE)
             for index, name in enumerate(names, start=1):
-                host = Host(name=name, namespace=f"{PREFIX}-{name}", veth=f"{PREFIX}-v{index}",
-                            address=str(netns.host_address(index)))
-                netns.create_host(host.namespace, host.veth, BRIDGE,
-                                  netns.host_address(index))
+                host = Host(
+                    name=name,
+                    namespace=f"{PREFIX}-{name}",
+                    veth=f"{PREFIX}-v{index}",
+                    address=str(netns.host_address(index)),
+                )
+                netns.create_host(host.namespace, host.veth, BRIDGE, netns.host_address(index))
                 state.hosts[name] = host
                 state.save()
             start(state, COORDINATOR)
@@ -275,5 +294,9 @@ def down(directory: Path = DEFAULT_DIR) -> list[str]:
 
 def exec_in_host(state: State, host: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
     """Run a command inside an emulated host's network namespace (for tests and operators)."""
-    return subprocess.run([*netns.nsenter_prefix(state.hosts[host].namespace), *argv],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [*netns.nsenter_prefix(state.hosts[host].namespace), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed import bed
+
+LOST_AFTER = 3.0
+
+
+@pytest.fixture(scope="module")
+def testbed3() -> Iterator[bed.State]:
+    """A real testbed of 3 emulated hosts with a coordinator and 3 agents (separate processes)."""
+    if bed.status(bed.DEFAULT_DIR) is not None:
+        pytest.fail(
+            "a testbed is already up; run `crctl testbed down` before the tests", pytrace=False
+        )
+    state = bed.up(3, bed.DEFAULT_DIR, heartbeat_interval=0.5, agent_lost_after=LOST_AFTER)
+    try:
+        yield state
+    finally:
+        bed.down(bed.DEFAULT_DIR)
+
+
+def coordinator_log(state: bed.State) -> str:
+    return (Path(state.directory) / "logs" / "coordinator.log").read_text()
