@@ -1,0 +1,214 @@
+"""The two-phase checkpoint barrier as a pure state machine: events in, actions out.
+
+No sockets, no clocks, no CRIU: the service layer feeds it events (the start, each vote, a lost
+agent, a deadline passing, a cancel, each commit acknowledgement) and carries out the actions it
+returns (send prepare / commit / abort, record the outcome, arm a timer).
+
+Phases and deadlines::
+
+    PREPARING --all voted yes--> COMMITTING --all acknowledged--> COMMITTED
+        |                            |
+        +--no vote / lost / deadline / cancel--> ABORTED
+                                     +--deadline--> COMMITTED (with the hosts that did not
+                                                    acknowledge reported; the decision stands)
+
+The commit decision is recorded durably *before* any agent is told to commit, so a coordinator
+that dies after deciding never leaves a half-known outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Phase(Enum):
+    IDLE = "idle"
+    PREPARING = "preparing"
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.COMMITTED, Phase.ABORTED)
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    now: float
+
+
+@dataclass(frozen=True)
+class Vote:
+    host: str
+    yes: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AgentLost:
+    host: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time has passed; the barrier checks its current phase's deadline."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class Cancel:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CommitAck:
+    host: str
+    ok: bool
+    reason: str = ""
+
+
+Event = Start | Vote | AgentLost | Tick | Cancel | CommitAck
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendPrepare:
+    hosts: tuple[str, ...]
+    deadline: float
+
+
+@dataclass(frozen=True)
+class RecordCommit:
+    """Make the checkpoint the job's latest, durably, before anyone is told to commit."""
+
+
+@dataclass(frozen=True)
+class SendCommit:
+    hosts: tuple[str, ...]
+    deadline: float
+
+
+@dataclass(frozen=True)
+class SendAbort:
+    hosts: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordAbort:
+    reason: str
+    failed_host: str | None
+
+
+@dataclass(frozen=True)
+class ArmTimer:
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    phase: Phase
+    reason: str
+    unacknowledged: tuple[str, ...] = ()
+
+
+Action = SendPrepare | RecordCommit | SendCommit | SendAbort | RecordAbort | ArmTimer | Finished
+
+
+@dataclass
+class CheckpointBarrier:
+    hosts: tuple[str, ...]
+    prepare_timeout: float
+    commit_timeout: float
+    phase: Phase = Phase.IDLE
+    deadline: float = 0.0
+    votes: dict[str, bool] = field(default_factory=dict)
+    acks: dict[str, bool] = field(default_factory=dict)
+    reason: str = ""
+    failed_host: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            raise ValueError("a checkpoint needs at least one host")
+        if len(set(self.hosts)) != len(self.hosts):
+            raise ValueError("hosts must be distinct")
+
+    def handle(self, event: Event) -> list[Action]:
+        """Apply one event; return the actions to carry out, in order."""
+        if self.phase.finished:
+            return []
+        match event:
+            case Start(now=now) if self.phase is Phase.IDLE:
+                self.phase = Phase.PREPARING
+                self.deadline = now + self.prepare_timeout
+                return [SendPrepare(self.hosts, self.deadline), ArmTimer(self.deadline)]
+            case Vote(host=host, yes=yes, reason=reason) if self.phase is Phase.PREPARING:
+                if host not in self.hosts or host in self.votes:
+                    return []
+                self.votes[host] = yes
+                if not yes:
+                    return self._abort(f"{host} voted no: {reason}", host)
+                if len(self.votes) == len(self.hosts):
+                    return self._commit()
+                return []
+            case AgentLost(host=host) if host in self.hosts:
+                if self.phase is Phase.PREPARING:
+                    return self._abort(f"agent {host} lost during prepare", host)
+                if self.phase is Phase.COMMITTING and host not in self.acks:
+                    self.acks[host] = False
+                    return self._maybe_finish_commit()
+                return []
+            case Tick(now=now) if self.phase is not Phase.IDLE and now >= self.deadline:
+                if self.phase is Phase.PREPARING:
+                    missing = [h for h in self.hosts if h not in self.votes]
+                    return self._abort(
+                        f"prepare deadline passed; no vote from {', '.join(missing)}",
+                        missing[0] if missing else None,
+                    )
+                return self._finish_commit(timed_out=True)
+            case Cancel(reason=reason) if self.phase in (Phase.IDLE, Phase.PREPARING):
+                return self._abort(f"cancelled: {reason}", None)
+            case CommitAck(host=host, ok=ok) if self.phase is Phase.COMMITTING:
+                if host in self.hosts and host not in self.acks:
+                    self.acks[host] = ok
+                    return self._maybe_finish_commit()
+                return []
+        return []
+
+    # --- transitions ---
+
+    def _abort(self, reason: str, failed_host: str | None) -> list[Action]:
+        self.phase = Phase.ABORTED
+        self.reason = reason
+        self.failed_host = failed_host
+        return [
+            RecordAbort(reason, failed_host),
+            SendAbort(self.hosts, reason),
+            Finished(Phase.ABORTED, reason),
+        ]
+
+    def _commit(self) -> list[Action]:
+        self.phase = Phase.COMMITTING
+        self.deadline = self.deadline + self.commit_timeout
+        return [RecordCommit(), SendCommit(self.hosts, self.deadline), ArmTimer(self.deadline)]
+
+    def _maybe_finish_commit(self) -> list[Action]:
+        if len(self.acks) < len(self.hosts):
+            return []
+        return self._finish_commit(timed_out=False)
+
+    def _finish_commit(self, *, timed_out: bool) -> list[Action]:
+        self.phase = Phase.COMMITTED
+        unacknowledged = tuple(h for h in self.hosts if not self.acks.get(h, False))
+        if unacknowledged:
+            why = "commit deadline passed" if timed_out else "commit failed"
+            self.reason = f"committed; {why} on {', '.join(unacknowledged)}"
+        return [Finished(Phase.COMMITTED, self.reason, unacknowledged)]
