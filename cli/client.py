@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import grpc
 
-from crctl.errors import UnavailableError
+from crctl.errors import CrctlError, UnavailableError
 from crctl.status import error_for
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -30,21 +30,58 @@ class CoordinatorClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(
-        self, method: Callable[..., Reply], request: object, timeout: float | None = None
-    ) -> Reply:
+    def _error(self, exc: grpc.RpcError) -> CrctlError:
+        code = exc.code()
+        details = exc.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return UnavailableError(
+                f"coordinator unreachable at {self.address} ({details}); "
+                "is `crctl coordinator` running? (set --grpc-address or CRCTL_GRPC_ADDRESS)"
+            )
+        return error_for(code, details)
+
+    def _call(self, method: Callable[..., Reply], request: object) -> Reply:
         try:
-            return method(request, timeout=timeout or self._timeout)
+            return method(request, timeout=self._timeout)
         except grpc.RpcError as exc:
-            code = exc.code()
-            details = exc.details() or ""
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise UnavailableError(
-                    f"coordinator unreachable at {self.address} ({details}); "
-                    "is `crctl coordinator` running? (set --grpc-address or CRCTL_GRPC_ADDRESS)"
-                ) from None
-            raise error_for(code, details) from None
+            raise self._error(exc) from None
 
     def list_agents(self) -> list[coordinator_pb2.Agent]:
         reply = self._call(self._stub.ListAgents, coordinator_pb2.ListAgentsRequest())
         return list(reply.agents)
+
+    def launch(
+        self, job: str, host: str, rank: int, argv: Sequence[str], env: Mapping[str, str]
+    ) -> coordinator_pb2.LaunchResponse:
+        request = coordinator_pb2.LaunchRequest(
+            job=job, host=host, rank=rank, argv=list(argv), env=dict(env)
+        )
+        return self._call(self._stub.Launch, request)
+
+    def jobs(self) -> list[coordinator_pb2.Job]:
+        return list(self._call(self._stub.ListJobs, coordinator_pb2.ListJobsRequest()).jobs)
+
+    def job(self, job: str) -> coordinator_pb2.Job:
+        return self._call(self._stub.GetJob, coordinator_pb2.GetJobRequest(job=job))
+
+    def kill(self, job: str) -> coordinator_pb2.Job:
+        return self._call(self._stub.KillJob, coordinator_pb2.KillJobRequest(job=job)).job
+
+    def checkpoint(
+        self, job: str, *, leave_running: bool, timeout: float, request_id: str
+    ) -> Iterator[coordinator_pb2.CheckpointEvent]:
+        """Stream a checkpoint's progress; the last event is its outcome. No client deadline:
+        the coordinator's per-phase deadlines bound it."""
+        request = coordinator_pb2.CheckpointRequest(
+            job=job, leave_running=leave_running, timeout_seconds=timeout, request_id=request_id
+        )
+        try:
+            yield from self._stub.Checkpoint(request)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def checkpoints(self, job: str) -> list[coordinator_pb2.CheckpointInfo]:
+        reply = self._call(
+            self._stub.ListCheckpoints, coordinator_pb2.ListCheckpointsRequest(job=job)
+        )
+        return list(reply.checkpoints)

@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 4  # unknown job, checkpoint or host
     CONFLICT = 5  # refused: something else is under way
     PREREQUISITE = 6  # the host lacks something crctl needs (see `crctl doctor`)
+    ABORTED = 7  # the checkpoint was aborted: the job runs on, the previous checkpoint is latest
 
 
 _BY_ERROR: tuple[tuple[type[CrctlError], ExitCode], ...] = (

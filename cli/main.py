@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cli import render
+from cli import checkpoint_commands, job_commands, render
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode, exit_code_for
 from crctl import keys, logs
@@ -27,8 +27,11 @@ _STATE_NAMES = {
 }
 
 
-def _config_flags() -> argparse.ArgumentParser:
-    """Every config key as a --flag (same names as the file and CRCTL_* variables)."""
+CLIENT_KEYS = ("grpc_address", "log_format", "log_level")
+
+
+def _config_flags(keys: tuple[str, ...]) -> argparse.ArgumentParser:
+    """Config keys as --flags (same names as the file and CRCTL_* variables)."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("configuration (also CRCTL_<KEY> or the --config file)")
     group.add_argument(
@@ -37,7 +40,7 @@ def _config_flags() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="TOML config file (default: $CRCTL_CONFIG)",
     )
-    for key in KEYS:
+    for key in keys:
         group.add_argument(
             f"--{key.replace('_', '-')}",
             dest=f"cfg_{key}",
@@ -203,36 +206,52 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from testbed.bed import DEFAULT_DIR
 
-    cfg = _config_flags()
+    daemon_cfg = _config_flags(KEYS)
+    client_cfg = _config_flags(CLIENT_KEYS)
     parser = argparse.ArgumentParser(
         prog="crctl", description="Checkpoint and migrate distributed jobs with CRIU."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(
+    def add_to(
+        where: argparse._SubParsersAction[argparse.ArgumentParser],
         name: str,
         func: Command,
         help_text: str,
-        where: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
         json_flag: bool = False,
+        daemon: bool = False,
     ) -> argparse.ArgumentParser:
-        p = where.add_parser(name, parents=[cfg], help=help_text, description=help_text)
+        parents = [daemon_cfg if daemon else client_cfg]
+        p = where.add_parser(name, parents=parents, help=help_text, description=help_text)
         p.set_defaults(func=func)
         if json_flag:
             p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    add("doctor", cmd_doctor, "check that this host can checkpoint and restore", json_flag=True)
-    add("coordinator", cmd_coordinator, "run the coordinator daemon")
-    add("agent", cmd_agent, "run the per-host agent daemon")
-    add("agents", cmd_agents, "list agents known to the coordinator", json_flag=True)
+    def add(
+        name: str, func: Command, help_text: str, json_flag: bool = False
+    ) -> argparse.ArgumentParser:
+        return add_to(sub, name, func, help_text, json_flag)
+
+    add("doctor", cmd_doctor, "check that this host can checkpoint and restore", True)
+    add_to(sub, "coordinator", cmd_coordinator, "run the coordinator daemon", daemon=True)
+    add_to(sub, "agent", cmd_agent, "run the per-host agent daemon", daemon=True)
+    add("agents", cmd_agents, "list agents known to the coordinator", True)
+    job_commands.register(add)
+    checkpoint_commands.register(add)
 
     p = add("demo", cmd_demo, "run the one-machine demo on emulated hosts, then clean up")
     p.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
 
     keys_parser = sub.add_parser("keys", help="manage CurveZMQ keys")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    p = add("init", cmd_keys_init, "create the coordinator's and agents' key pairs", keys_sub)
+    p = add_to(
+        keys_sub,
+        "init",
+        cmd_keys_init,
+        "create the coordinator's and agents' key pairs",
+        daemon=True,
+    )
     p.add_argument("--dir", type=Path, help="keys directory (default: keys_dir)")
     p.add_argument(
         "--agent",
@@ -244,12 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("testbed", help="emulated hosts on this machine (network namespaces)")
     tb_sub = tb.add_subparsers(dest="testbed_command", required=True, metavar="ACTION")
-    p = add("up", cmd_testbed_up, "create hosts h1..hN, start a coordinator and agents", tb_sub)
+    p = add_to(tb_sub, "up", cmd_testbed_up, "create hosts h1..hN, start a coordinator and agents")
     p.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
-    p = add("status", cmd_testbed_status, "show the testbed's daemons", tb_sub, json_flag=True)
-    p = add("start", cmd_testbed_start, "start a stopped testbed daemon", tb_sub)
+    add_to(tb_sub, "status", cmd_testbed_status, "show the testbed's daemons", True)
+    p = add_to(tb_sub, "start", cmd_testbed_start, "start a stopped testbed daemon")
     p.add_argument("daemon", help='"coordinator" or "agent-hN"')
-    p = add("down", cmd_testbed_down, "remove everything the testbed made", tb_sub)
+    add_to(tb_sub, "down", cmd_testbed_down, "remove everything the testbed made")
     for action in tb_sub.choices.values():
         action.add_argument(
             "--dir",

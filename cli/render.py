@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+
+
+class AddCommand(Protocol):
+    """Adds a subcommand: (name, handler, help, with a --json flag) -> its parser."""
+
+    def __call__(
+        self, name: str, func: Callable[..., int], help_text: str, json_flag: bool = False
+    ) -> argparse.ArgumentParser: ...
 
 
 def to_dict(message: Message) -> dict[str, Any]:

@@ -1,23 +1,38 @@
-"""The gRPC API: a thin translator between protobuf and the coordinator's domain calls."""
+"""The gRPC API: a thin translator between protobuf and the coordinator's domain calls. Domain
+errors become gRPC status codes through crctl.status, in one place (``_domain_errors``)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.json_format import Parse
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator.checkpoints import CheckpointRun
 from coordinator.registry import ALIVE, LOST
 from coordinator.service import CoordinatorService
-from coordinator.store import AgentRecord
-from crctl.errors import UnavailableError
+from coordinator.store import AgentRecord, CheckpointRecord, JobRecord
+from crctl.errors import CrctlError, UnavailableError
+from crctl.status import status_for
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 SERVICE_NAME = "crctl.v1.Coordinator"
 Context = grpc.aio.ServicerContext[Any, Any]
 _STATES = {ALIVE: coordinator_pb2.AGENT_STATE_ALIVE, LOST: coordinator_pb2.AGENT_STATE_LOST}
+
+
+@asynccontextmanager
+async def _domain_errors(context: Context) -> AsyncIterator[None]:
+    """A crctl error raised inside ends the RPC with its mapped status code and message."""
+    try:
+        yield
+    except CrctlError as exc:
+        await context.abort(status_for(exc), str(exc))
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -39,6 +54,59 @@ def agent_to_proto(record: AgentRecord) -> coordinator_pb2.Agent:
     )
 
 
+def job_to_proto(record: JobRecord) -> coordinator_pb2.Job:
+    job = coordinator_pb2.Job(
+        job=record.job,
+        state=record.state,
+        latest_checkpoint=record.latest_checkpoint or "",
+        created_at=_timestamp(record.created_at),
+    )
+    for rank in record.ranks:
+        proto = job.ranks.add(
+            rank=rank.rank, host=rank.host, pid=rank.pid, state=rank.state, argv=list(rank.argv)
+        )
+        if rank.exit_status is not None:
+            proto.exit_status = rank.exit_status
+    return job
+
+
+def checkpoint_to_proto(
+    record: CheckpointRecord, latest: str | None
+) -> coordinator_pb2.CheckpointInfo:
+    info = coordinator_pb2.CheckpointInfo(
+        checkpoint=record.checkpoint,
+        job=record.job,
+        state=record.state,
+        latest=record.checkpoint == latest,
+        started_at=_timestamp(record.started_at),
+        reason=record.reason,
+        directory=record.directory,
+    )
+    if record.finished_at is not None:
+        info.finished_at.CopyFrom(_timestamp(record.finished_at))
+    if record.manifest:
+        Parse(record.manifest, info.manifest)
+    return info
+
+
+def outcome_from_record(record: CheckpointRecord) -> coordinator_pb2.CheckpointEvent:
+    """The outcome of a finished checkpoint, for a retry with its request id."""
+    event = coordinator_pb2.CheckpointEvent()
+    outcome = event.outcome
+    outcome.checkpoint = record.checkpoint
+    outcome.committed = record.state == "committed"
+    outcome.reason = record.reason or (
+        "" if record.state != "preparing" else "still preparing on a previous coordinator"
+    )
+    outcome.failed_host = record.failed_host
+    if record.finished_at is not None:
+        outcome.duration_seconds = record.finished_at - record.started_at
+    if record.manifest:
+        manifest = Parse(record.manifest, coordinator_pb2.Manifest())
+        outcome.ranks.extend(manifest.ranks)
+    return event
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, service: CoordinatorService) -> None:
         self._service = service
@@ -48,6 +116,64 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> coordinator_pb2.ListAgentsResponse:
         return coordinator_pb2.ListAgentsResponse(
             agents=[agent_to_proto(a) for a in self._service.agents()]
+        )
+
+    async def Launch(
+        self, request: coordinator_pb2.LaunchRequest, context: Context
+    ) -> coordinator_pb2.LaunchResponse:
+        async with _domain_errors(context):
+            rank = await self._service.jobs.launch(
+                request.job, request.host, request.rank, list(request.argv), dict(request.env)
+            )
+        return coordinator_pb2.LaunchResponse(
+            job=rank.job, rank=rank.rank, host=rank.host, pid=rank.pid
+        )
+
+    async def ListJobs(
+        self, request: coordinator_pb2.ListJobsRequest, context: Context
+    ) -> coordinator_pb2.ListJobsResponse:
+        return coordinator_pb2.ListJobsResponse(
+            jobs=[job_to_proto(j) for j in self._service.jobs.jobs()]
+        )
+
+    async def GetJob(
+        self, request: coordinator_pb2.GetJobRequest, context: Context
+    ) -> coordinator_pb2.Job:
+        async with _domain_errors(context):
+            job = self._service.jobs.get(request.job)
+        return job_to_proto(job)
+
+    async def KillJob(
+        self, request: coordinator_pb2.KillJobRequest, context: Context
+    ) -> coordinator_pb2.KillJobResponse:
+        async with _domain_errors(context):
+            record = await self._service.jobs.kill(request.job)
+        return coordinator_pb2.KillJobResponse(job=job_to_proto(record))
+
+    async def Checkpoint(
+        self, request: coordinator_pb2.CheckpointRequest, context: Context
+    ) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
+        async with _domain_errors(context):
+            started = self._service.checkpoints.start(
+                request.job,
+                leave_running=request.leave_running,
+                timeout=request.timeout_seconds,
+                request_id=request.request_id,
+            )
+        if isinstance(started, CheckpointRun):
+            async for event in started.follow():
+                yield event
+        else:
+            yield outcome_from_record(started)
+
+    async def ListCheckpoints(
+        self, request: coordinator_pb2.ListCheckpointsRequest, context: Context
+    ) -> coordinator_pb2.ListCheckpointsResponse:
+        async with _domain_errors(context):
+            job = self._service.jobs.get(request.job)
+            records = self._service.checkpoints.list(request.job)
+        return coordinator_pb2.ListCheckpointsResponse(
+            checkpoints=[checkpoint_to_proto(r, job.latest_checkpoint) for r in records]
         )
 
 

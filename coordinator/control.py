@@ -6,8 +6,10 @@ name that connection may speak for."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
@@ -53,13 +55,18 @@ class _NamedAuthenticator(AsyncioAuthenticator):
 
 
 class ControlPlane:
-    def __init__(self, endpoint: str, keys_dir: Any, handler: Handler) -> None:
+    def __init__(self, endpoint: str, keys_dir: Path) -> None:
         self._endpoint = endpoint
         self._keys_dir = keys_dir
-        self._handler = handler
+        self._handler: Handler | None = None
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
         self._auth: _NamedAuthenticator | None = None
+        self._pending: dict[str, tuple[str, asyncio.Future[control_pb2.AgentMessage]]] = {}
+
+    def set_handler(self, handler: Handler) -> None:
+        """Who answers the messages agents start (registrations, heartbeats, events)."""
+        self._handler = handler
 
     def start(self) -> None:
         server = keys.coordinator_keypair(self._keys_dir)
@@ -92,6 +99,27 @@ class ControlPlane:
         except zmq.ZMQError as exc:
             raise UnavailableError(f"agent {host} is not connected: {exc}", host=host) from None
 
+    async def request(
+        self, host: str, message: control_pb2.CoordinatorMessage, timeout: float
+    ) -> control_pb2.AgentMessage:
+        """Send an order to an agent and await its answer (matched by correlation id)."""
+        correlation = uuid.uuid4().hex
+        message.correlation_id = correlation
+        future: asyncio.Future[control_pb2.AgentMessage] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[correlation] = (host, future)
+        try:
+            await self.send(host, message)
+            return await asyncio.wait_for(future, timeout=max(timeout, 0.001))
+        except TimeoutError:
+            order = message.WhichOneof("body")
+            raise UnavailableError(
+                f"agent {host} did not answer {order} within {timeout:.1f}s", host=host
+            ) from None
+        finally:
+            self._pending.pop(correlation, None)
+
     async def serve(self) -> None:
         assert self._socket is not None
         while True:
@@ -113,6 +141,14 @@ class ControlPlane:
                     identity=identity.bytes.decode(errors="replace"),
                     key_name=speaker,
                 )
+                continue
+            pending = self._pending.get(message.correlation_id)
+            if message.correlation_id and pending is not None:
+                host, future = pending
+                if host == speaker and not future.done():
+                    future.set_result(message)
+                continue
+            if self._handler is None:
                 continue
             reply = await self._handler(speaker, message)
             if reply is not None:

@@ -8,9 +8,12 @@ import signal
 import structlog
 
 from coordinator.api import create_server
+from coordinator.checkpoints import CheckpointService, CheckpointSettings
 from coordinator.control import ControlPlane
+from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
 from coordinator.service import CoordinatorService
+from coordinator.storage import CheckpointStore
 from coordinator.store import Store
 from crctl.clock import SystemClock
 from crctl.config import Config
@@ -19,10 +22,28 @@ log = structlog.get_logger()
 
 
 async def serve(config: Config) -> None:
+    clock = SystemClock()
     store = Store(config.state_db)
-    registry = AgentRegistry(store, SystemClock(), lost_after=config.agent_lost_after)
-    service = CoordinatorService(registry, heartbeat_interval=config.heartbeat_interval)
-    plane = ControlPlane(config.control_endpoint, config.keys_dir, service.on_agent_message)
+    registry = AgentRegistry(store, clock, lost_after=config.agent_lost_after)
+    plane = ControlPlane(config.control_endpoint, config.keys_dir)
+    jobs = JobService(store, registry, plane, clock)
+    checkpoints = CheckpointService(
+        store=store,
+        jobs=jobs,
+        plane=plane,
+        files=CheckpointStore(config.checkpoint_dir),
+        clock=clock,
+        settings=CheckpointSettings(
+            prepare_timeout=config.checkpoint_timeout,
+            commit_timeout=config.commit_timeout,
+            retain=config.retain_checkpoints,
+        ),
+    )
+    checkpoints.recover()
+    service = CoordinatorService(
+        registry, jobs, checkpoints, heartbeat_interval=config.heartbeat_interval
+    )
+    plane.set_handler(service.on_agent_message)
     plane.start()
     server, port = await create_server(service, config.grpc_address)
     await server.start()

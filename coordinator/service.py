@@ -7,6 +7,8 @@ import asyncio
 
 import structlog
 
+from coordinator.checkpoints import CheckpointService
+from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
 from coordinator.store import AgentRecord
 from crctl.v1 import control_pb2
@@ -15,8 +17,17 @@ log = structlog.get_logger()
 
 
 class CoordinatorService:
-    def __init__(self, registry: AgentRegistry, *, heartbeat_interval: float) -> None:
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        jobs: JobService,
+        checkpoints: CheckpointService,
+        *,
+        heartbeat_interval: float,
+    ) -> None:
         self._registry = registry
+        self.jobs = jobs
+        self.checkpoints = checkpoints
         self._heartbeat_interval = heartbeat_interval
 
     async def on_agent_message(
@@ -27,6 +38,9 @@ class CoordinatorService:
             return self._on_register(host, message.register.info)
         if kind == "heartbeat":
             return self._on_heartbeat(host)
+        if kind == "rank_exited":
+            self.jobs.on_rank_exited(host, message.rank_exited)
+            return None
         log.warning("control_unexpected_message", agent=host, kind=kind)
         return None
 

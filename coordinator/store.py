@@ -51,12 +51,15 @@ CREATE TABLE IF NOT EXISTS ranks (
 CREATE TABLE IF NOT EXISTS checkpoints (
     checkpoint TEXT PRIMARY KEY,
     job TEXT NOT NULL REFERENCES jobs(job),
-    request_id TEXT,
+    request_id TEXT UNIQUE,
     state TEXT NOT NULL,              -- preparing | committed | aborted
+    leave_running INTEGER NOT NULL,
+    directory TEXT NOT NULL,
     started_at REAL NOT NULL,
     finished_at REAL,
-    reason TEXT,
-    manifest TEXT                     -- JSON, written at commit
+    reason TEXT NOT NULL DEFAULT '',
+    failed_host TEXT NOT NULL DEFAULT '',
+    manifest TEXT                     -- the manifest (JSON), also written last to directory
 );
 """
 
@@ -72,6 +75,53 @@ class AgentRecord:
     state: str
     registered_at: float
     last_heartbeat: float
+
+
+@dataclass(frozen=True)
+class RankRecord:
+    job: str
+    rank: int
+    host: str
+    pid: int
+    state: str  # running | exited | killed | checkpointed | failed
+    exit_status: int | None
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job: str
+    state: str  # running | stopped
+    created_at: float
+    latest_checkpoint: str | None
+    ranks: tuple[RankRecord, ...]
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    checkpoint: str
+    job: str
+    request_id: str | None
+    state: str  # preparing | committed | aborted
+    leave_running: bool
+    directory: str
+    started_at: float
+    finished_at: float | None
+    reason: str
+    failed_host: str
+    manifest: str | None
+
+
+_CHECKPOINT_COLUMNS = (
+    "checkpoint, job, request_id, state, leave_running, directory, started_at, finished_at, "
+    "reason, failed_host, manifest"
+)
+
+
+def _checkpoint(row: tuple[object, ...]) -> CheckpointRecord:
+    fields = list(row)
+    fields[4] = bool(fields[4])
+    return CheckpointRecord(*fields)  # type: ignore[arg-type]
 
 
 class Store:
@@ -166,3 +216,165 @@ class Store:
             )
             for row in rows
         ]
+
+    # --- jobs and ranks ---------------------------------------------------------------------
+
+    def add_rank(self, record: RankRecord, now: float) -> None:
+        """Record a launched rank, creating its job on the first rank."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO jobs(job, state, created_at) VALUES (?, 'running', ?) "
+                "ON CONFLICT(job) DO UPDATE SET state = 'running'",
+                (record.job, now),
+            )
+            db.execute(
+                """INSERT INTO ranks(job, rank, host, pid, state, exit_status, command)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    record.job,
+                    record.rank,
+                    record.host,
+                    record.pid,
+                    record.state,
+                    record.exit_status,
+                    json.dumps(list(record.argv)),
+                ),
+            )
+
+    def set_rank_state(
+        self, job: str, rank: int, state: str, exit_status: int | None = None
+    ) -> None:
+        """Change a rank's state; the job is 'stopped' once none of its ranks runs."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE ranks SET state = ?, exit_status = ? WHERE job = ? AND rank = ?",
+                (state, exit_status, job, rank),
+            )
+            self._refresh_job_state(db, job)
+
+    def set_job_ranks_state(self, job: str, state: str, only_running: bool = True) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE ranks SET state = ? WHERE job = ?"
+                + (" AND state = 'running'" if only_running else ""),
+                (state, job),
+            )
+            self._refresh_job_state(db, job)
+
+    @staticmethod
+    def _refresh_job_state(db: sqlite3.Connection, job: str) -> None:
+        db.execute(
+            """UPDATE jobs SET state = CASE WHEN EXISTS (
+                   SELECT 1 FROM ranks WHERE job = ? AND state = 'running')
+                   THEN 'running' ELSE 'stopped' END
+               WHERE job = ?""",
+            (job, job),
+        )
+
+    def job(self, job: str) -> JobRecord | None:
+        row = self._db.execute(
+            "SELECT job, state, created_at, latest_checkpoint FROM jobs WHERE job = ?", (job,)
+        ).fetchone()
+        if row is None:
+            return None
+        ranks = self._db.execute(
+            """SELECT job, rank, host, pid, state, exit_status, command FROM ranks
+               WHERE job = ? ORDER BY rank""",
+            (job,),
+        ).fetchall()
+        return JobRecord(
+            job=row[0],
+            state=row[1],
+            created_at=row[2],
+            latest_checkpoint=row[3],
+            ranks=tuple(
+                RankRecord(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])))
+                for r in ranks
+            ),
+        )
+
+    def jobs(self) -> list[JobRecord]:
+        names = [r[0] for r in self._db.execute("SELECT job FROM jobs ORDER BY job").fetchall()]
+        return [j for j in (self.job(n) for n in names) if j is not None]
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def begin_checkpoint(self, record: CheckpointRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO checkpoints({_CHECKPOINT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.checkpoint,
+                    record.job,
+                    record.request_id,
+                    record.state,
+                    int(record.leave_running),
+                    record.directory,
+                    record.started_at,
+                    record.finished_at,
+                    record.reason,
+                    record.failed_host,
+                    record.manifest,
+                ),
+            )
+
+    def commit_checkpoint(self, checkpoint: str, job: str, manifest: str, now: float) -> None:
+        """Mark committed and make it the job's latest, in one transaction."""
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE checkpoints SET state = 'committed', finished_at = ?, manifest = ?
+                   WHERE checkpoint = ? AND state = 'preparing'""",
+                (now, manifest, checkpoint),
+            )
+            db.execute("UPDATE jobs SET latest_checkpoint = ? WHERE job = ?", (checkpoint, job))
+
+    def finish_checkpoint(self, checkpoint: str, reason: str) -> None:
+        """Attach the final reason (e.g. hosts that did not acknowledge the commit)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE checkpoints SET reason = ? WHERE checkpoint = ?", (reason, checkpoint)
+            )
+
+    def abort_checkpoint(self, checkpoint: str, reason: str, failed_host: str, now: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE checkpoints SET state = 'aborted', finished_at = ?, reason = ?,
+                   failed_host = ? WHERE checkpoint = ? AND state = 'preparing'""",
+                (now, reason, failed_host, checkpoint),
+            )
+
+    def delete_checkpoint(self, checkpoint: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM checkpoints WHERE checkpoint = ?", (checkpoint,))
+
+    def checkpoint(self, checkpoint: str) -> CheckpointRecord | None:
+        row = self._db.execute(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE checkpoint = ?", (checkpoint,)
+        ).fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def checkpoint_by_request(self, request_id: str) -> CheckpointRecord | None:
+        row = self._db.execute(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def checkpoints(
+        self, job: str | None = None, state: str | None = None
+    ) -> list[CheckpointRecord]:
+        """Newest first."""
+        clauses, params = [], []
+        if job is not None:
+            clauses.append("job = ?")
+            params.append(job)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints {where} "
+            "ORDER BY started_at DESC, checkpoint DESC",
+            params,
+        ).fetchall()
+        return [_checkpoint(r) for r in rows]

@@ -45,6 +45,12 @@ class Config:
     heartbeat_interval: float = 1.0
     # Seconds of silence after which the coordinator reports an agent lost.
     agent_lost_after: float = 5.0
+    # Seconds the prepare phase of a checkpoint may take (overridden per request by --timeout).
+    checkpoint_timeout: float = 60.0
+    # Seconds agents have to acknowledge a commit.
+    commit_timeout: float = 30.0
+    # Committed checkpoints kept per job; older ones are deleted after a newer one commits.
+    retain_checkpoints: int = 3
     # Scratch space of an agent (working image copies, rank pipes).
     agent_work_dir: Path = Path("/var/lib/crctl/agent")
     # "auto" (JSON when not a terminal), "json" or "console".
@@ -78,6 +84,13 @@ def _coerce(name: str, value: object, source: str) -> object:
             if not isinstance(value, str | Path) or str(value) == "":
                 raise ValueError("expected a path")
             return Path(value)
+        if wanted is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected a whole number")
+            whole = int(value)  # type: ignore[call-overload]
+            if whole < 1:
+                raise ValueError("must be at least 1")
+            return whole
         if wanted is float:
             if isinstance(value, bool):
                 raise ValueError("expected a number")

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63rctl/v1/control.proto\x12\x08\x63rctl.v1\"|\n\tAgentInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x14\n\x0c\x63riu_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\x05\"-\n\x08Register\x12!\n\x04info\x18\x01 \x01(\x0b\x32\x13.crctl.v1.AgentInfo\"+\n\tHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"K\n\x0bRegisterAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\"\x1d\n\x0cHeartbeatAck\x12\r\n\x05known\x18\x01 \x01(\x08\"h\n\x0c\x41gentMessage\x12&\n\x08register\x18\x01 \x01(\x0b\x32\x12.crctl.v1.RegisterH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.crctl.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"|\n\x12\x43oordinatorMessage\x12-\n\x0cregister_ack\x18\x01 \x01(\x0b\x32\x15.crctl.v1.RegisterAckH\x00\x12/\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x16.crctl.v1.HeartbeatAckH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63rctl/v1/control.proto\x12\x08\x63rctl.v1\"|\n\tAgentInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x14\n\x0c\x63riu_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\x05\"-\n\x08Register\x12!\n\x04info\x18\x01 \x01(\x0b\x32\x13.crctl.v1.AgentInfo\"+\n\tHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"K\n\x0bRegisterAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\"\x1d\n\x0cHeartbeatAck\x12\r\n\x05known\x18\x01 \x01(\x08\"\x8d\x01\n\nLaunchRank\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12*\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1d.crctl.v1.LaunchRank.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0cRankLaunched\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"<\n\nRankExited\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x13\n\x0b\x65xit_status\x18\x03 \x01(\x05\"\x16\n\x07KillJob\x12\x0b\n\x03job\x18\x01 \x01(\t\"\'\n\tJobKilled\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05ranks\x18\x02 \x03(\x05\"\x84\x01\n\x11PrepareCheckpoint\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\r\n\x05ranks\x18\x03 \x03(\x05\x12\x12\n\nimages_dir\x18\x04 \x01(\t\x12\x15\n\rleave_running\x18\x05 \x01(\x08\x12\x14\n\x0chold_timeout\x18\x06 \x01(\x01\"8\n\nFileDigest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"~\n\tRankImage\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12#\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x14.crctl.v1.FileDigest\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x14\n\x0c\x64ump_seconds\x18\x06 \x01(\x01\"z\n\x0e\x43heckpointVote\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03yes\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x66\x61iled_rank\x18\x04 \x01(\x05\x12\"\n\x05ranks\x18\x05 \x03(\x0b\x32\x13.crctl.v1.RankImage\"&\n\x10\x43ommitCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"V\n\x0c\x43ommitResult\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x66rozen_seconds\x18\x04 \x01(\x01\"5\n\x0f\x41\x62ortCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0b\x41\x62ortResult\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"\x1d\n\x0bOrderFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xc2\x03\n\x0c\x41gentMessage\x12\x16\n\x0e\x63orrelation_id\x18\x0f \x01(\t\x12&\n\x08register\x18\x01 \x01(\x0b\x32\x12.crctl.v1.RegisterH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.crctl.v1.HeartbeatH\x00\x12/\n\rrank_launched\x18\x03 \x01(\x0b\x32\x16.crctl.v1.RankLaunchedH\x00\x12+\n\x0brank_exited\x18\x04 \x01(\x0b\x32\x14.crctl.v1.RankExitedH\x00\x12)\n\njob_killed\x18\x05 \x01(\x0b\x32\x13.crctl.v1.JobKilledH\x00\x12(\n\x04vote\x18\x06 \x01(\x0b\x32\x18.crctl.v1.CheckpointVoteH\x00\x12/\n\rcommit_result\x18\x07 \x01(\x0b\x32\x16.crctl.v1.CommitResultH\x00\x12-\n\x0c\x61\x62ort_result\x18\x08 \x01(\x0b\x32\x15.crctl.v1.AbortResultH\x00\x12-\n\x0corder_failed\x18\t \x01(\x0b\x32\x15.crctl.v1.OrderFailedH\x00\x42\x06\n\x04\x62ody\"\xf2\x02\n\x12\x43oordinatorMessage\x12\x16\n\x0e\x63orrelation_id\x18\x0f \x01(\t\x12-\n\x0cregister_ack\x18\x01 \x01(\x0b\x32\x15.crctl.v1.RegisterAckH\x00\x12/\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x16.crctl.v1.HeartbeatAckH\x00\x12+\n\x0blaunch_rank\x18\x03 \x01(\x0b\x32\x14.crctl.v1.LaunchRankH\x00\x12%\n\x08kill_job\x18\x04 \x01(\x0b\x32\x11.crctl.v1.KillJobH\x00\x12.\n\x07prepare\x18\x05 \x01(\x0b\x32\x1b.crctl.v1.PrepareCheckpointH\x00\x12,\n\x06\x63ommit\x18\x06 \x01(\x0b\x32\x1a.crctl.v1.CommitCheckpointH\x00\x12*\n\x05\x61\x62ort\x18\x07 \x01(\x0b\x32\x19.crctl.v1.AbortCheckpointH\x00\x42\x06\n\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crctl.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LAUNCHRANK_ENVENTRY']._loaded_options = None
+  _globals['_LAUNCHRANK_ENVENTRY']._serialized_options = b'8\001'
   _globals['_AGENTINFO']._serialized_start=36
   _globals['_AGENTINFO']._serialized_end=160
   _globals['_REGISTER']._serialized_start=162
@@ -41,8 +43,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERACK']._serialized_end=329
   _globals['_HEARTBEATACK']._serialized_start=331
   _globals['_HEARTBEATACK']._serialized_end=360
-  _globals['_AGENTMESSAGE']._serialized_start=362
-  _globals['_AGENTMESSAGE']._serialized_end=466
-  _globals['_COORDINATORMESSAGE']._serialized_start=468
-  _globals['_COORDINATORMESSAGE']._serialized_end=592
+  _globals['_LAUNCHRANK']._serialized_start=363
+  _globals['_LAUNCHRANK']._serialized_end=504
+  _globals['_LAUNCHRANK_ENVENTRY']._serialized_start=462
+  _globals['_LAUNCHRANK_ENVENTRY']._serialized_end=504
+  _globals['_RANKLAUNCHED']._serialized_start=506
+  _globals['_RANKLAUNCHED']._serialized_end=575
+  _globals['_RANKEXITED']._serialized_start=577
+  _globals['_RANKEXITED']._serialized_end=637
+  _globals['_KILLJOB']._serialized_start=639
+  _globals['_KILLJOB']._serialized_end=661
+  _globals['_JOBKILLED']._serialized_start=663
+  _globals['_JOBKILLED']._serialized_end=702
+  _globals['_PREPARECHECKPOINT']._serialized_start=705
+  _globals['_PREPARECHECKPOINT']._serialized_end=837
+  _globals['_FILEDIGEST']._serialized_start=839
+  _globals['_FILEDIGEST']._serialized_end=895
+  _globals['_RANKIMAGE']._serialized_start=897
+  _globals['_RANKIMAGE']._serialized_end=1023
+  _globals['_CHECKPOINTVOTE']._serialized_start=1025
+  _globals['_CHECKPOINTVOTE']._serialized_end=1147
+  _globals['_COMMITCHECKPOINT']._serialized_start=1149
+  _globals['_COMMITCHECKPOINT']._serialized_end=1187
+  _globals['_COMMITRESULT']._serialized_start=1189
+  _globals['_COMMITRESULT']._serialized_end=1275
+  _globals['_ABORTCHECKPOINT']._serialized_start=1277
+  _globals['_ABORTCHECKPOINT']._serialized_end=1330
+  _globals['_ABORTRESULT']._serialized_start=1332
+  _globals['_ABORTRESULT']._serialized_end=1365
+  _globals['_ORDERFAILED']._serialized_start=1367
+  _globals['_ORDERFAILED']._serialized_end=1396
+  _globals['_AGENTMESSAGE']._serialized_start=1399
+  _globals['_AGENTMESSAGE']._serialized_end=1849
+  _globals['_COORDINATORMESSAGE']._serialized_start=1852
+  _globals['_COORDINATORMESSAGE']._serialized_end=2222
 # @@protoc_insertion_point(module_scope)

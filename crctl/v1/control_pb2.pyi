@@ -52,18 +52,195 @@ class HeartbeatAck(_message.Message):
     known: bool
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
+class LaunchRank(_message.Message):
+    __slots__ = ("job", "rank", "argv", "env")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    rank: int
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, job: _Optional[str] = ..., rank: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RankLaunched(_message.Message):
+    __slots__ = ("job", "rank", "pid", "error")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    rank: int
+    pid: int
+    error: str
+    def __init__(self, job: _Optional[str] = ..., rank: _Optional[int] = ..., pid: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RankExited(_message.Message):
+    __slots__ = ("job", "rank", "exit_status")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    rank: int
+    exit_status: int
+    def __init__(self, job: _Optional[str] = ..., rank: _Optional[int] = ..., exit_status: _Optional[int] = ...) -> None: ...
+
+class KillJob(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    def __init__(self, job: _Optional[str] = ...) -> None: ...
+
+class JobKilled(_message.Message):
+    __slots__ = ("job", "ranks")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    ranks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PrepareCheckpoint(_message.Message):
+    __slots__ = ("job", "checkpoint", "ranks", "images_dir", "leave_running", "hold_timeout")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_DIR_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    HOLD_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    ranks: _containers.RepeatedScalarFieldContainer[int]
+    images_dir: str
+    leave_running: bool
+    hold_timeout: float
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ..., images_dir: _Optional[str] = ..., leave_running: _Optional[bool] = ..., hold_timeout: _Optional[float] = ...) -> None: ...
+
+class FileDigest(_message.Message):
+    __slots__ = ("path", "size", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class RankImage(_message.Message):
+    __slots__ = ("rank", "host", "pid", "files", "bytes", "dump_seconds")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DUMP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    host: str
+    pid: int
+    files: _containers.RepeatedCompositeFieldContainer[FileDigest]
+    bytes: int
+    dump_seconds: float
+    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., bytes: _Optional[int] = ..., dump_seconds: _Optional[float] = ...) -> None: ...
+
+class CheckpointVote(_message.Message):
+    __slots__ = ("checkpoint", "yes", "reason", "failed_rank", "ranks")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    YES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_RANK_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    yes: bool
+    reason: str
+    failed_rank: int
+    ranks: _containers.RepeatedCompositeFieldContainer[RankImage]
+    def __init__(self, checkpoint: _Optional[str] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_rank: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankImage, _Mapping]]] = ...) -> None: ...
+
+class CommitCheckpoint(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
+
+class CommitResult(_message.Message):
+    __slots__ = ("checkpoint", "ok", "reason", "frozen_seconds")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    ok: bool
+    reason: str
+    frozen_seconds: float
+    def __init__(self, checkpoint: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., frozen_seconds: _Optional[float] = ...) -> None: ...
+
+class AbortCheckpoint(_message.Message):
+    __slots__ = ("checkpoint", "reason")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    reason: str
+    def __init__(self, checkpoint: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AbortResult(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
+
+class OrderFailed(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat")
+    __slots__ = ("correlation_id", "register", "heartbeat", "rank_launched", "rank_exited", "job_killed", "vote", "commit_result", "abort_result", "order_failed")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RANK_LAUNCHED_FIELD_NUMBER: _ClassVar[int]
+    RANK_EXITED_FIELD_NUMBER: _ClassVar[int]
+    JOB_KILLED_FIELD_NUMBER: _ClassVar[int]
+    VOTE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_RESULT_FIELD_NUMBER: _ClassVar[int]
+    ABORT_RESULT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FAILED_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: str
     register: Register
     heartbeat: Heartbeat
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    rank_launched: RankLaunched
+    rank_exited: RankExited
+    job_killed: JobKilled
+    vote: CheckpointVote
+    commit_result: CommitResult
+    abort_result: AbortResult
+    order_failed: OrderFailed
+    def __init__(self, correlation_id: _Optional[str] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rank_launched: _Optional[_Union[RankLaunched, _Mapping]] = ..., rank_exited: _Optional[_Union[RankExited, _Mapping]] = ..., job_killed: _Optional[_Union[JobKilled, _Mapping]] = ..., vote: _Optional[_Union[CheckpointVote, _Mapping]] = ..., commit_result: _Optional[_Union[CommitResult, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., order_failed: _Optional[_Union[OrderFailed, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("register_ack", "heartbeat_ack")
+    __slots__ = ("correlation_id", "register_ack", "heartbeat_ack", "launch_rank", "kill_job", "prepare", "commit", "abort")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_ACK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_RANK_FIELD_NUMBER: _ClassVar[int]
+    KILL_JOB_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: str
     register_ack: RegisterAck
     heartbeat_ack: HeartbeatAck
-    def __init__(self, register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ...) -> None: ...
+    launch_rank: LaunchRank
+    kill_job: KillJob
+    prepare: PrepareCheckpoint
+    commit: CommitCheckpoint
+    abort: AbortCheckpoint
+    def __init__(self, correlation_id: _Optional[str] = ..., register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., launch_rank: _Optional[_Union[LaunchRank, _Mapping]] = ..., kill_job: _Optional[_Union[KillJob, _Mapping]] = ..., prepare: _Optional[_Union[PrepareCheckpoint, _Mapping]] = ..., commit: _Optional[_Union[CommitCheckpoint, _Mapping]] = ..., abort: _Optional[_Union[AbortCheckpoint, _Mapping]] = ...) -> None: ...

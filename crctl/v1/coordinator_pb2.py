@@ -23,23 +23,64 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from crctl.v1 import control_pb2 as crctl_dot_v1_dot_control__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63rctl/v1/coordinator.proto\x12\x08\x63rctl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n\x05\x41gent\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.crctl.v1.AgentState\x12\x32\n\x0elast_heartbeat\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63riu_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x05\"\x13\n\x11ListAgentsRequest\"5\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.crctl.v1.Agent*V\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GENT_STATE_ALIVE\x10\x01\x12\x14\n\x10\x41GENT_STATE_LOST\x10\x02\x32V\n\x0b\x43oordinator\x12G\n\nListAgents\x12\x1b.crctl.v1.ListAgentsRequest\x1a\x1c.crctl.v1.ListAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63rctl/v1/coordinator.proto\x12\x08\x63rctl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16\x63rctl/v1/control.proto\"\xed\x01\n\x05\x41gent\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.crctl.v1.AgentState\x12\x32\n\x0elast_heartbeat\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63riu_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x05\"\x13\n\x11ListAgentsRequest\"5\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.crctl.v1.Agent\"\xa1\x01\n\rLaunchRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12-\n\x03\x65nv\x18\x05 \x03(\x0b\x32 .crctl.v1.LaunchRequest.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0eLaunchResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\"v\n\x04Rank\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05state\x18\x04 \x01(\t\x12\x18\n\x0b\x65xit_status\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x61rgv\x18\x06 \x03(\tB\x0e\n\x0c_exit_status\"\x8b\x01\n\x03Job\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x1d\n\x05ranks\x18\x03 \x03(\x0b\x32\x0e.crctl.v1.Rank\x12\x19\n\x11latest_checkpoint\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fListJobsRequest\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.crctl.v1.Job\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"\x1d\n\x0eKillJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"-\n\x0fKillJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.crctl.v1.Job\"d\n\x11\x43heckpointRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x15\n\rleave_running\x18\x02 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x98\x01\n\x0f\x43heckpointEvent\x12\'\n\x05phase\x18\x01 \x01(\x0b\x32\x16.crctl.v1.PhaseChangedH\x00\x12#\n\x04vote\x18\x02 \x01(\x0b\x32\x13.crctl.v1.HostVotedH\x00\x12.\n\x07outcome\x18\x03 \x01(\x0b\x32\x1b.crctl.v1.CheckpointOutcomeH\x00\x42\x07\n\x05\x65vent\"@\n\x0cPhaseChanged\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05hosts\x18\x03 \x03(\t\"J\n\tHostVoted\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03yes\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x9d\x01\n\x11\x43heckpointOutcome\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x66\x61iled_host\x18\x04 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\"\n\x05ranks\x18\x06 \x03(\x0b\x32\x13.crctl.v1.RankImage\"\x96\x01\n\x08Manifest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rleave_running\x18\x04 \x01(\x08\x12\"\n\x05ranks\x18\x05 \x03(\x0b\x32\x13.crctl.v1.RankImage\"\xfa\x01\n\x0e\x43heckpointInfo\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06latest\x18\x04 \x01(\x08\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\tdirectory\x18\x08 \x01(\t\x12$\n\x08manifest\x18\t \x01(\x0b\x32\x12.crctl.v1.Manifest\"%\n\x16ListCheckpointsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"H\n\x17ListCheckpointsResponse\x12-\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x18.crctl.v1.CheckpointInfo*V\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GENT_STATE_ALIVE\x10\x01\x12\x14\n\x10\x41GENT_STATE_LOST\x10\x02\x32\xe8\x03\n\x0b\x43oordinator\x12G\n\nListAgents\x12\x1b.crctl.v1.ListAgentsRequest\x1a\x1c.crctl.v1.ListAgentsResponse\x12;\n\x06Launch\x12\x17.crctl.v1.LaunchRequest\x1a\x18.crctl.v1.LaunchResponse\x12\x41\n\x08ListJobs\x12\x19.crctl.v1.ListJobsRequest\x1a\x1a.crctl.v1.ListJobsResponse\x12\x30\n\x06GetJob\x12\x17.crctl.v1.GetJobRequest\x1a\r.crctl.v1.Job\x12>\n\x07KillJob\x12\x18.crctl.v1.KillJobRequest\x1a\x19.crctl.v1.KillJobResponse\x12\x46\n\nCheckpoint\x12\x1b.crctl.v1.CheckpointRequest\x1a\x19.crctl.v1.CheckpointEvent0\x01\x12V\n\x0fListCheckpoints\x12 .crctl.v1.ListCheckpointsRequest\x1a!.crctl.v1.ListCheckpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crctl.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTSTATE']._serialized_start=389
-  _globals['_AGENTSTATE']._serialized_end=475
-  _globals['_AGENT']._serialized_start=74
-  _globals['_AGENT']._serialized_end=311
-  _globals['_LISTAGENTSREQUEST']._serialized_start=313
-  _globals['_LISTAGENTSREQUEST']._serialized_end=332
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=334
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=387
-  _globals['_COORDINATOR']._serialized_start=477
-  _globals['_COORDINATOR']._serialized_end=563
+  _globals['_LAUNCHREQUEST_ENVENTRY']._loaded_options = None
+  _globals['_LAUNCHREQUEST_ENVENTRY']._serialized_options = b'8\001'
+  _globals['_AGENTSTATE']._serialized_start=2165
+  _globals['_AGENTSTATE']._serialized_end=2251
+  _globals['_AGENT']._serialized_start=98
+  _globals['_AGENT']._serialized_end=335
+  _globals['_LISTAGENTSREQUEST']._serialized_start=337
+  _globals['_LISTAGENTSREQUEST']._serialized_end=356
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=358
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=411
+  _globals['_LAUNCHREQUEST']._serialized_start=414
+  _globals['_LAUNCHREQUEST']._serialized_end=575
+  _globals['_LAUNCHREQUEST_ENVENTRY']._serialized_start=533
+  _globals['_LAUNCHREQUEST_ENVENTRY']._serialized_end=575
+  _globals['_LAUNCHRESPONSE']._serialized_start=577
+  _globals['_LAUNCHRESPONSE']._serialized_end=647
+  _globals['_RANK']._serialized_start=649
+  _globals['_RANK']._serialized_end=767
+  _globals['_JOB']._serialized_start=770
+  _globals['_JOB']._serialized_end=909
+  _globals['_LISTJOBSREQUEST']._serialized_start=911
+  _globals['_LISTJOBSREQUEST']._serialized_end=928
+  _globals['_LISTJOBSRESPONSE']._serialized_start=930
+  _globals['_LISTJOBSRESPONSE']._serialized_end=977
+  _globals['_GETJOBREQUEST']._serialized_start=979
+  _globals['_GETJOBREQUEST']._serialized_end=1007
+  _globals['_KILLJOBREQUEST']._serialized_start=1009
+  _globals['_KILLJOBREQUEST']._serialized_end=1038
+  _globals['_KILLJOBRESPONSE']._serialized_start=1040
+  _globals['_KILLJOBRESPONSE']._serialized_end=1085
+  _globals['_CHECKPOINTREQUEST']._serialized_start=1087
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1187
+  _globals['_CHECKPOINTEVENT']._serialized_start=1190
+  _globals['_CHECKPOINTEVENT']._serialized_end=1342
+  _globals['_PHASECHANGED']._serialized_start=1344
+  _globals['_PHASECHANGED']._serialized_end=1408
+  _globals['_HOSTVOTED']._serialized_start=1410
+  _globals['_HOSTVOTED']._serialized_end=1484
+  _globals['_CHECKPOINTOUTCOME']._serialized_start=1487
+  _globals['_CHECKPOINTOUTCOME']._serialized_end=1644
+  _globals['_MANIFEST']._serialized_start=1647
+  _globals['_MANIFEST']._serialized_end=1797
+  _globals['_CHECKPOINTINFO']._serialized_start=1800
+  _globals['_CHECKPOINTINFO']._serialized_end=2050
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2052
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2089
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2091
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2163
+  _globals['_COORDINATOR']._serialized_start=2254
+  _globals['_COORDINATOR']._serialized_end=2742
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,36 @@ class CoordinatorStub:
                 request_serializer=crctl_dot_v1_dot_coordinator__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=crctl_dot_v1_dot_coordinator__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.Launch = channel.unary_unary(
+                '/crctl.v1.Coordinator/Launch',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.LaunchRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.LaunchResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/crctl.v1.Coordinator/ListJobs',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/crctl.v1.Coordinator/GetJob',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.Job.FromString,
+                _registered_method=True)
+        self.KillJob = channel.unary_unary(
+                '/crctl.v1.Coordinator/KillJob',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.KillJobRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.KillJobResponse.FromString,
+                _registered_method=True)
+        self.Checkpoint = channel.unary_stream(
+                '/crctl.v1.Coordinator/Checkpoint',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.CheckpointEvent.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/crctl.v1.Coordinator/ListCheckpoints',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -51,6 +81,46 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Launch(self, request, context):
+        """Start one rank of a job on a host (the job is created with its first rank).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Checkpoint(self, request, context):
+        """Checkpoint every rank of a job consistently: streams progress, ends with the outcome.
+        A retry with the same request_id follows the checkpoint already started by it.
+        A second checkpoint of a job while one runs fails with ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +128,36 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=crctl_dot_v1_dot_coordinator__pb2.ListAgentsRequest.FromString,
                     response_serializer=crctl_dot_v1_dot_coordinator__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'Launch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Launch,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.LaunchRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.LaunchResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.GetJobRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
+            ),
+            'KillJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillJob,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.KillJobRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.KillJobResponse.SerializeToString,
+            ),
+            'Checkpoint': grpc.unary_stream_rpc_method_handler(
+                    servicer.Checkpoint,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.CheckpointRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.CheckpointEvent.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +187,168 @@ class Coordinator:
             '/crctl.v1.Coordinator/ListAgents',
             crctl_dot_v1_dot_coordinator__pb2.ListAgentsRequest.SerializeToString,
             crctl_dot_v1_dot_coordinator__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Launch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/Launch',
+            crctl_dot_v1_dot_coordinator__pb2.LaunchRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.LaunchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/ListJobs',
+            crctl_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/GetJob',
+            crctl_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/KillJob',
+            crctl_dot_v1_dot_coordinator__pb2.KillJobRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.KillJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crctl.v1.Coordinator/Checkpoint',
+            crctl_dot_v1_dot_coordinator__pb2.CheckpointRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.CheckpointEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/ListCheckpoints',
+            crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,12 +35,34 @@ class CoordinatorStub:
     def __new__(cls, channel: _aio.Channel) -> CoordinatorAsyncStub: ...
     ListAgents: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListAgentsRequest, _coordinator_pb2.ListAgentsResponse]
     """Every agent the coordinator has ever registered, with its liveness."""
+    Launch: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.LaunchRequest, _coordinator_pb2.LaunchResponse]
+    """Start one rank of a job on a host (the job is created with its first rank)."""
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListJobsRequest, _coordinator_pb2.ListJobsResponse]
+    GetJob: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.Job]
+    KillJob: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.KillJobRequest, _coordinator_pb2.KillJobResponse]
+    Checkpoint: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.CheckpointRequest, _coordinator_pb2.CheckpointEvent]
+    """Checkpoint every rank of a job consistently: streams progress, ends with the outcome.
+    A retry with the same request_id follows the checkpoint already started by it.
+    A second checkpoint of a job while one runs fails with ABORTED.
+    """
+    ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListCheckpointsRequest, _coordinator_pb2.ListCheckpointsResponse]
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAgents: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListAgentsRequest, _coordinator_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Every agent the coordinator has ever registered, with its liveness."""
+    Launch: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.LaunchRequest, _coordinator_pb2.LaunchResponse]  # type: ignore[assignment]
+    """Start one rank of a job on a host (the job is created with its first rank)."""
+    ListJobs: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListJobsRequest, _coordinator_pb2.ListJobsResponse]  # type: ignore[assignment]
+    GetJob: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.Job]  # type: ignore[assignment]
+    KillJob: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.KillJobRequest, _coordinator_pb2.KillJobResponse]  # type: ignore[assignment]
+    Checkpoint: _aio.UnaryStreamMultiCallable[_coordinator_pb2.CheckpointRequest, _coordinator_pb2.CheckpointEvent]  # type: ignore[assignment]
+    """Checkpoint every rank of a job consistently: streams progress, ends with the outcome.
+    A retry with the same request_id follows the checkpoint already started by it.
+    A second checkpoint of a job while one runs fails with ABORTED.
+    """
+    ListCheckpoints: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListCheckpointsRequest, _coordinator_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -50,5 +72,52 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.ListAgentsResponse, _abc.Awaitable[_coordinator_pb2.ListAgentsResponse]]:
         """Every agent the coordinator has ever registered, with its liveness."""
+
+    @_abc_1.abstractmethod
+    def Launch(
+        self,
+        request: _coordinator_pb2.LaunchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.LaunchResponse, _abc.Awaitable[_coordinator_pb2.LaunchResponse]]:
+        """Start one rank of a job on a host (the job is created with its first rank)."""
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _coordinator_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListJobsResponse, _abc.Awaitable[_coordinator_pb2.ListJobsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetJob(
+        self,
+        request: _coordinator_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Job, _abc.Awaitable[_coordinator_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def KillJob(
+        self,
+        request: _coordinator_pb2.KillJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.KillJobResponse, _abc.Awaitable[_coordinator_pb2.KillJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Checkpoint(
+        self,
+        request: _coordinator_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.CheckpointEvent], _abc.AsyncIterator[_coordinator_pb2.CheckpointEvent]]:
+        """Checkpoint every rank of a job consistently: streams progress, ends with the outcome.
+        A retry with the same request_id follows the checkpoint already started by it.
+        A second checkpoint of a job while one runs fails with ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCheckpoints(
+        self,
+        request: _coordinator_pb2.ListCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListCheckpointsResponse, _abc.Awaitable[_coordinator_pb2.ListCheckpointsResponse]]: ...
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

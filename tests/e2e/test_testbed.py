@@ -46,6 +46,13 @@ def test_killed_agent_is_lost_within_the_timeout_and_alive_after_restart(
     assert "agent_lost" in coordinator_log(testbed3)
 
 
+def _agents_if_answering() -> dict[str, dict[str, object]] | None:
+    result = crctl("agents", "--json", check=False)
+    if result.returncode != 0:
+        return None
+    return {a["host"]: a for a in json.loads(result.stdout)}
+
+
 def test_coordinator_restarted_after_sigkill_still_knows_the_agents(testbed3: bed.State) -> None:
     before = {a["host"]: a for a in crctl_json("agents")}
     assert procs.kill(testbed3.processes[bed.COORDINATOR], signal.SIGKILL)
@@ -54,11 +61,7 @@ def test_coordinator_restarted_after_sigkill_still_knows_the_agents(testbed3: be
     assert "coordinator unreachable" in unreachable.stderr
 
     crctl("testbed", "start", bed.COORDINATOR)
-    after = wait_for(
-        lambda: {a["host"]: a for a in crctl_json("agents")} or None,
-        timeout=10,
-        what="coordinator answering",
-    )
+    after = wait_for(_agents_if_answering, timeout=10, what="coordinator answering")
     assert set(after) == set(before)
     for host, agent in after.items():
         assert agent["addresses"] == before[host]["addresses"]

@@ -1,0 +1,128 @@
+"""`crctl checkpoint | checkpoints`: the two-phase checkpoint, as batch scripts drive it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+
+from cli import render
+from cli.client import CoordinatorClient
+from cli.exit_codes import ExitCode
+from crctl.config import Config
+from crctl.errors import UnavailableError
+from crctl.v1 import coordinator_pb2
+
+RETRY_FOR = 30.0  # seconds a checkpoint call is retried (same request id) when the link drops
+
+
+def _progress(event: coordinator_pb2.CheckpointEvent, quiet: bool) -> None:
+    if quiet:
+        return
+    kind = event.WhichOneof("event")
+    if kind == "phase":
+        hosts = f" on {', '.join(event.phase.hosts)}" if event.phase.hosts else ""
+        print(f"{event.phase.checkpoint}: {event.phase.phase}{hosts}", file=sys.stderr)
+    elif kind == "vote":
+        vote = "yes" if event.vote.yes else f"no ({event.vote.reason})"
+        print(f"  {event.vote.host} voted {vote}", file=sys.stderr)
+
+
+def cmd_checkpoint(args: argparse.Namespace, config: Config) -> int:
+    request_id = args.request_id or uuid.uuid4().hex
+    deadline = time.monotonic() + RETRY_FOR
+    outcome = None
+    with CoordinatorClient(config.grpc_address) as client:
+        while outcome is None:
+            try:
+                for event in client.checkpoint(
+                    args.job,
+                    leave_running=args.leave_running,
+                    timeout=args.timeout,
+                    request_id=request_id,
+                ):
+                    _progress(event, args.json)
+                    if event.WhichOneof("event") == "outcome":
+                        outcome = event.outcome
+            except UnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)  # the same request id follows, never restarts, the checkpoint
+    if args.json:
+        render.print_json(
+            {
+                "job": args.job,
+                "checkpoint": outcome.checkpoint,
+                "committed": outcome.committed,
+                "reason": outcome.reason,
+                "failed_host": outcome.failed_host,
+                "duration_seconds": round(outcome.duration_seconds, 3),
+                "ranks": [
+                    {"rank": r.rank, "host": r.host, "bytes": r.bytes} for r in outcome.ranks
+                ],
+            }
+        )
+    elif outcome.committed:
+        size = sum(r.bytes for r in outcome.ranks)
+        print(
+            f"committed {outcome.checkpoint} of {args.job}: {len(outcome.ranks)} ranks, "
+            f"{size / 2**20:.1f} MiB in {outcome.duration_seconds:.2f}s"
+            + (f" ({outcome.reason})" if outcome.reason else "")
+        )
+    if not outcome.committed:
+        print(
+            f"crctl: checkpoint {outcome.checkpoint} of {args.job} aborted: {outcome.reason}; "
+            "the job keeps running and the previous checkpoint stays the latest",
+            file=sys.stderr,
+        )
+        return ExitCode.ABORTED
+    return ExitCode.OK
+
+
+def cmd_checkpoints(args: argparse.Namespace, config: Config) -> int:
+    with CoordinatorClient(config.grpc_address) as client:
+        checkpoints = client.checkpoints(args.job)
+    if args.json:
+        render.print_json([render.to_dict(c) for c in checkpoints])
+        return ExitCode.OK
+    render.print_table(
+        ["checkpoint", "state", "latest", "started", "ranks", "size", "reason"],
+        [
+            [
+                c.checkpoint,
+                c.state,
+                "*" if c.latest else "",
+                c.started_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+                len(c.manifest.ranks),
+                f"{sum(r.bytes for r in c.manifest.ranks) / 2**20:.1f}M",
+                c.reason or "",
+            ]
+            for c in checkpoints
+        ],
+    )
+    return ExitCode.OK
+
+
+def register(add: render.AddCommand) -> None:
+    p = add("checkpoint", cmd_checkpoint, "checkpoint every rank of a job, consistently", True)
+    p.add_argument("job")
+    p.add_argument(
+        "--leave-running",
+        action="store_true",
+        help="keep the ranks running after the checkpoint (default: they stop)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="deadline of the prepare phase (default: checkpoint_timeout)",
+    )
+    p.add_argument(
+        "--request-id",
+        default="",
+        help="idempotency key: a retry with the same id never starts a second one",
+    )
+    p = add("checkpoints", cmd_checkpoints, "list a job's checkpoints", True)
+    p.add_argument("job")

@@ -1,0 +1,117 @@
+"""`crctl launch | jobs | status | kill`: a job's lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+
+from cli import render
+from cli.client import CoordinatorClient
+from cli.exit_codes import ExitCode
+from crctl.config import Config
+from crctl.errors import ConfigError
+from crctl.v1 import coordinator_pb2
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad --env {pair!r}: expected NAME=VALUE")
+        env[key] = value
+    return env
+
+
+def cmd_launch(args: argparse.Namespace, config: Config) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise ConfigError(
+            "give the rank's command after --, e.g. crctl launch --job J --host h1 -- CMD"
+        )
+    with CoordinatorClient(config.grpc_address, timeout=60) as client:
+        reply = client.launch(args.job, args.host, args.rank, argv, _env_pairs(args.env))
+    if args.json:
+        render.print_json(render.to_dict(reply))
+    else:
+        print(f"launched {reply.job} rank {reply.rank} on {reply.host} (pid {reply.pid})")
+    return ExitCode.OK
+
+
+def _rank_status(rank: coordinator_pb2.Rank) -> str:
+    if rank.HasField("exit_status"):
+        return f"{rank.state} ({rank.exit_status})"
+    return rank.state
+
+
+def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
+    with CoordinatorClient(config.grpc_address) as client:
+        jobs = client.jobs()
+    if args.json:
+        render.print_json([render.to_dict(j) for j in jobs])
+        return ExitCode.OK
+    render.print_table(
+        ["job", "state", "ranks", "hosts", "latest checkpoint"],
+        [
+            [
+                j.job,
+                j.state,
+                len(j.ranks),
+                ",".join(sorted({r.host for r in j.ranks})),
+                j.latest_checkpoint or "-",
+            ]
+            for j in jobs
+        ],
+    )
+    return ExitCode.OK
+
+
+def _print_job(job: coordinator_pb2.Job) -> None:
+    print(f"job {job.job}: {job.state}; latest checkpoint: {job.latest_checkpoint or '-'}")
+    render.print_table(
+        ["rank", "host", "pid", "state", "command"],
+        [[r.rank, r.host, r.pid, _rank_status(r), " ".join(r.argv)] for r in job.ranks],
+    )
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    with CoordinatorClient(config.grpc_address) as client:
+        job = client.job(args.job)
+    if args.json:
+        render.print_json(render.to_dict(job))
+    else:
+        _print_job(job)
+    return ExitCode.OK
+
+
+def cmd_kill(args: argparse.Namespace, config: Config) -> int:
+    with CoordinatorClient(config.grpc_address, timeout=60) as client:
+        job = client.kill(args.job)
+    if args.json:
+        render.print_json(render.to_dict(job))
+    else:
+        _print_job(job)
+    return ExitCode.OK
+
+
+def register(add: render.AddCommand) -> None:
+    p = add("launch", cmd_launch, "start one rank of a job on a host", True)
+    p.add_argument("--job", required=True, help="job name (created with its first rank)")
+    p.add_argument("--host", required=True, help="the host whose agent starts the rank")
+    p.add_argument("--rank", type=int, default=-1, help="rank number (default: next free)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the rank (repeatable)",
+    )
+    p.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the rank's command"
+    )
+    add("jobs", cmd_jobs, "list jobs", True)
+    p = add("status", cmd_status, "show a job's ranks, hosts, PIDs and latest checkpoint", True)
+    p.add_argument("job")
+    p = add("kill", cmd_kill, "kill every rank of a job", True)
+    p.add_argument("job")

@@ -1,0 +1,377 @@
+"""Running checkpoints: the I/O around the pure barrier (coordinator.barrier).
+
+One ``CheckpointRun`` per checkpoint feeds the barrier events (agents' votes and commit results,
+lost agents, deadlines) and carries out its actions: orders to agents over the control plane,
+durable records in the store, manifest and folders in the checkpoint store. Progress is
+published as ``CheckpointEvent``s that any number of API callers can follow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from coordinator import barrier as b
+from coordinator.control import ControlPlane
+from coordinator.jobs import JobService
+from coordinator.storage import CheckpointStore
+from coordinator.store import CheckpointRecord, Store
+from crctl.clock import Clock, new_id
+from crctl.errors import ConflictError, CrctlError
+from crctl.v1 import control_pb2, coordinator_pb2
+
+log = structlog.get_logger()
+
+ABORT_TIMEOUT = 15.0
+# Agents may hold ranks frozen this much longer than the coordinator's own deadlines.
+HOLD_MARGIN = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSettings:
+    prepare_timeout: float
+    commit_timeout: float
+    retain: int
+
+
+class CheckpointRun:
+    def __init__(
+        self,
+        *,
+        record: CheckpointRecord,
+        ranks_by_host: dict[str, list[int]],
+        settings: CheckpointSettings,
+        plane: ControlPlane,
+        store: Store,
+        files: CheckpointStore,
+        clock: Clock,
+    ) -> None:
+        self.record = record
+        self.checkpoint = record.checkpoint
+        self.job = record.job
+        self._ranks_by_host = ranks_by_host
+        self._settings = settings
+        self._plane = plane
+        self._store = store
+        self._files = files
+        self._clock = clock
+        self._barrier = b.CheckpointBarrier(
+            tuple(sorted(ranks_by_host)),
+            prepare_timeout=settings.prepare_timeout,
+            commit_timeout=settings.commit_timeout,
+        )
+        self._events: asyncio.Queue[b.Event] = asyncio.Queue()
+        self._images: dict[str, list[control_pb2.RankImage]] = {}
+        self._frozen: dict[str, float] = {}
+        self._history: list[coordinator_pb2.CheckpointEvent] = []
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._log = log.bind(job=self.job, checkpoint=self.checkpoint)
+        self.done = asyncio.Event()
+        self.outcome: coordinator_pb2.CheckpointOutcome | None = None
+
+    # --- following progress ---
+
+    async def _publish(self, event: coordinator_pb2.CheckpointEvent) -> None:
+        async with self._changed:
+            self._history.append(event)
+            self._changed.notify_all()
+
+    async def follow(self) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
+        seen = 0
+        while True:
+            async with self._changed:
+                while len(self._history) <= seen:
+                    await self._changed.wait()
+                new = self._history[seen:]
+            seen += len(new)
+            for event in new:
+                yield event
+                if event.WhichOneof("event") == "outcome":
+                    return
+
+    async def _phase(self, phase: str, hosts: list[str]) -> None:
+        self._log.info("checkpoint_phase", phase=phase, hosts=hosts)
+        event = coordinator_pb2.CheckpointEvent()
+        event.phase.checkpoint = self.checkpoint
+        event.phase.phase = phase
+        event.phase.hosts.extend(hosts)
+        await self._publish(event)
+
+    # --- events from outside ---
+
+    def agent_lost(self, host: str) -> None:
+        self._events.put_nowait(b.AgentLost(host))
+
+    # --- the run ---
+
+    async def run(self) -> None:
+        started = self._clock.monotonic()
+        try:
+            await self._execute(self._barrier.handle(b.Start(now=self._clock.monotonic())))
+            while not self._barrier.phase.finished:
+                event = await self._events.get()
+                await self._execute(self._barrier.handle(event))
+        except Exception as exc:  # a bug or an I/O failure must not leave ranks frozen
+            self._log.exception("checkpoint_run_failed")
+            if not self._barrier.phase.finished:
+                await self._execute(self._barrier.handle(b.Cancel(f"coordinator error: {exc}")))
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self.outcome is not None:
+                self.outcome.duration_seconds = self._clock.monotonic() - started
+            self.done.set()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, actions: list[b.Action]) -> None:
+        for action in actions:
+            match action:
+                case b.SendPrepare(hosts=hosts, deadline=deadline):
+                    await self._phase("preparing", list(hosts))
+                    for host in hosts:
+                        self._spawn(self._prepare(host, deadline))
+                case b.ArmTimer(deadline=deadline):
+                    self._spawn(self._timer(deadline))
+                case b.RecordCommit():
+                    self._record_commit()
+                case b.SendCommit(hosts=hosts, deadline=deadline):
+                    await self._phase("committing", list(hosts))
+                    for host in hosts:
+                        self._spawn(self._commit(host, deadline))
+                case b.RecordAbort(reason=reason, failed_host=failed_host):
+                    self._store.abort_checkpoint(
+                        self.checkpoint, reason, failed_host or "", self._clock.now()
+                    )
+                case b.SendAbort(hosts=hosts, reason=reason):
+                    await self._abort_everywhere(hosts, reason)
+                case b.Finished(phase=phase, reason=reason):
+                    await self._finish(phase, reason)
+
+    async def _timer(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self._clock.monotonic()))
+        self._events.put_nowait(b.Tick(now=self._clock.monotonic()))
+
+    async def _prepare(self, host: str, deadline: float) -> None:
+        order = control_pb2.CoordinatorMessage()
+        prepare = order.prepare
+        prepare.job = self.job
+        prepare.checkpoint = self.checkpoint
+        prepare.ranks.extend(self._ranks_by_host[host])
+        prepare.images_dir = self.record.directory
+        prepare.leave_running = self.record.leave_running
+        prepare.hold_timeout = (
+            deadline - self._clock.monotonic() + self._settings.commit_timeout + HOLD_MARGIN
+        )
+        try:
+            reply = await self._plane.request(host, order, deadline - self._clock.monotonic())
+        except CrctlError as exc:
+            self._events.put_nowait(b.Vote(host, yes=False, reason=exc.message))
+            return
+        vote = reply.vote
+        if reply.WhichOneof("body") != "vote":
+            self._events.put_nowait(
+                b.Vote(host, yes=False, reason=reply.order_failed.reason or "no vote")
+            )
+            return
+        self._images[host] = list(vote.ranks)
+        self._log.info("checkpoint_vote", agent=host, yes=vote.yes, reason=vote.reason)
+        event = coordinator_pb2.CheckpointEvent()
+        event.vote.checkpoint = self.checkpoint
+        event.vote.host = host
+        event.vote.yes = vote.yes
+        event.vote.reason = vote.reason
+        await self._publish(event)
+        self._events.put_nowait(b.Vote(host, yes=vote.yes, reason=vote.reason))
+
+    def _manifest(self) -> coordinator_pb2.Manifest:
+        manifest = coordinator_pb2.Manifest(
+            checkpoint=self.checkpoint, job=self.job, leave_running=self.record.leave_running
+        )
+        manifest.created_at.FromNanoseconds(int(self._clock.now() * 1e9))
+        ranks = [image for images in self._images.values() for image in images]
+        manifest.ranks.extend(sorted(ranks, key=lambda r: r.rank))
+        return manifest
+
+    def _record_commit(self) -> None:
+        """The decision: manifest written last to the checkpoint folder, then the database makes
+        it the job's latest in one transaction."""
+        manifest = self._manifest()
+        directory = self._files.directory(self.job, self.checkpoint)
+        text = self._files.write_manifest(directory, manifest)
+        self._store.commit_checkpoint(self.checkpoint, self.job, text, self._clock.now())
+        self._log.info("checkpoint_recorded", phase="commit")
+
+    async def _commit(self, host: str, deadline: float) -> None:
+        order = control_pb2.CoordinatorMessage()
+        order.commit.checkpoint = self.checkpoint
+        try:
+            reply = await self._plane.request(host, order, deadline - self._clock.monotonic())
+        except CrctlError as exc:
+            self._events.put_nowait(b.CommitAck(host, ok=False, reason=exc.message))
+            return
+        result = reply.commit_result
+        self._frozen[host] = result.frozen_seconds
+        self._events.put_nowait(b.CommitAck(host, ok=result.ok, reason=result.reason))
+
+    async def _abort_everywhere(self, hosts: tuple[str, ...], reason: str) -> None:
+        await self._phase("aborting", list(hosts))
+
+        async def abort(host: str) -> None:
+            order = control_pb2.CoordinatorMessage()
+            order.abort.checkpoint = self.checkpoint
+            order.abort.reason = reason
+            try:
+                await self._plane.request(host, order, ABORT_TIMEOUT)
+            except CrctlError as exc:
+                # The agent aborts by itself when its hold times out.
+                self._log.warning("checkpoint_abort_unacknowledged", agent=host, error=str(exc))
+
+        await asyncio.gather(*(abort(h) for h in hosts))
+        self._files.remove(self._files.directory(self.job, self.checkpoint))
+
+    async def _finish(self, phase: b.Phase, reason: str) -> None:
+        committed = phase is b.Phase.COMMITTED
+        if committed:
+            if reason:
+                self._store.finish_checkpoint(self.checkpoint, reason)
+            if not self.record.leave_running:
+                self._store.set_job_ranks_state(self.job, "checkpointed")
+            self._apply_retention()
+        outcome = coordinator_pb2.CheckpointOutcome(
+            checkpoint=self.checkpoint,
+            committed=committed,
+            reason=reason,
+            failed_host=self._barrier.failed_host or "",
+            duration_seconds=0.0,
+        )
+        if committed:
+            outcome.ranks.extend(self._manifest().ranks)
+        self.outcome = outcome
+        self._log.info(
+            "checkpoint_finished",
+            phase=phase.value,
+            reason=reason,
+            frozen_seconds=max(self._frozen.values(), default=0.0),
+        )
+        await self._phase(phase.value, [])
+        event = coordinator_pb2.CheckpointEvent()
+        event.outcome.CopyFrom(outcome)
+        await self._publish(event)
+
+    def _apply_retention(self) -> None:
+        committed = self._store.checkpoints(self.job, state="committed")
+        for old in committed[self._settings.retain :]:
+            self._files.remove(self._files.directory(old.job, old.checkpoint))
+            self._store.delete_checkpoint(old.checkpoint)
+            self._log.info("checkpoint_retired", retired=old.checkpoint)
+
+
+class CheckpointService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        jobs: JobService,
+        plane: ControlPlane,
+        files: CheckpointStore,
+        clock: Clock,
+        settings: CheckpointSettings,
+    ) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._plane = plane
+        self._files = files
+        self._clock = clock
+        self._settings = settings
+        self._running: dict[str, CheckpointRun] = {}  # job -> its running checkpoint
+
+    def recover(self) -> None:
+        """After a restart: a checkpoint left preparing was never decided; it is not valid."""
+        for record in self._store.checkpoints(state="preparing"):
+            self._store.abort_checkpoint(
+                record.checkpoint,
+                "coordinator restarted before the decision",
+                "",
+                self._clock.now(),
+            )
+            self._files.remove(Path(record.directory))
+            log.warning("checkpoint_abandoned", job=record.job, checkpoint=record.checkpoint)
+
+    def agent_lost(self, host: str) -> None:
+        for run in self._running.values():
+            run.agent_lost(host)
+
+    def start(
+        self, job: str, *, leave_running: bool, timeout: float, request_id: str
+    ) -> CheckpointRun | CheckpointRecord:
+        """Start a checkpoint, or find the one this request id already started."""
+        if request_id:
+            previous = self._store.checkpoint_by_request(request_id)
+            if previous is not None:
+                live = self._running.get(previous.job)
+                if live is not None and live.checkpoint == previous.checkpoint:
+                    return live
+                return previous
+        record = self._jobs.get(job)
+        if job in self._running:
+            raise ConflictError(
+                f"a checkpoint of {job} is already running "
+                f"({self._running[job].checkpoint}); wait for it to finish",
+                job=job,
+            )
+        running = [r for r in record.ranks if r.state == "running"]
+        if not running:
+            raise ConflictError(f"job {job} has no running rank to checkpoint", job=job)
+        ranks_by_host: dict[str, list[int]] = {}
+        for rank in running:
+            ranks_by_host.setdefault(rank.host, []).append(rank.rank)
+        for host in ranks_by_host:
+            self._jobs.require_alive(host, job)
+        checkpoint = new_id("ckpt")
+        directory = self._files.create(job, checkpoint)
+        settings = self._settings
+        if timeout > 0:
+            settings = CheckpointSettings(
+                prepare_timeout=timeout,
+                commit_timeout=settings.commit_timeout,
+                retain=settings.retain,
+            )
+        checkpoint_record = CheckpointRecord(
+            checkpoint=checkpoint,
+            job=job,
+            request_id=request_id or None,
+            state="preparing",
+            leave_running=leave_running,
+            directory=str(directory),
+            started_at=self._clock.now(),
+            finished_at=None,
+            reason="",
+            failed_host="",
+            manifest=None,
+        )
+        self._store.begin_checkpoint(checkpoint_record)
+        run = CheckpointRun(
+            record=checkpoint_record,
+            ranks_by_host=ranks_by_host,
+            settings=settings,
+            plane=self._plane,
+            store=self._store,
+            files=self._files,
+            clock=self._clock,
+        )
+        self._running[job] = run
+        task = asyncio.create_task(run.run(), name=f"checkpoint-{checkpoint}")
+        task.add_done_callback(lambda _: self._running.pop(job, None))
+        return run
+
+    def list(self, job: str) -> list[CheckpointRecord]:
+        self._jobs.get(job)
+        return self._store.checkpoints(job)

@@ -1,0 +1,120 @@
+"""Jobs and their ranks: launching a rank on a host's agent, killing a job, and recording ranks
+that exit on their own."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from coordinator.control import ControlPlane
+from coordinator.registry import ALIVE, AgentRegistry
+from coordinator.store import JobRecord, RankRecord, Store
+from crctl.clock import Clock
+from crctl.errors import ConfigError, ConflictError, CrctlError, NotFoundError, UnavailableError
+from crctl.v1 import control_pb2
+
+log = structlog.get_logger()
+
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LAUNCH_TIMEOUT = 30.0
+KILL_TIMEOUT = 15.0
+
+
+def validate_job_name(job: str) -> None:
+    if not JOB_NAME.fullmatch(job):
+        raise ConfigError(
+            f"bad job name {job!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+class JobService:
+    def __init__(
+        self, store: Store, registry: AgentRegistry, plane: ControlPlane, clock: Clock
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._plane = plane
+        self._clock = clock
+
+    def require_alive(self, host: str, job: str | None = None) -> None:
+        agent = self._registry.get(host)
+        if agent is None:
+            raise NotFoundError(
+                f"unknown host {host!r}: no agent registered there", host=host, job=job
+            )
+        if agent.state != ALIVE:
+            raise UnavailableError(f"the agent on {host} is {agent.state}", host=host, job=job)
+
+    def get(self, job: str) -> JobRecord:
+        record = self._store.job(job)
+        if record is None:
+            raise NotFoundError(f"unknown job {job!r}", job=job)
+        return record
+
+    def jobs(self) -> list[JobRecord]:
+        return self._store.jobs()
+
+    async def launch(
+        self, job: str, host: str, rank: int, argv: Sequence[str], env: Mapping[str, str]
+    ) -> RankRecord:
+        validate_job_name(job)
+        if not argv:
+            raise ConfigError("nothing to launch: give the rank's command after --")
+        self.require_alive(host, job)
+        existing = self._store.job(job)
+        taken = {r.rank for r in existing.ranks} if existing else set()
+        if rank < 0:
+            rank = max(taken, default=-1) + 1
+        elif rank in taken:
+            raise ConflictError(f"job {job} already has a rank {rank}", job=job, host=host)
+        order = control_pb2.CoordinatorMessage()
+        order.launch_rank.job = job
+        order.launch_rank.rank = rank
+        order.launch_rank.argv.extend(argv)
+        order.launch_rank.env.update(env)
+        reply = await self._plane.request(host, order, LAUNCH_TIMEOUT)
+        launched = reply.rank_launched
+        if reply.WhichOneof("body") != "rank_launched" or launched.error:
+            reason = launched.error or reply.order_failed.reason or "unexpected reply"
+            raise CrctlError(
+                f"launch of rank {rank} failed on {host}: {reason}", job=job, host=host
+            )
+        record = RankRecord(job, rank, host, launched.pid, "running", None, tuple(argv))
+        self._store.add_rank(record, self._clock.now())
+        log.info("rank_launched", job=job, rank=rank, agent=host, pid=launched.pid)
+        return record
+
+    async def kill(self, job: str) -> JobRecord:
+        record = self.get(job)
+        hosts = sorted({r.host for r in record.ranks if r.state == "running"})
+        failures = []
+        for host in hosts:
+            order = control_pb2.CoordinatorMessage()
+            order.kill_job.job = job
+            try:
+                await self._plane.request(host, order, KILL_TIMEOUT)
+            except CrctlError as exc:
+                failures.append(f"{host}: {exc.message}")
+        if failures:
+            raise UnavailableError(
+                f"could not kill every rank of {job}: {'; '.join(failures)}", job=job
+            )
+        self._store.set_job_ranks_state(job, "killed")
+        log.info("job_killed", job=job, hosts=hosts)
+        return self.get(job)
+
+    def on_rank_exited(self, host: str, event: control_pb2.RankExited) -> None:
+        record = self._store.job(event.job)
+        rank = next((r for r in record.ranks if r.rank == event.rank), None) if record else None
+        if rank is None or rank.host != host:
+            log.warning("rank_exit_unknown", job=event.job, rank=event.rank, agent=host)
+            return
+        if rank.state != "running":
+            return
+        self._store.set_rank_state(event.job, event.rank, "exited", event.exit_status)
+        log.info(
+            "rank_exited", job=event.job, rank=event.rank, agent=host, exit_status=event.exit_status
+        )
