@@ -11,6 +11,7 @@ import structlog
 
 from agent.hostinfo import agent_info
 from agent.link import CoordinatorLink
+from agent.orders import Orders
 from crctl.config import Config
 from crctl.v1 import control_pb2
 
@@ -24,6 +25,9 @@ class Agent:
             config.control_endpoint, config.keys_dir, config.agent_key_name(), config.host
         )
         self._info = agent_info(config.host)
+        self._orders = Orders(
+            host=config.host, work_dir=config.agent_work_dir, send=self._link.send
+        )
         self._interval = config.heartbeat_interval
         self._registered = False
         self._sequence = 0
@@ -53,10 +57,13 @@ class Agent:
             if ack.heartbeat_interval > 0:
                 self._interval = ack.heartbeat_interval
             log.info("agent_registered", heartbeat_interval=self._interval)
-        elif kind == "heartbeat_ack" and not message.heartbeat_ack.known:
-            log.warning("agent_unknown_to_coordinator")
-            self._registered = False
-            return True
+        elif kind == "heartbeat_ack":
+            if not message.heartbeat_ack.known:
+                log.warning("agent_unknown_to_coordinator")
+                self._registered = False
+                return True
+        else:
+            self._orders.handle(message)
         return False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -77,6 +84,7 @@ class Agent:
                 if message is not None and self._on_message(message):
                     await self._register()
         finally:
+            await self._orders.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

@@ -71,6 +71,7 @@ class CheckpointRun:
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(job=self.job, checkpoint=self.checkpoint)
         self.done = asyncio.Event()
+        self._started = 0.0
         self.outcome: coordinator_pb2.CheckpointOutcome | None = None
 
     # --- following progress ---
@@ -109,7 +110,7 @@ class CheckpointRun:
     # --- the run ---
 
     async def run(self) -> None:
-        started = self._clock.monotonic()
+        self._started = self._clock.monotonic()
         try:
             await self._execute(self._barrier.handle(b.Start(now=self._clock.monotonic())))
             while not self._barrier.phase.finished:
@@ -122,8 +123,6 @@ class CheckpointRun:
         finally:
             for task in self._tasks:
                 task.cancel()
-            if self.outcome is not None:
-                self.outcome.duration_seconds = self._clock.monotonic() - started
             self.done.set()
 
     def _spawn(self, coro: object) -> None:
@@ -250,7 +249,7 @@ class CheckpointRun:
             committed=committed,
             reason=reason,
             failed_host=self._barrier.failed_host or "",
-            duration_seconds=0.0,
+            duration_seconds=self._clock.monotonic() - self._started,
         )
         if committed:
             outcome.ranks.extend(self._manifest().ranks)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MIN_CRIU = (4, 1)
+MIN_CRIU = (4, 2)
 # Capability bits (linux/capability.h) the checkpoint path needs when not plain root.
 _CAPS = {
     "CAP_NET_ADMIN": 12,
@@ -73,14 +73,15 @@ def check_criu() -> Check:
             "criu",
             False,
             "criu is not on PATH",
-            "run deploy/install-criu.sh (installs or builds CRIU >= 4.1)",
+            "run deploy/install-criu.sh (installs or builds CRIU >= 4.2)",
         )
     if _version_tuple(version) < MIN_CRIU:
         return Check(
             "criu",
             False,
-            f"CRIU {version} is too old (need >= 4.1 on this kernel)",
-            "run deploy/install-criu.sh to build CRIU 4.1.1",
+            f"CRIU {version} is too old (need >= 4.2: older releases cannot dump TCP sockets "
+            "on kernels >= 6.16)",
+            "run deploy/install-criu.sh to build CRIU 4.2.1",
         )
     return Check("criu", True, f"CRIU {version} at {shutil.which('criu')}")
 

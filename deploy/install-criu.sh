@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install CRIU (>= 4.1) and make pycriu importable for crctl.
+# Install CRIU (>= 4.2) and make pycriu importable for crctl.
 #
 #   deploy/install-criu.sh [--python /path/to/bin/python]... [--no-runtime-deps]
 #   deploy/install-criu.sh --runtime-deps-only
@@ -8,12 +8,12 @@
 # builds nothing):
 #   1. apt-installs crctl's run-time tools: nftables iptables iproute2
 #      util-linux procps (function crctl_install_runtime_deps).
-#   2. Fetches the CRIU 4.1.1 source (Debian trixie's orig tarball, through a
+#   2. Fetches the CRIU 4.2.1 source (Debian sid's orig tarball, through a
 #      private apt configuration; the system's apt sources are not touched) into
 #      the cache.  pycriu is generated from it, so this always happens.
-#   3. Makes `criu` >= 4.1 available on PATH: an existing good one, else the
-#      distribution package if its candidate is >= 4.1 (Debian 13), else a
-#      build of 4.1.1 from the cached source installed as /usr/local/sbin/criu.
+#   3. Makes `criu` >= 4.2 available on PATH: an existing good one, else the
+#      distribution package if its candidate is >= 4.2, else a
+#      build of 4.2.1 from the cached source installed as /usr/local/sbin/criu.
 #      Ends with `criu check`, which must say "Looks good".
 #   4. For every --python interpreter: generates pycriu's protobuf modules with
 #      that interpreter's grpc_tools.protoc (grpcio-tools must be installed
@@ -27,12 +27,15 @@
 
 set -Eeuo pipefail
 
-CRIU_VERSION=4.1.1
-CRIU_MIN_VERSION=4.1
-CRIU_DEB_VERSION=4.1.1-1
+# CRIU 4.2 is the first release that dumps INET sockets on kernels >= 6.16 (which restrict
+# SO_PASSCRED/SO_PASSSEC to unix sockets: 4.1.x fails with "Can't get 1:16 opt", criu#2705).
+CRIU_VERSION=4.2.1
+CRIU_MIN_VERSION=4.2
+CRIU_SUITE=sid
+CRIU_DEB_VERSION=4.2.1-1
 CRIU_ORIG_TARBALL=criu_${CRIU_VERSION}.orig.tar.xz
-# Same value as trixie's Sources index (which apt also checks on download).
-CRIU_ORIG_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+# Same value as sid's Sources index (which apt also checks on download).
+CRIU_ORIG_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
 DEBIAN_MIRROR=http://deb.debian.org/debian
 DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 CRIU_INSTALL_PATH=/usr/local/sbin/criu
@@ -168,19 +171,19 @@ crctl_install_runtime_deps() {
 
 # ------------------------------------------------------------ criu source --
 
-# apt options for a private trixie deb-src list with private state: the
+# apt options for a private deb-src list with private state: the
 # system's sources, package lists and package caches are never touched.
-trixie_apt_opts() {
-    local d=$CACHE/apt-trixie
-    TRIXIE_APT_OPTS=(
+suite_apt_opts() {
+    local d=$CACHE/apt-$CRIU_SUITE
+    SUITE_APT_OPTS=(
         -o Dir::Etc::SourceList="$d/sources.list"
         -o Dir::Etc::SourceParts=/dev/null
         -o Dir::State::Lists="$d/lists"
         -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
     )
 }
-apt_trixie() { trixie_apt_opts; apt_get "${TRIXIE_APT_OPTS[@]}" "$@"; }
-apt_cache_trixie() { trixie_apt_opts; apt-cache "${TRIXIE_APT_OPTS[@]}" "$@"; }
+apt_suite() { suite_apt_opts; apt_get "${SUITE_APT_OPTS[@]}" "$@"; }
+apt_cache_suite() { suite_apt_opts; apt-cache "${SUITE_APT_OPTS[@]}" "$@"; }
 
 sha256_ok() {
     [[ -f $1 ]] && [[ $(sha256sum "$1" | cut -d' ' -f1) == "$CRIU_ORIG_SHA256" ]]
@@ -190,34 +193,34 @@ fetch_criu_tarball() {
     local tarball=$CRIU_CACHE/$CRIU_ORIG_TARBALL
     sha256_ok "$tarball" && return 0
 
-    say "downloading CRIU $CRIU_VERSION source (Debian trixie source package)"
-    local d=$CACHE/apt-trixie dl
+    say "downloading CRIU $CRIU_VERSION source (Debian $CRIU_SUITE source package)"
+    local d=$CACHE/apt-$CRIU_SUITE dl
     mkdir -p "$d/lists/partial" "$CRIU_CACHE"
     local signed=""
     [[ -f $DEBIAN_KEYRING ]] && signed="[signed-by=$DEBIAN_KEYRING] "
-    echo "deb-src ${signed}$DEBIAN_MIRROR trixie main" >"$d/sources.list"
-    run_logged "apt-get update (private trixie deb-src list)" apt_trixie update
+    echo "deb-src ${signed}$DEBIAN_MIRROR $CRIU_SUITE main" >"$d/sources.list"
+    run_logged "apt-get update (private $CRIU_SUITE deb-src list)" apt_suite update
 
     dl=$(mktemp -d "$CRIU_CACHE/.download.XXXXXX")
     # Let apt's sandbox user write there (avoids the unsandboxed-download warning).
     if id _apt >/dev/null 2>&1; then chown _apt "$dl"; fi
 
     local version=$CRIU_DEB_VERSION versions
-    versions=$(apt_cache_trixie showsrc criu 2>>"$LOG" | sed -n 's/^Version: *//p')
+    versions=$(apt_cache_suite showsrc criu 2>>"$LOG" | sed -n 's/^Version: *//p')
     if ! grep -qxF "$version" <<<"$versions"; then
         # Fall back to another Debian revision of the same upstream release.
         version=$(grep -m1 "^${CRIU_VERSION//./\\.}-" <<<"$versions" || true)
-        [[ -n $version ]] || die_log "trixie's Sources index has no criu $CRIU_VERSION (has: ${versions//$'\n'/ }); full log: $LOG"
+        [[ -n $version ]] || die_log "$CRIU_SUITE's Sources index has no criu $CRIU_VERSION (has: ${versions//$'\n'/ }); full log: $LOG"
     fi
     echo "+ apt-get source --download-only criu=$version" >>"$LOG"
     # The .dsc / debian tarball may 404 on the mirror; only the orig tarball matters.
-    (cd "$dl" && apt_trixie source --download-only "criu=$version") >>"$LOG" 2>&1 ||
+    (cd "$dl" && apt_suite source --download-only "criu=$version") >>"$LOG" 2>&1 ||
         echo "(apt-get source exited $?; checking for the orig tarball)" >>"$LOG"
     sha256_ok "$dl/$CRIU_ORIG_TARBALL" ||
         die_log "could not download $CRIU_ORIG_TARBALL (missing or wrong sha256); full log: $LOG"
     mv -f "$dl/$CRIU_ORIG_TARBALL" "$tarball"
     chown root: "$tarball"
-    # The private trixie index (~20 MB) is only needed for this download.
+    # The private index (~20 MB) is only needed for this download.
     rm -rf "$dl" "$d/lists"
 }
 
@@ -450,6 +453,8 @@ generate_pycriu() {
 # Rewrite exactly those two tests to use is_repeated when it is available.
 patch_pb2dict() {
     local f=$1 old='field.label == FD.LABEL_REPEATED' n
+    # CRIU >= 4.2 ships its own check (_is_repeated); nothing to patch then.
+    grep -q '^def _is_repeated' "$f" && return 0
     n=$(grep -cF "$old" "$f" || true)
     [[ $n == 2 ]] || die "$f: expected 2 uses of '$old', found $n (CRIU source changed? revisit patch_pb2dict)"
     sed -i "s/field\.label == FD\.LABEL_REPEATED/_crctl_is_repeated(field)/" "$f"

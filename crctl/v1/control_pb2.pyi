@@ -134,20 +134,22 @@ class FileDigest(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class RankImage(_message.Message):
-    __slots__ = ("rank", "host", "pid", "files", "bytes", "dump_seconds")
+    __slots__ = ("rank", "host", "pid", "files", "bytes", "dump_seconds", "stdout_pipe")
     RANK_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     DUMP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_PIPE_FIELD_NUMBER: _ClassVar[int]
     rank: int
     host: str
     pid: int
     files: _containers.RepeatedCompositeFieldContainer[FileDigest]
     bytes: int
     dump_seconds: float
-    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., bytes: _Optional[int] = ..., dump_seconds: _Optional[float] = ...) -> None: ...
+    stdout_pipe: str
+    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., bytes: _Optional[int] = ..., dump_seconds: _Optional[float] = ..., stdout_pipe: _Optional[str] = ...) -> None: ...
 
 class CheckpointVote(_message.Message):
     __slots__ = ("checkpoint", "yes", "reason", "failed_rank", "ranks")

@@ -1,0 +1,165 @@
+"""One host's part of a two-phase checkpoint: dump every local rank of the job with CRIU, hold
+them frozen at ``post-dump``, vote, then commit or abort on the coordinator's word — or abort by
+itself when the hold outlives its deadline (the coordinator may be gone)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent import criu, netlock
+from agent.ranks import RankProcess
+from crctl.errors import CrctlError
+from crctl.v1 import control_pb2
+
+log = structlog.get_logger()
+
+_CHUNK = 1 << 20
+
+
+def rank_dir_name(rank: int) -> str:
+    return f"rank-{rank}"
+
+
+def digest_files(checkpoint_dir: Path, rank_dir: Path) -> list[control_pb2.FileDigest]:
+    """sha256 and size of every file of a rank's images, paths relative to the checkpoint."""
+    digests = []
+    for path in sorted(p for p in rank_dir.rglob("*") if p.is_file()):
+        sha = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                sha.update(chunk)
+        digests.append(
+            control_pb2.FileDigest(
+                path=str(path.relative_to(checkpoint_dir)),
+                size=path.stat().st_size,
+                sha256=sha.hexdigest(),
+            )
+        )
+    return digests
+
+
+@dataclass
+class HostCheckpoint:
+    """This host's ranks of one checkpoint, from prepare to commit or abort."""
+
+    job: str
+    checkpoint: str
+    images_dir: Path
+    leave_running: bool
+    ranks: dict[int, RankProcess]
+    host: str
+    dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
+    frozen_at: float = 0.0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: str = ""
+
+    def __post_init__(self) -> None:
+        self._log = log.bind(job=self.job, checkpoint=self.checkpoint)
+
+    async def prepare(self) -> control_pb2.CheckpointVote:
+        """Dump every rank in parallel and hold them; vote yes with the manifest or no."""
+        vote = control_pb2.CheckpointVote(checkpoint=self.checkpoint)
+        started = time.monotonic()
+        self._log.info("checkpoint_prepare", phase="prepare", ranks=sorted(self.ranks))
+        failed_rank = -1
+        try:
+            for number, process in self.ranks.items():
+                failed_rank = number
+                rank_dir = self.images_dir / rank_dir_name(number)
+                rank_dir.mkdir(parents=True, exist_ok=False)
+                self.dumps[number] = await criu.start_dump(
+                    criu.DumpSpec(
+                        pid=process.pid,
+                        images_dir=rank_dir,
+                        leave_running=self.leave_running,
+                        freeze_cgroup=process.cgroup.path,
+                    )
+                )
+            held = await asyncio.gather(
+                *(d.held() for d in self.dumps.values()), return_exceptions=True
+            )
+            for number, outcome in zip(self.dumps, held, strict=True):
+                if isinstance(outcome, BaseException):
+                    failed_rank = number
+                    raise outcome
+            failed_rank = -1
+            self.frozen_at = time.monotonic()
+            dump_seconds = self.frozen_at - started
+            images = await asyncio.gather(
+                *(self._image(number, dump_seconds) for number in self.ranks)
+            )
+        except (CrctlError, OSError) as exc:
+            await self.abort(f"prepare failed: {exc}")
+            vote.yes = False
+            vote.reason = f"rank {failed_rank}: {exc}" if failed_rank >= 0 else str(exc)
+            vote.failed_rank = failed_rank
+            return vote
+        vote.yes = True
+        vote.ranks.extend(images)
+        self._log.info(
+            "checkpoint_voted_yes", phase="prepare", seconds=round(time.monotonic() - started, 4)
+        )
+        return vote
+
+    async def _image(self, number: int, dump_seconds: float) -> control_pb2.RankImage:
+        rank_dir = self.images_dir / rank_dir_name(number)
+        files = await asyncio.to_thread(digest_files, self.images_dir, rank_dir)
+        process = self.ranks[number]
+        return control_pb2.RankImage(
+            rank=number,
+            host=self.host,
+            pid=process.pid,
+            files=files,
+            bytes=sum(f.size for f in files),
+            dump_seconds=dump_seconds,
+            stdout_pipe=process.stdout_key,
+        )
+
+    async def commit(self) -> control_pb2.CommitResult:
+        result = control_pb2.CommitResult(checkpoint=self.checkpoint, ok=True)
+        outcomes = await asyncio.gather(
+            *(d.commit() for d in self.dumps.values()), return_exceptions=True
+        )
+        result.frozen_seconds = time.monotonic() - self.frozen_at if self.frozen_at else 0.0
+        failures = [str(o) for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            result.ok = False
+            result.reason = "; ".join(failures)
+        if not self.leave_running:
+            # CRIU leaves its network lock behind after a dump that killed the tasks
+            # (FINDINGS 12); the connections are gone with the tasks, so lift it.
+            for dump in self.dumps.values():
+                run_id = netlock.criu_run_id(dump.log_path)
+                if run_id:
+                    netlock.remove_criu_lock(run_id)
+        self.outcome = "committed"
+        self.finished.set()
+        self._log.info(
+            "checkpoint_committed",
+            phase="commit",
+            ok=result.ok,
+            frozen_seconds=round(result.frozen_seconds, 4),
+        )
+        return result
+
+    async def abort(self, reason: str) -> None:
+        """CRIU rolls back at post-dump: the ranks resume. The images are removed by the
+        coordinator (or by the caller for a self-abort)."""
+        if self.finished.is_set():
+            return
+        await asyncio.gather(*(d.abort() for d in self.dumps.values()), return_exceptions=True)
+        self.outcome = "aborted"
+        self.finished.set()
+        self._log.warning("checkpoint_aborted", phase="abort", reason=reason)
+
+
+def remove_images(images_dir: Path, ranks: list[int]) -> None:
+    for number in ranks:
+        shutil.rmtree(images_dir / rank_dir_name(number), ignore_errors=True)

@@ -1,0 +1,218 @@
+"""The agent's domain layer: carries out the coordinator's orders (launch, kill, prepare,
+commit, abort) on this host's ranks, and reports ranks that exit on their own.
+
+Each order is answered with one message carrying the order's correlation id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from agent import ranks as rank_runtime
+from agent.checkpointing import HostCheckpoint, remove_images
+from agent.freezer import FreezerHierarchy
+from agent.ranks import RankProcess
+from crctl.errors import CrctlError
+from crctl.v1 import control_pb2
+
+log = structlog.get_logger()
+
+Send = Callable[[control_pb2.AgentMessage], Awaitable[object]]
+
+
+def rank_name(rank: int) -> str:
+    return f"rank-{rank}"
+
+
+class Orders:
+    def __init__(self, *, host: str, work_dir: Path, send: Send) -> None:
+        self._host = host
+        self._work_dir = work_dir
+        self._send = send
+        self._freezer: FreezerHierarchy | None = None
+        self.ranks: dict[tuple[str, int], RankProcess] = {}
+        self._expected_exits: set[tuple[str, int]] = set()
+        self._checkpoints: dict[str, HostCheckpoint] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def freezer(self) -> FreezerHierarchy:
+        if self._freezer is None:
+            self._freezer = FreezerHierarchy.detect()
+        return self._freezer
+
+    # --- dispatch ---
+
+    def handle(self, message: control_pb2.CoordinatorMessage) -> None:
+        """Start carrying out an order; its answer is sent when done."""
+        self._spawn(self._answer(message), f"order-{message.WhichOneof('body')}")
+
+    async def _answer(self, message: control_pb2.CoordinatorMessage) -> None:
+        kind = message.WhichOneof("body")
+        reply = control_pb2.AgentMessage(correlation_id=message.correlation_id)
+        try:
+            if kind == "launch_rank":
+                reply.rank_launched.CopyFrom(await self._launch(message.launch_rank))
+            elif kind == "kill_job":
+                reply.job_killed.CopyFrom(await self._kill(message.kill_job.job))
+            elif kind == "prepare":
+                reply.vote.CopyFrom(await self._prepare(message.prepare))
+            elif kind == "commit":
+                reply.commit_result.CopyFrom(await self._commit(message.commit.checkpoint))
+            elif kind == "abort":
+                await self._abort(message.abort.checkpoint, message.abort.reason)
+                reply.abort_result.checkpoint = message.abort.checkpoint
+            else:
+                reply.order_failed.reason = f"unknown order {kind!r}"
+        except (CrctlError, OSError) as exc:
+            log.warning("order_failed", order=kind, error=str(exc))
+            reply.order_failed.reason = str(exc)
+        except Exception as exc:
+            log.exception("order_crashed", order=kind)
+            reply.order_failed.reason = f"agent error: {exc!r}"
+        await self._send(reply)
+
+    # --- ranks ---
+
+    async def _launch(self, order: control_pb2.LaunchRank) -> control_pb2.RankLaunched:
+        key = (order.job, order.rank)
+        current = self.ranks.get(key)
+        if current is not None and not current.exited:
+            return control_pb2.RankLaunched(
+                job=order.job, rank=order.rank, error=f"rank {order.rank} already runs here"
+            )
+        logs = self._work_dir / "logs" / order.job
+        logs.mkdir(parents=True, exist_ok=True)
+        # Each rank gets a working directory of its own: CRIU's parasite mounts a private /proc
+        # at a path relative to the task's cwd, so ranks sharing a cwd on one filesystem (the
+        # testbed) could not be dumped at the same moment.
+        cwd = self._work_dir / "ranks" / order.job / rank_name(order.rank)
+        cwd.mkdir(parents=True, exist_ok=True)
+        process = await rank_runtime.launch(
+            order.job,
+            rank_name(order.rank),
+            list(order.argv),
+            work_dir=cwd,
+            log_path=logs / f"{rank_name(order.rank)}.log",
+            env=dict(order.env) or None,
+            freezer=self.freezer(),
+        )
+        self.adopt(order.job, order.rank, process)
+        return control_pb2.RankLaunched(job=order.job, rank=order.rank, pid=process.pid)
+
+    def adopt(self, job: str, rank: int, process: RankProcess) -> None:
+        """Track a launched or restored rank and report its exit when it ends by itself."""
+        self.ranks[(job, rank)] = process
+        self._spawn(self._watch(job, rank, process), f"watch-{job}-{rank}")
+
+    async def _watch(self, job: str, rank: int, process: RankProcess) -> None:
+        code = await process.wait()
+        key = (job, rank)
+        if self.ranks.get(key) is process:
+            del self.ranks[key]
+        if process.cgroup.exists():
+            with contextlib.suppress(CrctlError, OSError):
+                process.cgroup.remove(wait=1.0)
+        if key in self._expected_exits:
+            self._expected_exits.discard(key)
+            return
+        log.info("rank_exited", job=job, rank=rank, exit_status=code)
+        message = control_pb2.AgentMessage()
+        message.rank_exited.job = job
+        message.rank_exited.rank = rank
+        message.rank_exited.exit_status = -1 if code is None else code
+        await self._send(message)
+
+    async def _kill(self, job: str) -> control_pb2.JobKilled:
+        killed = control_pb2.JobKilled(job=job)
+        victims = [(key, p) for key, p in self.ranks.items() if key[0] == job]
+        for key, process in victims:
+            self._expected_exits.add(key)
+            process.kill()
+            killed.ranks.append(key[1])
+        await asyncio.gather(*(p.wait() for _, p in victims))
+        return killed
+
+    # --- checkpoints ---
+
+    async def _prepare(self, order: control_pb2.PrepareCheckpoint) -> control_pb2.CheckpointVote:
+        missing = [r for r in order.ranks if (order.job, r) not in self.ranks]
+        if missing:
+            return control_pb2.CheckpointVote(
+                checkpoint=order.checkpoint,
+                yes=False,
+                reason=f"ranks {missing} of {order.job} do not run on {self._host}",
+                failed_rank=missing[0],
+            )
+        host_checkpoint = HostCheckpoint(
+            job=order.job,
+            checkpoint=order.checkpoint,
+            images_dir=Path(order.images_dir),
+            leave_running=order.leave_running,
+            ranks={r: self.ranks[(order.job, r)] for r in order.ranks},
+            host=self._host,
+        )
+        self._checkpoints[order.checkpoint] = host_checkpoint
+        vote = await host_checkpoint.prepare()
+        if vote.yes:
+            self._spawn(
+                self._expire(host_checkpoint, order.hold_timeout), f"hold-{order.checkpoint}"
+            )
+        else:
+            self._forget(host_checkpoint)
+        return vote
+
+    async def _expire(self, checkpoint: HostCheckpoint, hold_timeout: float) -> None:
+        """Nobody decided in time: abort by ourselves so the ranks do not stay frozen."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(checkpoint.finished.wait(), hold_timeout)
+            return
+        log.error(
+            "checkpoint_hold_expired",
+            job=checkpoint.job,
+            checkpoint=checkpoint.checkpoint,
+            hold_timeout=hold_timeout,
+        )
+        await checkpoint.abort(f"no decision within {hold_timeout:.1f}s")
+        remove_images(checkpoint.images_dir, list(checkpoint.ranks))
+        self._forget(checkpoint)
+
+    def _forget(self, checkpoint: HostCheckpoint) -> None:
+        self._checkpoints.pop(checkpoint.checkpoint, None)
+
+    async def _commit(self, checkpoint_id: str) -> control_pb2.CommitResult:
+        checkpoint = self._checkpoints.get(checkpoint_id)
+        if checkpoint is None:
+            return control_pb2.CommitResult(
+                checkpoint=checkpoint_id,
+                ok=False,
+                reason=f"{checkpoint_id} is not held on {self._host} (expired or unknown)",
+            )
+        if not checkpoint.leave_running:
+            self._expected_exits.update((checkpoint.job, r) for r in checkpoint.ranks)
+        result = await checkpoint.commit()
+        self._forget(checkpoint)
+        return result
+
+    async def _abort(self, checkpoint_id: str, reason: str) -> None:
+        checkpoint = self._checkpoints.get(checkpoint_id)
+        if checkpoint is None:
+            return
+        await checkpoint.abort(reason)
+        self._forget(checkpoint)
+
+    async def close(self) -> None:
+        """On agent shutdown: abort held checkpoints (ranks resume); ranks keep running."""
+        for checkpoint in list(self._checkpoints.values()):
+            await checkpoint.abort("agent stopping")
+        for task in list(self._tasks):
+            task.cancel()
