@@ -21,6 +21,7 @@ from crctl.v1 import control_pb2
 log = structlog.get_logger()
 
 _CHUNK = 1 << 20
+LOGS_DIR = "logs"
 
 
 def rank_dir_name(rank: int) -> str:
@@ -74,10 +75,15 @@ class HostCheckpoint:
                 failed_rank = number
                 rank_dir = self.images_dir / rank_dir_name(number)
                 rank_dir.mkdir(parents=True, exist_ok=False)
+                # CRIU's log keeps growing after post-dump: it lives beside the images, not
+                # among them, so the manifest's sizes and checksums stay true.
+                log_dir = self.images_dir / LOGS_DIR / rank_dir_name(number)
+                log_dir.mkdir(parents=True, exist_ok=True)
                 self.dumps[number] = await criu.start_dump(
                     criu.DumpSpec(
                         pid=process.pid,
                         images_dir=rank_dir,
+                        work_dir=log_dir,
                         leave_running=self.leave_running,
                         freeze_cgroup=process.cgroup.path,
                     )

@@ -37,7 +37,12 @@ class CheckpointStore:
 
     def write_manifest(self, directory: Path, manifest: coordinator_pb2.Manifest) -> str:
         """Write manifest.json atomically (temp file, fsync, rename, fsync dir); returns it."""
-        text = MessageToJson(manifest, preserving_proto_field_name=True, indent=2)
+        text = MessageToJson(
+            manifest,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+            indent=2,
+        )
         tmp = directory / f".{MANIFEST}.tmp"
         with tmp.open("w") as fh:
             fh.write(text)

@@ -46,6 +46,7 @@ class State:
     control_endpoint: str
     heartbeat_interval: float
     agent_lost_after: float
+    commit_timeout: float = 10.0
     hosts: dict[str, Host] = field(default_factory=dict)
     processes: dict[str, procs.ProcessRef] = field(default_factory=dict)
 
@@ -110,6 +111,8 @@ def _daemon_argv(state: State, name: str) -> list[str]:
             str(state.dir / "checkpoints"),
             "--agent-lost-after",
             str(state.agent_lost_after),
+            "--commit-timeout",
+            str(state.commit_timeout),
         ]
     host = state.hosts[name.removeprefix("agent-")]
     return [
@@ -190,6 +193,7 @@ def up(
     *,
     heartbeat_interval: float = 0.5,
     agent_lost_after: float = 3.0,
+    commit_timeout: float = 10.0,
     timeout: float = 60.0,
 ) -> State:
     if os.geteuid() != 0:
@@ -209,6 +213,7 @@ def up(
             control_endpoint=f"tcp://{netns.BRIDGE_ADDRESS}:{CONTROL_PORT}",
             heartbeat_interval=heartbeat_interval,
             agent_lost_after=agent_lost_after,
+            commit_timeout=commit_timeout,
         )
         names = [f"h{i}" for i in range(1, hosts + 1)]
         keys.init_keys(directory / "keys", names)

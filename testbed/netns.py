@@ -23,11 +23,16 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def host_address(index: int) -> ipaddress.IPv4Address:
-    """Host hN's address: 198.18.0.(10 + N)."""
+def host_address(index: int, subnet: ipaddress.IPv4Network = SUBNET) -> ipaddress.IPv4Address:
+    """Host hN's address: 198.18.0.(10 + N) (or the same offset in another /24)."""
     if not 1 <= index <= MAX_HOSTS:
         raise ValueError(f"host index {index} out of range 1..{MAX_HOSTS}")
-    return SUBNET.network_address + 10 + index
+    return subnet.network_address + 10 + index
+
+
+def bridge_address(subnet: ipaddress.IPv4Network = SUBNET) -> ipaddress.IPv4Address:
+    """The bridge's own address in a subnet: its first host address."""
+    return subnet.network_address + 1
 
 
 def netns_path(namespace: str) -> Path:
@@ -38,10 +43,11 @@ def link_exists(name: str) -> bool:
     return _ip("link", "show", "dev", name, check=False).returncode == 0
 
 
-def create_bridge(bridge: str) -> None:
+def create_bridge(bridge: str, subnet: ipaddress.IPv4Network = SUBNET) -> None:
+    """A bridge holding ``bridge_address(subnet)`` so the root namespace reaches the hosts."""
     if not link_exists(bridge):
         _ip("link", "add", bridge, "type", "bridge")
-    _ip("addr", "replace", f"{BRIDGE_ADDRESS}/{SUBNET.prefixlen}", "dev", bridge)
+    _ip("addr", "replace", f"{bridge_address(subnet)}/{subnet.prefixlen}", "dev", bridge)
     _ip("link", "set", bridge, "up")
 
 
@@ -50,8 +56,15 @@ def delete_link(name: str) -> None:
         _ip("link", "delete", name, check=False)
 
 
-def create_host(namespace: str, veth: str, bridge: str, address: ipaddress.IPv4Address) -> None:
-    """A namespace with lo up and eth0 (address/24, default route via the bridge)."""
+def create_host(
+    namespace: str,
+    veth: str,
+    bridge: str,
+    address: ipaddress.IPv4Address,
+    subnet: ipaddress.IPv4Network = SUBNET,
+) -> None:
+    """A namespace with lo up and eth0 (address/prefix of ``subnet``, default route via the
+    bridge's address in ``subnet``)."""
     if not netns_path(namespace).exists():
         _ip("netns", "add", namespace)
     delete_link(veth)
@@ -59,9 +72,9 @@ def create_host(namespace: str, veth: str, bridge: str, address: ipaddress.IPv4A
     _ip("link", "set", veth, "master", bridge)
     _ip("link", "set", veth, "up")
     _ip("-n", namespace, "link", "set", "lo", "up")
-    _ip("-n", namespace, "addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "eth0")
+    _ip("-n", namespace, "addr", "add", f"{address}/{subnet.prefixlen}", "dev", "eth0")
     _ip("-n", namespace, "link", "set", "eth0", "up")
-    _ip("-n", namespace, "route", "add", "default", "via", str(BRIDGE_ADDRESS))
+    _ip("-n", namespace, "route", "add", "default", "via", str(bridge_address(subnet)))
 
 
 def namespaces_matching(pattern: str) -> list[str]:

@@ -8,6 +8,7 @@ import pytest
 from testbed import bed
 
 LOST_AFTER = 3.0
+COMMIT_TIMEOUT = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,13 @@ def testbed3() -> Iterator[bed.State]:
         pytest.fail(
             "a testbed is already up; run `crctl testbed down` before the tests", pytrace=False
         )
-    state = bed.up(3, bed.DEFAULT_DIR, heartbeat_interval=0.5, agent_lost_after=LOST_AFTER)
+    state = bed.up(
+        3,
+        bed.DEFAULT_DIR,
+        heartbeat_interval=0.5,
+        agent_lost_after=LOST_AFTER,
+        commit_timeout=COMMIT_TIMEOUT,
+    )
     try:
         yield state
     finally:

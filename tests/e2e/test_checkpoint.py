@@ -1,0 +1,316 @@
+"""Consistent checkpoints of a running 3-host TCP ring with real CRIU, real agents and a real
+coordinator: commits that never harm the ring, and aborts that leave it running untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import bed, procs
+from testbed.ringjob import RingJob, launch_ring
+
+from .conftest import COMMIT_TIMEOUT
+from .helpers import crctl, crctl_json, wait_for
+
+HOSTS = ["h1", "h2", "h3"]
+
+
+@pytest.fixture
+def ring(testbed3: bed.State, request: pytest.FixtureRequest) -> Iterator[RingJob]:
+    job = f"ring-{request.node.name.removeprefix('test_')[:40]}".replace("_", "-")
+    ring = launch_ring(testbed3, job, HOSTS)
+    ring.wait_for_tokens(10, timeout=15)
+    yield ring
+    crctl("kill", job, check=False)
+
+
+def checkpoint(job: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    result = crctl("checkpoint", job, "--json", *args, check=False)
+    return result.returncode, json.loads(result.stdout or "{}"), result.stderr
+
+
+def listed(job: str) -> list[dict[str, Any]]:
+    return list(crctl_json("checkpoints", job))
+
+
+def latest(job: str) -> str:
+    return str(crctl_json("status", job)["latest_checkpoint"])
+
+
+def verify_manifest(directory: Path) -> dict[str, Any]:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    files = [f for rank in manifest["ranks"] for f in rank["files"]]
+    assert files, "a manifest lists the image files"
+    for entry in files:
+        path = directory / entry["path"]
+        assert path.stat().st_size == int(entry["size"]), entry["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], entry["path"]
+    return manifest
+
+
+def test_ten_leave_running_checkpoints_all_commit_and_the_ring_never_errs(ring: RingJob) -> None:
+    ids = []
+    for _ in range(10):
+        code, outcome, stderr = checkpoint(ring.job, "--leave-running")
+        assert code == 0, stderr
+        assert outcome["committed"] is True
+        assert sorted(r["host"] for r in outcome["ranks"]) == HOSTS
+        ids.append(outcome["checkpoint"])
+        ring.wait_for_progress(tokens=5)
+    assert len(set(ids)) == 10
+    assert ring.errors() == []
+    records = {c["checkpoint"]: c for c in listed(ring.job)}
+    kept = [i for i in ids if i in records]
+    assert kept == ids[-3:], "retention keeps the newest three"
+    assert records[ids[-1]]["latest"] is True
+    for checkpoint_id in kept:
+        manifest = verify_manifest(Path(records[checkpoint_id]["directory"]))
+        assert manifest["checkpoint"] == checkpoint_id
+        assert [r["rank"] for r in manifest["ranks"]] == [0, 1, 2]
+    status = crctl_json("status", ring.job)
+    assert all(r["state"] == "running" for r in status["ranks"])
+
+
+def test_a_checkpoint_without_leave_running_stops_every_rank_and_becomes_latest(
+    ring: RingJob,
+) -> None:
+    code, outcome, stderr = checkpoint(ring.job)
+    assert code == 0, stderr
+    status = crctl_json("status", ring.job)
+    assert status["state"] == "stopped"
+    assert [r["state"] for r in status["ranks"]] == ["checkpointed"] * 3
+    assert status["latest_checkpoint"] == outcome["checkpoint"]
+    for rank in status["ranks"]:
+        wait_for(
+            lambda pid=rank["pid"]: not Path(f"/proc/{pid}").exists(),
+            timeout=5,
+            what=f"rank pid {rank['pid']} gone",
+        )
+    records = listed(ring.job)
+    assert records[0]["latest"] and records[0]["state"] == "committed"
+    verify_manifest(Path(records[0]["directory"]))
+    assert ring.errors() == []
+
+
+def test_an_agent_killed_during_prepare_aborts_and_the_ring_runs_on(
+    testbed3: bed.State, ring: RingJob
+) -> None:
+    code, first, _ = checkpoint(ring.job, "--leave-running")
+    assert code == 0
+    agent = testbed3.processes[bed.agent_process("h2")]
+    running = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "checkpoint",
+            ring.job,
+            "--leave-running",
+            "--json",
+            "--timeout",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        procs.kill(agent, signal.SIGKILL)
+        out, err = running.communicate(timeout=30)
+    finally:
+        running.kill()
+        crctl("testbed", "start", bed.agent_process("h2"))
+    assert running.returncode == 7, err
+    outcome = json.loads(out)
+    assert outcome["committed"] is False
+    assert outcome["failed_host"] == "h2"
+    assert latest(ring.job) == first["checkpoint"]
+    ring.wait_for_progress(tokens=20)
+    assert ring.errors() == []
+    aborted = [c for c in listed(ring.job) if c["checkpoint"] == outcome["checkpoint"]]
+    assert aborted[0]["state"] == "aborted"
+    assert not Path(aborted[0]["directory"]).exists(), "partial images are removed"
+    wait_for(lambda: crctl_json("agents")[1]["state"] == "alive", timeout=10, what="h2 back")
+
+
+def _undumpable_device() -> str:
+    for device in ("/dev/hwrng", "/dev/cpu_dma_latency"):
+        if Path(device).exists():
+            return device
+    raise AssertionError("no character device CRIU refuses to dump was found on this host")
+
+
+def test_a_rank_criu_cannot_dump_aborts_with_criu_reason_and_harms_nothing(
+    testbed3: bed.State, ring: RingJob
+) -> None:
+    code, first, _ = checkpoint(ring.job, "--leave-running")
+    assert code == 0
+    device = _undumpable_device()
+    crctl(
+        "launch",
+        "--job",
+        ring.job,
+        "--host",
+        "h3",
+        "--",
+        sys.executable,
+        "-c",
+        f"import time; f = open({device!r}, 'rb'); time.sleep(3600)",
+    )
+    code, outcome, stderr = checkpoint(ring.job, "--leave-running")
+    assert code == 7
+    assert outcome["failed_host"] == "h3"
+    assert "rank 3" in outcome["reason"] and "Can't dump file" in outcome["reason"]
+    assert "aborted" in stderr and "previous checkpoint stays the latest" in stderr
+    assert latest(ring.job) == first["checkpoint"]
+    ring.wait_for_progress(tokens=20)
+    assert ring.errors() == []
+    status = crctl_json("status", ring.job)
+    assert all(r["state"] == "running" for r in status["ranks"])
+
+
+def test_a_deadline_too_short_aborts_and_the_ring_runs_on(ring: RingJob) -> None:
+    code, first, _ = checkpoint(ring.job, "--leave-running")
+    assert code == 0
+    code, outcome, _ = checkpoint(ring.job, "--leave-running", "--timeout", "0.001")
+    assert code == 7
+    assert "deadline" in outcome["reason"]
+    assert latest(ring.job) == first["checkpoint"]
+    ring.wait_for_progress(tokens=20)
+    assert ring.errors() == []
+
+
+def test_coordinator_killed_mid_checkpoint_ranks_resume_and_the_checkpoint_is_not_valid(
+    testbed3: bed.State, ring: RingJob
+) -> None:
+    # A big rank on h3 makes its dump slow, so h1 and h2 sit frozen at post-dump meanwhile.
+    crctl(
+        "launch",
+        "--job",
+        ring.job,
+        "--host",
+        "h3",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; b = bytearray(1536 * 2**20)\n"
+        "for i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(3600)",
+    )
+    time.sleep(2)  # let it touch its memory
+    running = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "checkpoint",
+            ring.job,
+            "--leave-running",
+            "--json",
+            "--timeout",
+            "3",
+            "--request-id",
+            "mid-checkpoint",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.8)
+        procs.kill(testbed3.processes[bed.COORDINATOR], signal.SIGKILL)
+        frozen_since = time.monotonic()
+        # prepare deadline 3 s + commit timeout + the agents' margin of 5 s
+        ring.wait_for_progress(tokens=20, timeout=3 + COMMIT_TIMEOUT + 5 + 10)
+        resumed_after = time.monotonic() - frozen_since
+    finally:
+        crctl("testbed", "start", bed.COORDINATOR)
+        running.kill()
+        running.communicate()
+    assert resumed_after < 3 + COMMIT_TIMEOUT + 5 + 5
+    assert ring.errors() == []
+    wait_for(
+        lambda: crctl("agents", check=False).returncode == 0, timeout=10, what="coordinator back"
+    )
+    records = listed(ring.job)
+    assert records, "the checkpoint was recorded before the crash"
+    assert all(c["state"] != "committed" for c in records)
+    assert latest(ring.job) == ""
+    # a retry of the same request after the restart reports the abort, never restarts it
+    code, retried, _ = checkpoint(ring.job, "--leave-running", "--request-id", "mid-checkpoint")
+    assert code == 7 and retried["checkpoint"] == records[0]["checkpoint"]
+    assert "coordinator restarted" in retried["reason"]
+
+
+def test_a_second_concurrent_checkpoint_is_refused_and_retries_reuse_the_first(
+    ring: RingJob,
+) -> None:
+    crctl(
+        "launch",
+        "--job",
+        ring.job,
+        "--host",
+        "h1",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; b = bytearray(512 * 2**20)\n"
+        "for i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(3600)",
+    )
+    time.sleep(1)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "checkpoint",
+            ring.job,
+            "--leave-running",
+            "--json",
+            "--request-id",
+            "first-request",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: any(c["state"] == "preparing" for c in listed(ring.job)),
+            timeout=10,
+            what="the first checkpoint to start",
+            interval=0.02,
+        )
+        second = crctl("checkpoint", ring.job, "--leave-running", check=False)
+        retry = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "checkpoint",
+                ring.job,
+                "--leave-running",
+                "--json",
+                "--request-id",
+                "first-request",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out, _ = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert second.returncode == 5
+    assert "already running" in second.stderr
+    assert json.loads(retry.stdout)["checkpoint"] == json.loads(out)["checkpoint"]
+    assert len(listed(ring.job)) == 1
+    assert ring.errors() == []
