@@ -58,6 +58,7 @@ class HostCheckpoint:
     host: str
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
+    _dump_seconds: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
 
@@ -97,10 +98,10 @@ class HostCheckpoint:
                     raise outcome
             failed_rank = -1
             self.frozen_at = time.monotonic()
-            dump_seconds = self.frozen_at - started
-            images = await asyncio.gather(
-                *(self._image(number, dump_seconds) for number in self.ranks)
-            )
+            self._dump_seconds = self.frozen_at - started
+            # Ranks that stop with the checkpoint are checksummed before the vote (the coordinator
+            # records the manifest before it kills them); ranks left running are released first.
+            images = [] if self.leave_running else await self._images()
         except (CrctlError, OSError) as exc:
             await self.abort(f"prepare failed: {exc}")
             vote.yes = False
@@ -114,7 +115,10 @@ class HostCheckpoint:
         )
         return vote
 
-    async def _image(self, number: int, dump_seconds: float) -> control_pb2.RankImage:
+    async def _images(self) -> list[control_pb2.RankImage]:
+        return list(await asyncio.gather(*(self._image(number) for number in self.ranks)))
+
+    async def _image(self, number: int) -> control_pb2.RankImage:
         rank_dir = self.images_dir / rank_dir_name(number)
         files = await asyncio.to_thread(digest_files, self.images_dir, rank_dir)
         process = self.ranks[number]
@@ -124,7 +128,7 @@ class HostCheckpoint:
             pid=process.pid,
             files=files,
             bytes=sum(f.size for f in files),
-            dump_seconds=dump_seconds,
+            dump_seconds=self._dump_seconds,
             stdout_pipe=process.stdout_key,
         )
 
@@ -135,6 +139,11 @@ class HostCheckpoint:
         )
         result.frozen_seconds = time.monotonic() - self.frozen_at if self.frozen_at else 0.0
         failures = [str(o) for o in outcomes if isinstance(o, BaseException)]
+        if not failures and self.leave_running:
+            try:
+                result.ranks.extend(await self._images())
+            except OSError as exc:
+                failures.append(f"cannot checksum the images: {exc}")
         if failures:
             result.ok = False
             result.reason = "; ".join(failures)

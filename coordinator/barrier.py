@@ -9,11 +9,17 @@ Phases and deadlines::
     PREPARING --all voted yes--> COMMITTING --all acknowledged--> COMMITTED
         |                            |
         +--no vote / lost / deadline / cancel--> ABORTED
-                                     +--deadline--> COMMITTED (with the hosts that did not
-                                                    acknowledge reported; the decision stands)
 
-The commit decision is recorded durably *before* any agent is told to commit, so a coordinator
-that dies after deciding never leaves a half-known outcome.
+Two orders of recording, chosen per checkpoint:
+
+* ``record_before_release`` (the ranks stop after the checkpoint): the votes carry the complete
+  manifest and the checkpoint is recorded durably *before* any agent is told to commit (which
+  kills the ranks), so a coordinator that dies after deciding never loses the job. Hosts that
+  fail to acknowledge are reported; the recorded checkpoint stands.
+* release first (``--leave-running``): agents release the ranks as soon as all are held, then
+  checksum their images and send the manifest with their acknowledgement; the checkpoint is
+  recorded when every host has acknowledged. If one does not, the checkpoint is aborted (the
+  ranks already run on) and the previous one stays the latest.
 """
 
 from __future__ import annotations
@@ -128,6 +134,7 @@ class CheckpointBarrier:
     hosts: tuple[str, ...]
     prepare_timeout: float
     commit_timeout: float
+    record_before_release: bool = True
     phase: Phase = Phase.IDLE
     deadline: float = 0.0
     votes: dict[str, bool] = field(default_factory=dict)
@@ -198,7 +205,8 @@ class CheckpointBarrier:
     def _commit(self) -> list[Action]:
         self.phase = Phase.COMMITTING
         self.deadline = self.deadline + self.commit_timeout
-        return [RecordCommit(), SendCommit(self.hosts, self.deadline), ArmTimer(self.deadline)]
+        release: list[Action] = [SendCommit(self.hosts, self.deadline), ArmTimer(self.deadline)]
+        return [RecordCommit(), *release] if self.record_before_release else release
 
     def _maybe_finish_commit(self) -> list[Action]:
         if len(self.acks) < len(self.hosts):
@@ -206,9 +214,21 @@ class CheckpointBarrier:
         return self._finish_commit(timed_out=False)
 
     def _finish_commit(self, *, timed_out: bool) -> list[Action]:
-        self.phase = Phase.COMMITTED
         unacknowledged = tuple(h for h in self.hosts if not self.acks.get(h, False))
+        why = "commit deadline passed" if timed_out else "commit failed"
+        if self.record_before_release:
+            self.phase = Phase.COMMITTED
+            if unacknowledged:
+                self.reason = f"committed; {why} on {', '.join(unacknowledged)}"
+            return [Finished(Phase.COMMITTED, self.reason, unacknowledged)]
         if unacknowledged:
-            why = "commit deadline passed" if timed_out else "commit failed"
-            self.reason = f"committed; {why} on {', '.join(unacknowledged)}"
-        return [Finished(Phase.COMMITTED, self.reason, unacknowledged)]
+            self.phase = Phase.ABORTED
+            self.failed_host = unacknowledged[0]
+            self.reason = f"{why} on {', '.join(unacknowledged)}; the ranks run on"
+            return [
+                RecordAbort(self.reason, self.failed_host),
+                SendAbort(unacknowledged, self.reason),
+                Finished(Phase.ABORTED, self.reason),
+            ]
+        self.phase = Phase.COMMITTED
+        return [RecordCommit(), Finished(Phase.COMMITTED, "")]

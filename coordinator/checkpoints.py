@@ -62,6 +62,7 @@ class CheckpointRun:
             tuple(sorted(ranks_by_host)),
             prepare_timeout=settings.prepare_timeout,
             commit_timeout=settings.commit_timeout,
+            record_before_release=not record.leave_running,
         )
         self._events: asyncio.Queue[b.Event] = asyncio.Queue()
         self._images: dict[str, list[control_pb2.RankImage]] = {}
@@ -218,6 +219,8 @@ class CheckpointRun:
             return
         result = reply.commit_result
         self._frozen[host] = result.frozen_seconds
+        if result.ranks:
+            self._images[host] = list(result.ranks)
         self._events.put_nowait(b.CommitAck(host, ok=result.ok, reason=result.reason))
 
     async def _abort_everywhere(self, hosts: tuple[str, ...], reason: str) -> None:

@@ -3,8 +3,9 @@
 Rank i listens on ``--port`` at its own address, connects to rank i+1 and accepts rank i-1.
 Rank 0 starts the token. Every rank checks that each token it receives has the next sequence
 number it expects and the checksum that sequence implies, and records any loss, duplicate,
-corruption or socket error in its status file (JSON, replaced atomically, never held open, so a
-checkpointed rank restores anywhere).
+corruption or socket error in its status file: JSON padded to a fixed size and overwritten in
+place with one write, so that a checkpoint taken mid-write still finds the same file at the same
+size at restore (CRIU checks both).
 
     python -m testbed.ring --rank 0 --peers 198.18.0.11,198.18.0.12,198.18.0.13 --status FILE
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 TOKEN = struct.Struct("!QQ")  # sequence, checksum
 MASK = (1 << 64) - 1
+STATUS_SIZE = 4096
 
 
 def next_checksum(checksum: int, sequence: int) -> int:
@@ -83,12 +85,17 @@ class Ring:
             "inbound": self._endpoints(self.inbound),
             "outbound": self._endpoints(self.outbound),
         }
-        tmp = self.status_path.with_name(f".{self.status_path.name}.tmp")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, self.status_path)
+        text = json.dumps(status).encode()
+        record = text.ljust(STATUS_SIZE) if len(text) <= STATUS_SIZE else text[:STATUS_SIZE]
+        fd = os.open(self.status_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, record, 0)
+        finally:
+            os.close(fd)
 
     def fail(self, message: str) -> None:
-        self.errors.append(message)
+        self.errors.append(message[:200])
+        del self.errors[10:]
         self.write_status(force=True)
 
     # --- the ring ---

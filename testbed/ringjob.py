@@ -24,11 +24,16 @@ class RingJob:
     grpc_address: str
 
     def status(self, rank: int) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads((self.status_dir / f"{rank}.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"tokens": 0, "errors": [], "missing": True}
-        return data
+        """The rank's status record (rewritten in place by the rank; a torn read is retried)."""
+        for _ in range(50):
+            try:
+                data: dict[str, Any] = json.loads((self.status_dir / f"{rank}.json").read_text())
+                return data
+            except FileNotFoundError:
+                break
+            except json.JSONDecodeError:
+                time.sleep(0.002)
+        return {"rank": rank, "tokens": 0, "errors": [], "missing": True}
 
     def statuses(self) -> list[dict[str, Any]]:
         return [self.status(rank) for rank in range(len(self.hosts))]

@@ -172,16 +172,18 @@ class CommitCheckpoint(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
 
 class CommitResult(_message.Message):
-    __slots__ = ("checkpoint", "ok", "reason", "frozen_seconds")
+    __slots__ = ("checkpoint", "ok", "reason", "frozen_seconds", "ranks")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FROZEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     checkpoint: str
     ok: bool
     reason: str
     frozen_seconds: float
-    def __init__(self, checkpoint: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., frozen_seconds: _Optional[float] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[RankImage]
+    def __init__(self, checkpoint: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., frozen_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[RankImage, _Mapping]]] = ...) -> None: ...
 
 class AbortCheckpoint(_message.Message):
     __slots__ = ("checkpoint", "reason")

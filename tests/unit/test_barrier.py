@@ -25,8 +25,15 @@ from coordinator.barrier import (
 HOSTS = ("h1", "h2", "h3")
 
 
-def started(prepare: float = 10.0, commit: float = 5.0) -> CheckpointBarrier:
-    barrier = CheckpointBarrier(HOSTS, prepare_timeout=prepare, commit_timeout=commit)
+def started(
+    prepare: float = 10.0, commit: float = 5.0, record_before_release: bool = True
+) -> CheckpointBarrier:
+    barrier = CheckpointBarrier(
+        HOSTS,
+        prepare_timeout=prepare,
+        commit_timeout=commit,
+        record_before_release=record_before_release,
+    )
     barrier.handle(Start(now=100.0))
     return barrier
 
@@ -168,3 +175,39 @@ def test_lost_agents_outside_the_checkpoint_do_not_matter() -> None:
 def test_hosts_must_be_a_non_empty_set(hosts: tuple[str, ...]) -> None:
     with pytest.raises(ValueError):
         CheckpointBarrier(hosts, prepare_timeout=1, commit_timeout=1)
+
+
+def test_release_first_sends_commit_without_recording_until_every_host_acknowledged() -> None:
+    barrier = started(record_before_release=False)
+    actions = all_yes(barrier)
+    assert actions == [SendCommit(HOSTS, 115.0), ArmTimer(115.0)]
+    assert barrier.handle(CommitAck("h1", ok=True)) == []
+    assert barrier.handle(CommitAck("h2", ok=True)) == []
+    assert barrier.handle(CommitAck("h3", ok=True)) == [
+        RecordCommit(),
+        Finished(Phase.COMMITTED, ""),
+    ]
+
+
+def test_release_first_aborts_when_a_host_cannot_seal_its_images() -> None:
+    barrier = started(record_before_release=False)
+    all_yes(barrier)
+    barrier.handle(CommitAck("h1", ok=True))
+    barrier.handle(CommitAck("h2", ok=False, reason="disk full"))
+    actions = barrier.handle(AgentLost("h3"))
+    reason = "commit failed on h2, h3; the ranks run on"
+    assert actions == [
+        RecordAbort(reason, "h2"),
+        SendAbort(("h2", "h3"), reason),
+        Finished(Phase.ABORTED, reason),
+    ]
+    assert barrier.phase is Phase.ABORTED
+
+
+def test_release_first_commit_deadline_aborts_naming_the_silent_host() -> None:
+    barrier = started(prepare=10, commit=5, record_before_release=False)
+    all_yes(barrier)
+    barrier.handle(CommitAck("h1", ok=True))
+    barrier.handle(CommitAck("h3", ok=True))
+    actions = barrier.handle(Tick(now=115.0))
+    assert actions[0] == RecordAbort("commit deadline passed on h2; the ranks run on", "h2")
