@@ -147,13 +147,11 @@ class HostCheckpoint:
         if failures:
             result.ok = False
             result.reason = "; ".join(failures)
-        if not self.leave_running:
-            # CRIU leaves its network lock behind after a dump that killed the tasks
-            # (FINDINGS 12); the connections are gone with the tasks, so lift it.
-            for dump in self.dumps.values():
-                run_id = netlock.criu_run_id(dump.log_path)
-                if run_id:
-                    netlock.remove_criu_lock(run_id)
+        # CRIU leaves its network lock behind after a dump that killed the tasks (FINDINGS 12);
+        # the connections are gone with the tasks, so lift it.
+        for outcome in outcomes:
+            if isinstance(outcome, criu.DumpResult) and outcome.lock_table:
+                netlock.remove_table(outcome.lock_table)
         self.outcome = "committed"
         self.finished.set()
         self._log.info(

@@ -1,0 +1,284 @@
+"""Running ranks so that they can be checkpointed and restored anywhere.
+
+A rank is started as the init of its own PID namespace (so its PIDs never clash at restore,
+FINDINGS 13), in a session of its own, inside its freezer cgroup ``crctl/<job>/<rank>`` (joined
+before the command runs), with stdin from /dev/null and stdout+stderr on a pipe. The agent owns
+the pipe's read end and copies it into the rank's log file (:mod:`agent.logpump`), so the rank
+holds no growing regular file (FINDINGS 14).
+
+CRIU dumps the rank's end of that pipe as ``pipe:[<inode>]`` (its write end only: no pipe data
+is saved). At restore, :func:`prepare_restore` makes a fresh pipe whose write end CRIU hands to
+the restored tasks in place of the old one (``inherit_fd`` with that key), and whose read end is
+pumped into the same log. :attr:`RankProcess.stdout_key` is the key to record with a checkpoint.
+
+The agent is a child subreaper: a launched rank's init is adopted by the agent when the launcher
+exits, and a restored one is created as the agent's child by CRIU (``rst_sibling``), so the
+agent collects every rank's exit status. :func:`launch` and :func:`prepare_restore` make the
+agent a subreaper and start the orphan reaper that this role requires
+(:func:`agent.reaper.ensure_orphan_reaper`).
+
+To end a rank use :meth:`RankProcess.kill` (SIGKILL to the init: a PID-namespace init ignores
+SIGTERM from outside, and the kernel then kills the whole namespace)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import structlog
+
+from agent.freezer import FreezerHierarchy, RankCgroup
+from agent.logpump import LogPump
+from agent.reaper import PinnedProcess, ensure_orphan_reaper
+from crctl.errors import CrctlError
+
+log = structlog.get_logger()
+
+LAUNCHER = Path(__file__).with_name("rank_launcher.py")
+_DRAIN_AFTER_EXIT = 5.0
+
+
+def pipe_key(inode: int) -> str:
+    """CRIU's name for a pipe, as used by ``inherit_fd``."""
+    return f"pipe:[{inode}]"
+
+
+class RankProcess:
+    """One incarnation of a rank: launched, or restored from a checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        rank: str,
+        process: PinnedProcess,
+        log_path: Path,
+        pipe_inode: int,
+        cgroup: RankCgroup,
+        pump: LogPump,
+    ) -> None:
+        self.job = job
+        self.rank = rank
+        self._process = process
+        self.log_path = log_path
+        self.pipe_inode = pipe_inode
+        self.cgroup = cgroup
+        self._pump = pump
+
+    @property
+    def pid(self) -> int:
+        """The rank's root (its PID-namespace init), as a PID of the agent's namespace."""
+        return self._process.pid
+
+    @property
+    def ns_pid(self) -> int | None:
+        """The root's PID inside its own namespace (1 for a rank), None once it is gone."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+        return None
+
+    @property
+    def stdout_key(self) -> str:
+        """The ``inherit_fd`` key of this incarnation's stdout pipe in its checkpoints."""
+        return pipe_key(self.pipe_inode)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    @property
+    def exited(self) -> bool:
+        return self._process.exited
+
+    async def wait(self) -> int | None:
+        """Wait for the rank's root to exit, then for its output to reach the log. Returns the
+        exit code, minus the killing signal, or None if the status could not be collected."""
+        code = await self._process.wait()
+        try:
+            await asyncio.wait_for(self._pump.drained(), _DRAIN_AFTER_EXIT)
+        except TimeoutError:
+            log.warning(
+                "rank_output_not_drained", job=self.job, rank=self.rank, log=str(self.log_path)
+            )
+            self._pump.close()
+        return code
+
+    def kill(self) -> bool:
+        """SIGKILL the rank's root (thawing its cgroup first so frozen tasks can die). True if
+        the signal was sent."""
+        with contextlib.suppress(OSError):  # also if FREEZING; harmless if thawed or gone
+            self.cgroup.thaw()
+        sent = self._process.send_signal(signal.SIGKILL)
+        log.info("rank_killed", job=self.job, rank=self.rank, pid=self.pid, sent=sent)
+        return sent
+
+    def close(self) -> None:
+        """Forget the process (stop pumping, drop the pidfd); does not kill it."""
+        self._pump.close()
+        self._process.close()
+
+
+def _nsenter(netns: Path | None) -> list[str]:
+    return ["nsenter", f"--net={netns}", "--"] if netns is not None else []
+
+
+async def launch(
+    job: str,
+    rank: str,
+    argv: Sequence[str],
+    *,
+    work_dir: Path,
+    log_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    netns: Path | None = None,
+    freezer: FreezerHierarchy | None = None,
+) -> RankProcess:
+    """Start ``argv`` as rank ``rank`` of ``job`` with ``work_dir`` as its working directory.
+
+    ``log_path`` defaults to ``work_dir/<rank>.log``; ``env`` defaults to the agent's; ``netns``
+    runs the rank in that network namespace (None: the agent's own)."""
+    if not argv:
+        raise ValueError("a rank needs a command")
+    ensure_orphan_reaper()
+    hierarchy = freezer or FreezerHierarchy.detect()
+    cgroup = hierarchy.create(job, rank)
+    log_path = log_path or work_dir / f"{rank}.log"
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pipe_inode = os.fstat(write_fd).st_ino
+    pump = LogPump(read_fd, log_path)
+    command = [
+        *_nsenter(netns),
+        sys.executable,
+        "-I",
+        "-S",
+        str(LAUNCHER),
+        "--cgroup-procs",
+        str(cgroup.procs_file),
+        "--cwd",
+        str(work_dir),
+        "--stdout-fd",
+        str(write_fd),
+        "--",
+        *argv,
+    ]
+    try:
+        launcher = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=(write_fd,),
+            env=dict(env) if env is not None else None,
+        )
+        out, err = await launcher.communicate()
+    except BaseException:
+        pump.close()
+        raise
+    finally:
+        os.close(write_fd)
+    if launcher.returncode != 0:
+        pump.close()
+        with contextlib.suppress(CrctlError, OSError):
+            cgroup.remove(wait=1.0)
+        reason = err.decode(errors="replace").strip() or f"exit code {launcher.returncode}"
+        raise CrctlError(
+            f"could not launch rank {rank} of job {job}: {reason}", job=job, phase="launch"
+        )
+    pid = int(json.loads(out)["pid"])
+    try:
+        process = PinnedProcess(pid)
+    except ProcessLookupError:
+        pump.close()
+        raise CrctlError(
+            f"rank {rank} of job {job} (pid {pid}) vanished at launch", job=job, phase="launch"
+        ) from None
+    log.info(
+        "rank_launched", job=job, rank=rank, pid=pid, log=str(log_path), cgroup=str(cgroup.path)
+    )
+    return RankProcess(
+        job=job,
+        rank=rank,
+        process=process,
+        log_path=log_path,
+        pipe_inode=pipe_inode,
+        cgroup=cgroup,
+        pump=pump,
+    )
+
+
+class RestorePipe:
+    """The stdout pipe for a rank about to be restored: pass :attr:`inherit_fds` to CRIU
+    (``RestoreSpec.inherit_fds``), then :meth:`adopt` the restored root, or :meth:`discard`."""
+
+    def __init__(
+        self, *, job: str, rank: str, stdout_key: str, log_path: Path, cgroup: RankCgroup
+    ) -> None:
+        self.job = job
+        self.rank = rank
+        self.log_path = log_path
+        self._cgroup = cgroup
+        read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        self.pipe_inode = os.fstat(self._write_fd).st_ino
+        # Pump from the start: CRIU reopens the write end, which needs a reader present.
+        self._pump = LogPump(read_fd, log_path)
+        self.inherit_fds: dict[str, int] = {stdout_key: self._write_fd}
+
+    def _close_write_end(self) -> None:
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
+            self.inherit_fds = {}
+
+    def adopt(self, pid: int) -> RankProcess:
+        """The restored root (from ``HeldRestore.held()``): from now on a RankProcess. Call it
+        at ``post-restore`` or after release; CRIU has its own copy of the write end."""
+        self._close_write_end()
+        process = PinnedProcess(pid)
+        log.info("rank_restored", job=self.job, rank=self.rank, pid=pid, log=str(self.log_path))
+        return RankProcess(
+            job=self.job,
+            rank=self.rank,
+            process=process,
+            log_path=self.log_path,
+            pipe_inode=self.pipe_inode,
+            cgroup=self._cgroup,
+            pump=self._pump,
+        )
+
+    def discard(self) -> None:
+        """The restore failed or was aborted: close both ends."""
+        self._close_write_end()
+        self._pump.close()
+
+
+def prepare_restore(
+    job: str,
+    rank: str,
+    *,
+    stdout_key: str,
+    log_path: Path,
+    freezer: FreezerHierarchy | None = None,
+) -> RestorePipe:
+    """A fresh stdout pipe replacing the checkpointed one named ``stdout_key``, pumped into
+    ``log_path`` (appending). ``agent.criu`` restores the root as our child (``rst_sibling``),
+    so :meth:`RestorePipe.adopt` can collect its exit status."""
+    ensure_orphan_reaper()
+    hierarchy = freezer or FreezerHierarchy.detect()
+    return RestorePipe(
+        job=job,
+        rank=rank,
+        stdout_key=stdout_key,
+        log_path=log_path,
+        cgroup=hierarchy.open(job, rank),
+    )
