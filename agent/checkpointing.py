@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from agent import criu, netlock
+from agent.freezer import RankCgroup
 from agent.ranks import RankProcess
 from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
@@ -58,6 +59,7 @@ class HostCheckpoint:
     host: str
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
+    _frozen_cgroups: list[RankCgroup] = field(default_factory=list)
     _dump_seconds: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
@@ -72,8 +74,14 @@ class HostCheckpoint:
         self._log.info("checkpoint_prepare", phase="prepare", ranks=sorted(self.ranks))
         failed_rank = -1
         try:
+            # Quiesce every rank of this host at once through its freezer cgroup: constant cost
+            # whatever the number of threads, and no signal the application could see.
+            self._frozen_cgroups = [p.cgroup for p in self.ranks.values()]
+            await asyncio.gather(*(c.freeze_and_wait() for c in self._frozen_cgroups))
             for number, process in self.ranks.items():
                 failed_rank = number
+                if self.finished.is_set():
+                    raise CrctlError(f"checkpoint {self.outcome} while preparing")
                 rank_dir = self.images_dir / rank_dir_name(number)
                 rank_dir.mkdir(parents=True, exist_ok=False)
                 # CRIU's log keeps growing after post-dump: it lives beside the images, not
@@ -152,6 +160,7 @@ class HostCheckpoint:
         for outcome in outcomes:
             if isinstance(outcome, criu.DumpResult) and outcome.lock_table:
                 netlock.remove_table(outcome.lock_table)
+        self._thaw()
         self.outcome = "committed"
         self.finished.set()
         self._log.info(
@@ -162,12 +171,23 @@ class HostCheckpoint:
         )
         return result
 
+    def _thaw(self) -> None:
+        """CRIU leaves a cgroup it found frozen frozen again: resume the ranks we froze."""
+        for cgroup in self._frozen_cgroups:
+            try:
+                if cgroup.exists() and cgroup.is_frozen():
+                    cgroup.thaw()
+            except OSError as exc:
+                self._log.error("rank_thaw_failed", cgroup=str(cgroup.path), error=str(exc))
+        self._frozen_cgroups = []
+
     async def abort(self, reason: str) -> None:
         """CRIU rolls back at post-dump: the ranks resume. The images are removed by the
         coordinator (or by the caller for a self-abort)."""
         if self.finished.is_set():
             return
         await asyncio.gather(*(d.abort() for d in self.dumps.values()), return_exceptions=True)
+        self._thaw()
         self.outcome = "aborted"
         self.finished.set()
         self._log.warning("checkpoint_aborted", phase="abort", reason=reason)

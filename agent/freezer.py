@@ -12,6 +12,7 @@ dumped (its default "soft" cgroup mode creates missing ones), so a restored rank
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
@@ -117,6 +118,26 @@ class RankCgroup:
 
     def thaw(self) -> None:
         self._write_state(frozen=False)
+
+    async def freeze_and_wait(self, timeout: float = 10.0) -> float:
+        """Freeze the cgroup and wait, polling every millisecond, until it is FROZEN. Returns
+        the seconds it took. CRIU's own freeze polls a v1 freezer every 100 ms; a cgroup that is
+        already frozen when CRIU starts costs it nothing (CRIU seizes the tasks, and afterwards
+        puts the cgroup back into the state it found: the caller thaws it)."""
+        started = time.monotonic()
+        self.freeze()
+        attempt = 0
+        while not self.is_frozen():
+            attempt += 1
+            if time.monotonic() - started > timeout:
+                self.thaw()
+                raise CrctlError(
+                    f"cgroup {self.path} did not freeze within {timeout:.0f}s", phase="freeze"
+                )
+            if self.version == 1 and attempt % 50 == 0:
+                self.freeze()  # a v1 freezer can stall in FREEZING; asking again helps
+            await asyncio.sleep(0.001)
+        return time.monotonic() - started
 
     def is_frozen(self) -> bool:
         if self.version == 1:

@@ -162,17 +162,16 @@ class Orders:
             host=self._host,
         )
         self._checkpoints[order.checkpoint] = host_checkpoint
+        # The hold deadline runs from now: a dump still going when it passes is aborted too.
+        self._spawn(self._expire(host_checkpoint, order.hold_timeout), f"hold-{order.checkpoint}")
         vote = await host_checkpoint.prepare()
-        if vote.yes:
-            self._spawn(
-                self._expire(host_checkpoint, order.hold_timeout), f"hold-{order.checkpoint}"
-            )
-        else:
+        if not vote.yes:
             self._forget(host_checkpoint)
         return vote
 
     async def _expire(self, checkpoint: HostCheckpoint, hold_timeout: float) -> None:
-        """Nobody decided in time: abort by ourselves so the ranks do not stay frozen."""
+        """Nobody decided in time (the coordinator may be gone): abort by ourselves so that the
+        ranks do not stay frozen."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(checkpoint.finished.wait(), hold_timeout)
             return
