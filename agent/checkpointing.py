@@ -60,6 +60,8 @@ class HostCheckpoint:
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
     _frozen_cgroups: list[RankCgroup] = field(default_factory=list)
+    _freeze_started: float = 0.0
+    _digests: asyncio.Future[list[control_pb2.RankImage]] | None = None
     _dump_seconds: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
@@ -77,6 +79,7 @@ class HostCheckpoint:
             # Quiesce every rank of this host at once through its freezer cgroup: constant cost
             # whatever the number of threads, and no signal the application could see.
             self._frozen_cgroups = [p.cgroup for p in self.ranks.values()]
+            self._freeze_started = time.monotonic()
             await asyncio.gather(*(c.freeze_and_wait() for c in self._frozen_cgroups))
             for number, process in self.ranks.items():
                 failed_rank = number
@@ -109,7 +112,12 @@ class HostCheckpoint:
             self._dump_seconds = self.frozen_at - started
             # Ranks that stop with the checkpoint are checksummed before the vote (the coordinator
             # records the manifest before it kills them); ranks left running are released first.
-            images = [] if self.leave_running else await self._images()
+            if self.leave_running:
+                # The images are complete: checksum them while the coordinator gathers the votes.
+                self._digests = asyncio.ensure_future(self._images())
+                images = []
+            else:
+                images = await self._images()
         except (CrctlError, OSError) as exc:
             await self.abort(f"prepare failed: {exc}")
             vote.yes = False
@@ -145,11 +153,12 @@ class HostCheckpoint:
         outcomes = await asyncio.gather(
             *(d.commit() for d in self.dumps.values()), return_exceptions=True
         )
-        result.frozen_seconds = time.monotonic() - self.frozen_at if self.frozen_at else 0.0
+        # From the freeze to the release: how long the application stood still on this host.
+        result.frozen_seconds = time.monotonic() - self._freeze_started
         failures = [str(o) for o in outcomes if isinstance(o, BaseException)]
-        if not failures and self.leave_running:
+        if not failures and self._digests is not None:
             try:
-                result.ranks.extend(await self._images())
+                result.ranks.extend(await self._digests)
             except OSError as exc:
                 failures.append(f"cannot checksum the images: {exc}")
         if failures:
@@ -188,6 +197,8 @@ class HostCheckpoint:
             return
         await asyncio.gather(*(d.abort() for d in self.dumps.values()), return_exceptions=True)
         self._thaw()
+        if self._digests is not None:
+            self._digests.cancel()
         self.outcome = "aborted"
         self.finished.set()
         self._log.warning("checkpoint_aborted", phase="abort", reason=reason)

@@ -58,6 +58,7 @@ def cmd_checkpoint(args: argparse.Namespace, config: Config) -> int:
                 "reason": outcome.reason,
                 "failed_host": outcome.failed_host,
                 "duration_seconds": round(outcome.duration_seconds, 3),
+                "frozen_seconds": round(outcome.frozen_seconds, 3),
                 "ranks": [
                     {"rank": r.rank, "host": r.host, "bytes": r.bytes} for r in outcome.ranks
                 ],

@@ -253,6 +253,7 @@ class CheckpointRun:
             reason=reason,
             failed_host=self._barrier.failed_host or "",
             duration_seconds=self._clock.monotonic() - self._started,
+            frozen_seconds=max(self._frozen.values(), default=0.0),
         )
         if committed:
             outcome.ranks.extend(self._manifest().ranks)

@@ -186,20 +186,22 @@ class HostVoted(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ..., host: _Optional[str] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CheckpointOutcome(_message.Message):
-    __slots__ = ("checkpoint", "committed", "reason", "failed_host", "duration_seconds", "ranks")
+    __slots__ = ("checkpoint", "committed", "reason", "failed_host", "duration_seconds", "ranks", "frozen_seconds")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_HOST_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     checkpoint: str
     committed: bool
     reason: str
     failed_host: str
     duration_seconds: float
     ranks: _containers.RepeatedCompositeFieldContainer[_control_pb2.RankImage]
-    def __init__(self, checkpoint: _Optional[str] = ..., committed: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[_control_pb2.RankImage, _Mapping]]] = ...) -> None: ...
+    frozen_seconds: float
+    def __init__(self, checkpoint: _Optional[str] = ..., committed: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[_control_pb2.RankImage, _Mapping]]] = ..., frozen_seconds: _Optional[float] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("checkpoint", "job", "created_at", "leave_running", "ranks")
