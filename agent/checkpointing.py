@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from agent import criu, netlock
+from agent import criu, images, netlock
 from agent.freezer import RankCgroup
 from agent.ranks import RankProcess
 from crctl.errors import CrctlError
@@ -47,6 +48,43 @@ def digest_files(checkpoint_dir: Path, rank_dir: Path) -> list[control_pb2.FileD
     return digests
 
 
+def socket_info(socket: images.InetSocket) -> control_pb2.SocketInfo:
+    return control_pb2.SocketInfo(
+        family=socket.family,
+        state=socket.state,
+        proto=socket.proto,
+        local_address=socket.local.address,
+        local_port=socket.local.port,
+        peer_address=socket.peer.address if socket.peer else "",
+        peer_port=socket.peer.port if socket.peer else 0,
+    )
+
+
+def is_connection(socket: control_pb2.SocketInfo) -> bool:
+    return (
+        socket.proto == "tcp"
+        and bool(socket.peer_address)
+        and socket.state
+        not in (
+            "listen",
+            "close",
+        )
+    )
+
+
+def external_connections(
+    sockets: list[control_pb2.SocketInfo], job_addresses: set[str]
+) -> list[control_pb2.SocketInfo]:
+    """TCP connections whose peer is neither loopback nor a host of the job."""
+    return [
+        s
+        for s in sockets
+        if is_connection(s)
+        and s.peer_address not in job_addresses
+        and not ipaddress.ip_address(s.peer_address).is_loopback
+    ]
+
+
 @dataclass
 class HostCheckpoint:
     """This host's ranks of one checkpoint, from prepare to commit or abort."""
@@ -57,10 +95,14 @@ class HostCheckpoint:
     leave_running: bool
     ranks: dict[int, RankProcess]
     host: str
+    host_addresses: list[str] = field(default_factory=list)
+    job_addresses: set[str] = field(default_factory=set)
+    refuse_external: bool = True
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
     _frozen_cgroups: list[RankCgroup] = field(default_factory=list)
     _freeze_started: float = 0.0
+    _sockets: dict[int, list[control_pb2.SocketInfo]] = field(default_factory=dict)
     _digests: asyncio.Future[list[control_pb2.RankImage]] | None = None
     _dump_seconds: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,6 +149,7 @@ class HostCheckpoint:
                 if isinstance(outcome, BaseException):
                     failed_rank = number
                     raise outcome
+            self._sockets = {n: self._inspect(n) for n in self.ranks}
             failed_rank = -1
             self.frozen_at = time.monotonic()
             self._dump_seconds = self.frozen_at - started
@@ -131,6 +174,27 @@ class HostCheckpoint:
         )
         return vote
 
+    def _inspect(self, number: int) -> list[control_pb2.SocketInfo]:
+        """The rank's INET sockets, from its images; refuses connections outside the job unless
+        the checkpoint was asked to keep them (restored closed at restart)."""
+        summary = images.inspect(self.images_dir / rank_dir_name(number))
+        sockets = [socket_info(s) for s in summary.sockets]
+        outside = external_connections(sockets, self.job_addresses)
+        if outside and self.refuse_external:
+            listed = ", ".join(
+                f"{s.local_address}:{s.local_port} -> {s.peer_address}:{s.peer_port}"
+                for s in outside
+            )
+            raise CrctlError(
+                f"connections to peers outside the job: {listed}; checkpoint with "
+                "--external close to restore them closed at restart",
+                job=self.job,
+                checkpoint=self.checkpoint,
+                host=self.host,
+                phase="prepare",
+            )
+        return sockets
+
     async def _images(self) -> list[control_pb2.RankImage]:
         return list(await asyncio.gather(*(self._image(number) for number in self.ranks)))
 
@@ -146,6 +210,8 @@ class HostCheckpoint:
             bytes=sum(f.size for f in files),
             dump_seconds=self._dump_seconds,
             stdout_pipe=process.stdout_key,
+            host_addresses=self.host_addresses,
+            sockets=self._sockets.get(number, []),
         )
 
     async def commit(self) -> control_pb2.CommitResult:

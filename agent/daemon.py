@@ -26,7 +26,10 @@ class Agent:
         )
         self._info = agent_info(config.host)
         self._orders = Orders(
-            host=config.host, work_dir=config.agent_work_dir, send=self._link.send
+            host=config.host,
+            addresses=list(self._info.addresses),
+            work_dir=config.agent_work_dir,
+            send=self._link.send,
         )
         self._interval = config.heartbeat_interval
         self._registered = False

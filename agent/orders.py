@@ -16,6 +16,7 @@ from agent import ranks as rank_runtime
 from agent.checkpointing import HostCheckpoint, remove_images
 from agent.freezer import FreezerHierarchy
 from agent.ranks import RankProcess
+from agent.restoring import HostRestore, RankFailure
 from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
 
@@ -29,14 +30,16 @@ def rank_name(rank: int) -> str:
 
 
 class Orders:
-    def __init__(self, *, host: str, work_dir: Path, send: Send) -> None:
+    def __init__(self, *, host: str, addresses: list[str], work_dir: Path, send: Send) -> None:
         self._host = host
+        self._addresses = addresses
         self._work_dir = work_dir
         self._send = send
         self._freezer: FreezerHierarchy | None = None
         self.ranks: dict[tuple[str, int], RankProcess] = {}
         self._expected_exits: set[tuple[str, int]] = set()
         self._checkpoints: dict[str, HostCheckpoint] = {}
+        self._restores: dict[str, HostRestore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -71,6 +74,11 @@ class Orders:
             elif kind == "abort":
                 await self._abort(message.abort.checkpoint, message.abort.reason)
                 reply.abort_result.checkpoint = message.abort.checkpoint
+            elif kind == "prepare_restore":
+                reply.restore_result.CopyFrom(await self._prepare_restore(message.prepare_restore))
+            elif kind == "restore_step":
+                step = message.restore_step
+                reply.restore_result.CopyFrom(await self._restore_step(step.restore, step.step))
             else:
                 reply.order_failed.reason = f"unknown order {kind!r}"
         except (CrctlError, OSError) as exc:
@@ -160,6 +168,9 @@ class Orders:
             leave_running=order.leave_running,
             ranks={r: self.ranks[(order.job, r)] for r in order.ranks},
             host=self._host,
+            host_addresses=self._addresses,
+            job_addresses=set(order.job_addresses),
+            refuse_external=order.external != "close",
         )
         self._checkpoints[order.checkpoint] = host_checkpoint
         # The hold deadline runs from now: a dump still going when it passes is aborted too.
@@ -209,9 +220,88 @@ class Orders:
         await checkpoint.abort(reason)
         self._forget(checkpoint)
 
+    # --- restores ---
+
+    async def _prepare_restore(
+        self, order: control_pb2.PrepareRestore
+    ) -> control_pb2.RestoreResult:
+        clash = [e.rank for e in order.ranks if (order.job, e.rank) in self.ranks]
+        if clash:
+            return control_pb2.RestoreResult(
+                restore=order.restore,
+                step="prepare",
+                ok=False,
+                failed_rank=clash[0],
+                reason=f"ranks {clash} of {order.job} already run on {self._host}",
+            )
+        restore = HostRestore(order=order, host=self._host, work_dir=self._work_dir)
+        self._restores[order.restore] = restore
+        self._spawn(self._expire_restore(restore, order.hold_timeout), f"hold-{order.restore}")
+        return await self._restore_call(restore, "prepare")
+
+    async def _restore_step(self, restore_id: str, step: str) -> control_pb2.RestoreResult:
+        restore = self._restores.get(restore_id)
+        if restore is None:
+            ok = step == "abort"  # nothing here to undo
+            return control_pb2.RestoreResult(
+                restore=restore_id,
+                step=step,
+                ok=ok,
+                failed_rank=-1,
+                reason="" if ok else f"restore {restore_id} is unknown on {self._host}",
+            )
+        return await self._restore_call(restore, step)
+
+    async def _restore_call(self, restore: HostRestore, step: str) -> control_pb2.RestoreResult:
+        result = control_pb2.RestoreResult(
+            restore=restore.restore_id, step=step, ok=True, failed_rank=-1
+        )
+        try:
+            if step == "prepare":
+                await restore.prepare()
+            elif step == "restore":
+                for rank, pid in (await restore.restore()).items():
+                    result.pids.add(rank=rank, pid=pid)
+            elif step == "unlock":
+                restore.unlock()
+            elif step == "release":
+                for rank, process in await restore.release():
+                    self.adopt(restore.job, rank, process)
+                    result.pids.add(rank=rank, pid=process.pid)
+                self._restores.pop(restore.restore_id, None)
+            elif step == "abort":
+                await restore.abort("aborted by the coordinator")
+                self._restores.pop(restore.restore_id, None)
+            else:
+                raise CrctlError(f"unknown restore step {step!r}")
+        except RankFailure as exc:
+            result.ok, result.reason, result.failed_rank = False, exc.message, exc.rank
+        except (CrctlError, OSError) as exc:
+            result.ok, result.reason = False, str(exc)
+        if not result.ok:
+            log.warning(
+                "restore_step_failed",
+                job=restore.job,
+                restore=restore.restore_id,
+                phase=step,
+                rank=result.failed_rank,
+                reason=result.reason,
+            )
+        return result
+
+    async def _expire_restore(self, restore: HostRestore, hold_timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(restore.finished.wait(), hold_timeout)
+            return
+        log.error("restore_hold_expired", job=restore.job, restore=restore.restore_id)
+        await restore.abort(f"no decision within {hold_timeout:.1f}s")
+        self._restores.pop(restore.restore_id, None)
+
     async def close(self) -> None:
         """On agent shutdown: abort held checkpoints (ranks resume); ranks keep running."""
         for checkpoint in list(self._checkpoints.values()):
             await checkpoint.abort("agent stopping")
+        for restore in list(self._restores.values()):
+            await restore.abort("agent stopping")
         for task in list(self._tasks):
             task.cancel()

@@ -68,12 +68,22 @@ class CoordinatorClient:
         return self._call(self._stub.KillJob, coordinator_pb2.KillJobRequest(job=job)).job
 
     def checkpoint(
-        self, job: str, *, leave_running: bool, timeout: float, request_id: str
+        self,
+        job: str,
+        *,
+        leave_running: bool,
+        timeout: float,
+        request_id: str,
+        external: str = "refuse",
     ) -> Iterator[coordinator_pb2.CheckpointEvent]:
         """Stream a checkpoint's progress; the last event is its outcome. No client deadline:
         the coordinator's per-phase deadlines bound it."""
         request = coordinator_pb2.CheckpointRequest(
-            job=job, leave_running=leave_running, timeout_seconds=timeout, request_id=request_id
+            job=job,
+            leave_running=leave_running,
+            timeout_seconds=timeout,
+            request_id=request_id,
+            external=external,
         )
         try:
             yield from self._stub.Checkpoint(request)
@@ -85,3 +95,12 @@ class CoordinatorClient:
             self._stub.ListCheckpoints, coordinator_pb2.ListCheckpointsRequest(job=job)
         )
         return list(reply.checkpoints)
+
+    def restart(
+        self, request: coordinator_pb2.RestartRequest
+    ) -> Iterator[coordinator_pb2.RestartEvent]:
+        """Stream a restart's progress; the last event is its outcome."""
+        try:
+            yield from self._stub.Restart(request)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cli import checkpoint_commands, job_commands, render
+from cli import checkpoint_commands, job_commands, render, restart_commands
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode, exit_code_for
 from crctl import keys, logs
@@ -239,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("agents", cmd_agents, "list agents known to the coordinator", True)
     job_commands.register(add)
     checkpoint_commands.register(add)
+    restart_commands.register(add)
 
     p = add("demo", cmd_demo, "run the one-machine demo on emulated hosts, then clean up")
-    p.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
+    p.add_argument("--hosts", type=int, default=6, help="number of hosts (default 6)")
 
     keys_parser = sub.add_parser("keys", help="manage CurveZMQ keys")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

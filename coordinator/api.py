@@ -159,12 +159,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 leave_running=request.leave_running,
                 timeout=request.timeout_seconds,
                 request_id=request.request_id,
+                external=request.external or "refuse",
             )
         if isinstance(started, CheckpointRun):
             async for event in started.follow():
                 yield event
         else:
             yield outcome_from_record(started)
+
+    async def Restart(
+        self, request: coordinator_pb2.RestartRequest, context: Context
+    ) -> AsyncIterator[coordinator_pb2.RestartEvent]:
+        async with _domain_errors(context):
+            run = self._service.restarts.start(request)
+        async for event in run.follow():
+            yield event
 
     async def ListCheckpoints(
         self, request: coordinator_pb2.ListCheckpointsRequest, context: Context

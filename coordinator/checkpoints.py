@@ -17,15 +17,17 @@ import structlog
 from coordinator import barrier as b
 from coordinator.control import ControlPlane
 from coordinator.jobs import JobService
+from coordinator.progress import ProgressFeed
 from coordinator.storage import CheckpointStore
 from coordinator.store import CheckpointRecord, Store
 from crctl.clock import Clock, new_id
-from crctl.errors import ConflictError, CrctlError
+from crctl.errors import ConfigError, ConflictError, CrctlError
 from crctl.v1 import control_pb2, coordinator_pb2
 
 log = structlog.get_logger()
 
 ABORT_TIMEOUT = 15.0
+EXTERNAL_POLICIES = ("refuse", "close")
 # Agents may hold ranks frozen this much longer than the coordinator's own deadlines.
 HOLD_MARGIN = 5.0
 
@@ -43,6 +45,8 @@ class CheckpointRun:
         *,
         record: CheckpointRecord,
         ranks_by_host: dict[str, list[int]],
+        job_addresses: list[str],
+        external: str,
         settings: CheckpointSettings,
         plane: ControlPlane,
         store: Store,
@@ -53,6 +57,8 @@ class CheckpointRun:
         self.checkpoint = record.checkpoint
         self.job = record.job
         self._ranks_by_host = ranks_by_host
+        self._job_addresses = job_addresses
+        self._external = external
         self._settings = settings
         self._plane = plane
         self._store = store
@@ -67,8 +73,9 @@ class CheckpointRun:
         self._events: asyncio.Queue[b.Event] = asyncio.Queue()
         self._images: dict[str, list[control_pb2.RankImage]] = {}
         self._frozen: dict[str, float] = {}
-        self._history: list[coordinator_pb2.CheckpointEvent] = []
-        self._changed = asyncio.Condition()
+        self._feed: ProgressFeed[coordinator_pb2.CheckpointEvent] = ProgressFeed(
+            lambda event: event.WhichOneof("event") == "outcome"
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(job=self.job, checkpoint=self.checkpoint)
         self.done = asyncio.Event()
@@ -78,22 +85,10 @@ class CheckpointRun:
     # --- following progress ---
 
     async def _publish(self, event: coordinator_pb2.CheckpointEvent) -> None:
-        async with self._changed:
-            self._history.append(event)
-            self._changed.notify_all()
+        await self._feed.publish(event)
 
-    async def follow(self) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
-        seen = 0
-        while True:
-            async with self._changed:
-                while len(self._history) <= seen:
-                    await self._changed.wait()
-                new = self._history[seen:]
-            seen += len(new)
-            for event in new:
-                yield event
-                if event.WhichOneof("event") == "outcome":
-                    return
+    def follow(self) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
+        return self._feed.follow()
 
     async def _phase(self, phase: str, hosts: list[str]) -> None:
         self._log.info("checkpoint_phase", phase=phase, hosts=hosts)
@@ -167,6 +162,8 @@ class CheckpointRun:
         prepare.ranks.extend(self._ranks_by_host[host])
         prepare.images_dir = self.record.directory
         prepare.leave_running = self.record.leave_running
+        prepare.job_addresses.extend(self._job_addresses)
+        prepare.external = self._external
         prepare.hold_timeout = (
             deadline - self._clock.monotonic() + self._settings.commit_timeout + HOLD_MARGIN
         )
@@ -313,7 +310,13 @@ class CheckpointService:
             run.agent_lost(host)
 
     def start(
-        self, job: str, *, leave_running: bool, timeout: float, request_id: str
+        self,
+        job: str,
+        *,
+        leave_running: bool,
+        timeout: float,
+        request_id: str,
+        external: str = "refuse",
     ) -> CheckpointRun | CheckpointRecord:
         """Start a checkpoint, or find the one this request id already started."""
         if request_id:
@@ -324,22 +327,26 @@ class CheckpointService:
                     return live
                 return previous
         record = self._jobs.get(job)
-        if job in self._running:
-            raise ConflictError(
-                f"a checkpoint of {job} is already running "
-                f"({self._running[job].checkpoint}); wait for it to finish",
-                job=job,
-            )
         running = [r for r in record.ranks if r.state == "running"]
         if not running:
             raise ConflictError(f"job {job} has no running rank to checkpoint", job=job)
         ranks_by_host: dict[str, list[int]] = {}
         for rank in running:
             ranks_by_host.setdefault(rank.host, []).append(rank.rank)
+        if external not in EXTERNAL_POLICIES:
+            raise ConfigError(
+                f"bad external-connection policy {external!r}: use {' or '.join(EXTERNAL_POLICIES)}"
+            )
+        job_addresses: list[str] = []
         for host in ranks_by_host:
-            self._jobs.require_alive(host, job)
+            job_addresses.extend(self._jobs.require_alive(host, job).addresses)
         checkpoint = new_id("ckpt")
-        directory = self._files.create(job, checkpoint)
+        self._jobs.claim(job, f"checkpoint {checkpoint}")
+        try:
+            directory = self._files.create(job, checkpoint)
+        except CrctlError:
+            self._jobs.release(job)
+            raise
         settings = self._settings
         if timeout > 0:
             settings = CheckpointSettings(
@@ -364,6 +371,8 @@ class CheckpointService:
         run = CheckpointRun(
             record=checkpoint_record,
             ranks_by_host=ranks_by_host,
+            job_addresses=job_addresses,
+            external=external,
             settings=settings,
             plane=self._plane,
             store=self._store,
@@ -372,7 +381,12 @@ class CheckpointService:
         )
         self._running[job] = run
         task = asyncio.create_task(run.run(), name=f"checkpoint-{checkpoint}")
-        task.add_done_callback(lambda _: self._running.pop(job, None))
+
+        def finished(_: asyncio.Task[None]) -> None:
+            self._running.pop(job, None)
+            self._jobs.release(job)
+
+        task.add_done_callback(finished)
         return run
 
     def list(self, job: str) -> list[CheckpointRecord]:

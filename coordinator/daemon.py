@@ -12,6 +12,7 @@ from coordinator.checkpoints import CheckpointService, CheckpointSettings
 from coordinator.control import ControlPlane
 from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
+from coordinator.restarts import RestartService
 from coordinator.service import CoordinatorService
 from coordinator.storage import CheckpointStore
 from coordinator.store import Store
@@ -40,8 +41,11 @@ async def serve(config: Config) -> None:
         ),
     )
     checkpoints.recover()
+    restarts = RestartService(
+        store=store, jobs=jobs, plane=plane, step_timeout=config.checkpoint_timeout
+    )
     service = CoordinatorService(
-        registry, jobs, checkpoints, heartbeat_interval=config.heartbeat_interval
+        registry, jobs, checkpoints, restarts, heartbeat_interval=config.heartbeat_interval
     )
     plane.set_handler(service.on_agent_message)
     plane.start()

@@ -10,7 +10,7 @@ import structlog
 
 from coordinator.control import ControlPlane
 from coordinator.registry import ALIVE, AgentRegistry
-from coordinator.store import JobRecord, RankRecord, Store
+from coordinator.store import AgentRecord, JobRecord, RankRecord, Store
 from crctl.clock import Clock
 from crctl.errors import ConfigError, ConflictError, CrctlError, NotFoundError, UnavailableError
 from crctl.v1 import control_pb2
@@ -38,8 +38,20 @@ class JobService:
         self._registry = registry
         self._plane = plane
         self._clock = clock
+        self._busy: dict[str, str] = {}  # job -> what runs on it now
 
-    def require_alive(self, host: str, job: str | None = None) -> None:
+    def claim(self, job: str, operation: str) -> None:
+        """One checkpoint or restart of a job at a time: refuse a second while one runs."""
+        if job in self._busy:
+            raise ConflictError(
+                f"{self._busy[job]} of {job} is already running; wait for it to finish", job=job
+            )
+        self._busy[job] = operation
+
+    def release(self, job: str) -> None:
+        self._busy.pop(job, None)
+
+    def require_alive(self, host: str, job: str | None = None) -> AgentRecord:
         agent = self._registry.get(host)
         if agent is None:
             raise NotFoundError(
@@ -47,6 +59,10 @@ class JobService:
             )
         if agent.state != ALIVE:
             raise UnavailableError(f"the agent on {host} is {agent.state}", host=host, job=job)
+        return agent
+
+    def agent(self, host: str) -> AgentRecord | None:
+        return self._registry.get(host)
 
     def get(self, job: str) -> JobRecord:
         record = self._store.job(job)

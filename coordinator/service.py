@@ -10,6 +10,7 @@ import structlog
 from coordinator.checkpoints import CheckpointService
 from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
+from coordinator.restarts import RestartService
 from coordinator.store import AgentRecord
 from crctl.v1 import control_pb2
 
@@ -22,12 +23,14 @@ class CoordinatorService:
         registry: AgentRegistry,
         jobs: JobService,
         checkpoints: CheckpointService,
+        restarts: RestartService,
         *,
         heartbeat_interval: float,
     ) -> None:
         self._registry = registry
         self.jobs = jobs
         self.checkpoints = checkpoints
+        self.restarts = restarts
         self._heartbeat_interval = heartbeat_interval
 
     async def on_agent_message(

@@ -261,6 +261,16 @@ class Store:
             )
             self._refresh_job_state(db, job)
 
+    def move_ranks(self, job: str, placements: dict[int, tuple[str, int]]) -> None:
+        """Ranks restarted: each runs again, on its (new) host with its new PID."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE ranks SET host = ?, pid = ?, state = 'running', exit_status = NULL "
+                "WHERE job = ? AND rank = ?",
+                [(host, pid, job, rank) for rank, (host, pid) in placements.items()],
+            )
+            self._refresh_job_state(db, job)
+
     @staticmethod
     def _refresh_job_state(db: sqlite3.Connection, job: str) -> None:
         db.execute(

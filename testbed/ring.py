@@ -1,6 +1,7 @@
 """A test workload: a TCP ring of N ranks passing a token (sequence number + running checksum).
 
-Rank i listens on ``--port`` at its own address, connects to rank i+1 and accepts rank i-1.
+Rank i listens on port ``--port`` + i at its own address (so that ranks can share a host),
+connects to rank i+1 and accepts rank i-1.
 Rank 0 starts the token. Every rank checks that each token it receives has the next sequence
 number it expects and the checksum that sequence implies, and records any loss, duplicate,
 corruption or socket error in its status file: JSON padded to a fixed size and overwritten in
@@ -103,14 +104,16 @@ class Ring:
     def connect(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.peers[self.rank], self.port))
+        listener.bind((self.peers[self.rank], self.port + self.rank))
         listener.listen(1)
         self.listener = listener
-        successor = self.peers[(self.rank + 1) % self.size]
+        successor = (self.rank + 1) % self.size
         deadline = time.monotonic() + 60
         while True:
             try:
-                self.outbound = socket.create_connection((successor, self.port), timeout=2)
+                self.outbound = socket.create_connection(
+                    (self.peers[successor], self.port + successor), timeout=2
+                )
                 self.outbound.settimeout(None)
                 break
             except OSError:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63rctl/v1/control.proto\x12\x08\x63rctl.v1\"|\n\tAgentInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x14\n\x0c\x63riu_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\x05\"-\n\x08Register\x12!\n\x04info\x18\x01 \x01(\x0b\x32\x13.crctl.v1.AgentInfo\"+\n\tHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"K\n\x0bRegisterAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\"\x1d\n\x0cHeartbeatAck\x12\r\n\x05known\x18\x01 \x01(\x08\"\x8d\x01\n\nLaunchRank\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12*\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1d.crctl.v1.LaunchRank.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0cRankLaunched\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"<\n\nRankExited\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x13\n\x0b\x65xit_status\x18\x03 \x01(\x05\"\x16\n\x07KillJob\x12\x0b\n\x03job\x18\x01 \x01(\t\"\'\n\tJobKilled\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05ranks\x18\x02 \x03(\x05\"\x84\x01\n\x11PrepareCheckpoint\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\r\n\x05ranks\x18\x03 \x03(\x05\x12\x12\n\nimages_dir\x18\x04 \x01(\t\x12\x15\n\rleave_running\x18\x05 \x01(\x08\x12\x14\n\x0chold_timeout\x18\x06 \x01(\x01\"8\n\nFileDigest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x93\x01\n\tRankImage\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12#\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x14.crctl.v1.FileDigest\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x14\n\x0c\x64ump_seconds\x18\x06 \x01(\x01\x12\x13\n\x0bstdout_pipe\x18\x07 \x01(\t\"z\n\x0e\x43heckpointVote\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03yes\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x66\x61iled_rank\x18\x04 \x01(\x05\x12\"\n\x05ranks\x18\x05 \x03(\x0b\x32\x13.crctl.v1.RankImage\"&\n\x10\x43ommitCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"z\n\x0c\x43ommitResult\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x66rozen_seconds\x18\x04 \x01(\x01\x12\"\n\x05ranks\x18\x05 \x03(\x0b\x32\x13.crctl.v1.RankImage\"5\n\x0f\x41\x62ortCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0b\x41\x62ortResult\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"\x1d\n\x0bOrderFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xc2\x03\n\x0c\x41gentMessage\x12\x16\n\x0e\x63orrelation_id\x18\x0f \x01(\t\x12&\n\x08register\x18\x01 \x01(\x0b\x32\x12.crctl.v1.RegisterH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.crctl.v1.HeartbeatH\x00\x12/\n\rrank_launched\x18\x03 \x01(\x0b\x32\x16.crctl.v1.RankLaunchedH\x00\x12+\n\x0brank_exited\x18\x04 \x01(\x0b\x32\x14.crctl.v1.RankExitedH\x00\x12)\n\njob_killed\x18\x05 \x01(\x0b\x32\x13.crctl.v1.JobKilledH\x00\x12(\n\x04vote\x18\x06 \x01(\x0b\x32\x18.crctl.v1.CheckpointVoteH\x00\x12/\n\rcommit_result\x18\x07 \x01(\x0b\x32\x16.crctl.v1.CommitResultH\x00\x12-\n\x0c\x61\x62ort_result\x18\x08 \x01(\x0b\x32\x15.crctl.v1.AbortResultH\x00\x12-\n\x0corder_failed\x18\t \x01(\x0b\x32\x15.crctl.v1.OrderFailedH\x00\x42\x06\n\x04\x62ody\"\xf2\x02\n\x12\x43oordinatorMessage\x12\x16\n\x0e\x63orrelation_id\x18\x0f \x01(\t\x12-\n\x0cregister_ack\x18\x01 \x01(\x0b\x32\x15.crctl.v1.RegisterAckH\x00\x12/\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x16.crctl.v1.HeartbeatAckH\x00\x12+\n\x0blaunch_rank\x18\x03 \x01(\x0b\x32\x14.crctl.v1.LaunchRankH\x00\x12%\n\x08kill_job\x18\x04 \x01(\x0b\x32\x11.crctl.v1.KillJobH\x00\x12.\n\x07prepare\x18\x05 \x01(\x0b\x32\x1b.crctl.v1.PrepareCheckpointH\x00\x12,\n\x06\x63ommit\x18\x06 \x01(\x0b\x32\x1a.crctl.v1.CommitCheckpointH\x00\x12*\n\x05\x61\x62ort\x18\x07 \x01(\x0b\x32\x19.crctl.v1.AbortCheckpointH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63rctl/v1/control.proto\x12\x08\x63rctl.v1\"|\n\tAgentInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x14\n\x0c\x63riu_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\x05\"-\n\x08Register\x12!\n\x04info\x18\x01 \x01(\x0b\x32\x13.crctl.v1.AgentInfo\"+\n\tHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"K\n\x0bRegisterAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\"\x1d\n\x0cHeartbeatAck\x12\r\n\x05known\x18\x01 \x01(\x08\"\x8d\x01\n\nLaunchRank\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12*\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1d.crctl.v1.LaunchRank.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0cRankLaunched\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"<\n\nRankExited\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x13\n\x0b\x65xit_status\x18\x03 \x01(\x05\"\x16\n\x07KillJob\x12\x0b\n\x03job\x18\x01 \x01(\t\"\'\n\tJobKilled\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05ranks\x18\x02 \x03(\x05\"\xad\x01\n\x11PrepareCheckpoint\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\r\n\x05ranks\x18\x03 \x03(\x05\x12\x12\n\nimages_dir\x18\x04 \x01(\t\x12\x15\n\rleave_running\x18\x05 \x01(\x08\x12\x14\n\x0chold_timeout\x18\x06 \x01(\x01\x12\x15\n\rjob_addresses\x18\x07 \x03(\t\x12\x10\n\x08\x65xternal\x18\x08 \x01(\t\"8\n\nFileDigest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x8e\x01\n\nSocketInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x15\n\rlocal_address\x18\x03 \x01(\t\x12\x12\n\nlocal_port\x18\x04 \x01(\x05\x12\x14\n\x0cpeer_address\x18\x05 \x01(\t\x12\x11\n\tpeer_port\x18\x06 \x01(\x05\x12\r\n\x05proto\x18\x07 \x01(\t\"\xd2\x01\n\tRankImage\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12#\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x14.crctl.v1.FileDigest\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x14\n\x0c\x64ump_seconds\x18\x06 \x01(\x01\x12\x13\n\x0bstdout_pipe\x18\x07 \x01(\t\x12\x16\n\x0ehost_addresses\x18\x08 \x03(\t\x12%\n\x07sockets\x18\t \x03(\x0b\x32\x14.crctl.v1.SocketInfo\"z\n\x0e\x43heckpointVote\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03yes\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x66\x61iled_rank\x18\x04 \x01(\x05\x12\"\n\x05ranks\x18\x05 \x03(\x0b\x32\x13.crctl.v1.RankImage\"&\n\x10\x43ommitCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"z\n\x0c\x43ommitResult\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x66rozen_seconds\x18\x04 \x01(\x01\x12\"\n\x05ranks\x18\x05 \x03(\x0b\x32\x13.crctl.v1.RankImage\"5\n\x0f\x41\x62ortCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0b\x41\x62ortResult\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"?\n\x0bRestoreRank\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.crctl.v1.RankImage\"\x93\x05\n\x0ePrepareRestore\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07restore\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x16\n\x0e\x63heckpoint_dir\x18\x04 \x01(\t\x12$\n\x05ranks\x18\x05 \x03(\x0b\x32\x15.crctl.v1.RestoreRank\x12=\n\x0b\x61\x64\x64ress_map\x18\x06 \x03(\x0b\x32(.crctl.v1.PrepareRestore.AddressMapEntry\x12\x37\n\x08host_map\x18\x07 \x03(\x0b\x32%.crctl.v1.PrepareRestore.HostMapEntry\x12\x43\n\x0ehost_addresses\x18\x08 \x03(\x0b\x32+.crctl.v1.PrepareRestore.HostAddressesEntry\x12\x0f\n\x07plugins\x18\t \x03(\t\x12\x43\n\x0eplugin_options\x18\n \x03(\x0b\x32+.crctl.v1.PrepareRestore.PluginOptionsEntry\x12\x14\n\x0chold_timeout\x18\x0b \x01(\x01\x12\x19\n\x11\x63lose_connections\x18\x0c \x03(\t\x1a\x31\n\x0f\x41\x64\x64ressMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHostMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12HostAddressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12PluginOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0bRestoreStep\x12\x0f\n\x07restore\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\"$\n\x07RankPid\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"\x80\x01\n\rRestoreResult\x12\x0f\n\x07restore\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0b\x66\x61iled_rank\x18\x05 \x01(\x05\x12\x1f\n\x04pids\x18\x06 \x03(\x0b\x32\x11.crctl.v1.RankPid\"\x1d\n\x0bOrderFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xf5\x03\n\x0c\x41gentMessage\x12\x16\n\x0e\x63orrelation_id\x18\x0f \x01(\t\x12&\n\x08register\x18\x01 \x01(\x0b\x32\x12.crctl.v1.RegisterH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.crctl.v1.HeartbeatH\x00\x12/\n\rrank_launched\x18\x03 \x01(\x0b\x32\x16.crctl.v1.RankLaunchedH\x00\x12+\n\x0brank_exited\x18\x04 \x01(\x0b\x32\x14.crctl.v1.RankExitedH\x00\x12)\n\njob_killed\x18\x05 \x01(\x0b\x32\x13.crctl.v1.JobKilledH\x00\x12(\n\x04vote\x18\x06 \x01(\x0b\x32\x18.crctl.v1.CheckpointVoteH\x00\x12/\n\rcommit_result\x18\x07 \x01(\x0b\x32\x16.crctl.v1.CommitResultH\x00\x12-\n\x0c\x61\x62ort_result\x18\x08 \x01(\x0b\x32\x15.crctl.v1.AbortResultH\x00\x12-\n\x0corder_failed\x18\t \x01(\x0b\x32\x15.crctl.v1.OrderFailedH\x00\x12\x31\n\x0erestore_result\x18\n \x01(\x0b\x32\x17.crctl.v1.RestoreResultH\x00\x42\x06\n\x04\x62ody\"\xd6\x03\n\x12\x43oordinatorMessage\x12\x16\n\x0e\x63orrelation_id\x18\x0f \x01(\t\x12-\n\x0cregister_ack\x18\x01 \x01(\x0b\x32\x15.crctl.v1.RegisterAckH\x00\x12/\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x16.crctl.v1.HeartbeatAckH\x00\x12+\n\x0blaunch_rank\x18\x03 \x01(\x0b\x32\x14.crctl.v1.LaunchRankH\x00\x12%\n\x08kill_job\x18\x04 \x01(\x0b\x32\x11.crctl.v1.KillJobH\x00\x12.\n\x07prepare\x18\x05 \x01(\x0b\x32\x1b.crctl.v1.PrepareCheckpointH\x00\x12,\n\x06\x63ommit\x18\x06 \x01(\x0b\x32\x1a.crctl.v1.CommitCheckpointH\x00\x12*\n\x05\x61\x62ort\x18\x07 \x01(\x0b\x32\x19.crctl.v1.AbortCheckpointH\x00\x12\x33\n\x0fprepare_restore\x18\x08 \x01(\x0b\x32\x18.crctl.v1.PrepareRestoreH\x00\x12-\n\x0crestore_step\x18\t \x01(\x0b\x32\x15.crctl.v1.RestoreStepH\x00\x42\x06\n\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LAUNCHRANK_ENVENTRY']._loaded_options = None
   _globals['_LAUNCHRANK_ENVENTRY']._serialized_options = b'8\001'
+  _globals['_PREPARERESTORE_ADDRESSMAPENTRY']._loaded_options = None
+  _globals['_PREPARERESTORE_ADDRESSMAPENTRY']._serialized_options = b'8\001'
+  _globals['_PREPARERESTORE_HOSTMAPENTRY']._loaded_options = None
+  _globals['_PREPARERESTORE_HOSTMAPENTRY']._serialized_options = b'8\001'
+  _globals['_PREPARERESTORE_HOSTADDRESSESENTRY']._loaded_options = None
+  _globals['_PREPARERESTORE_HOSTADDRESSESENTRY']._serialized_options = b'8\001'
+  _globals['_PREPARERESTORE_PLUGINOPTIONSENTRY']._loaded_options = None
+  _globals['_PREPARERESTORE_PLUGINOPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTINFO']._serialized_start=36
   _globals['_AGENTINFO']._serialized_end=160
   _globals['_REGISTER']._serialized_start=162
@@ -56,25 +64,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBKILLED']._serialized_start=663
   _globals['_JOBKILLED']._serialized_end=702
   _globals['_PREPARECHECKPOINT']._serialized_start=705
-  _globals['_PREPARECHECKPOINT']._serialized_end=837
-  _globals['_FILEDIGEST']._serialized_start=839
-  _globals['_FILEDIGEST']._serialized_end=895
-  _globals['_RANKIMAGE']._serialized_start=898
-  _globals['_RANKIMAGE']._serialized_end=1045
-  _globals['_CHECKPOINTVOTE']._serialized_start=1047
-  _globals['_CHECKPOINTVOTE']._serialized_end=1169
-  _globals['_COMMITCHECKPOINT']._serialized_start=1171
-  _globals['_COMMITCHECKPOINT']._serialized_end=1209
-  _globals['_COMMITRESULT']._serialized_start=1211
-  _globals['_COMMITRESULT']._serialized_end=1333
-  _globals['_ABORTCHECKPOINT']._serialized_start=1335
-  _globals['_ABORTCHECKPOINT']._serialized_end=1388
-  _globals['_ABORTRESULT']._serialized_start=1390
-  _globals['_ABORTRESULT']._serialized_end=1423
-  _globals['_ORDERFAILED']._serialized_start=1425
-  _globals['_ORDERFAILED']._serialized_end=1454
-  _globals['_AGENTMESSAGE']._serialized_start=1457
-  _globals['_AGENTMESSAGE']._serialized_end=1907
-  _globals['_COORDINATORMESSAGE']._serialized_start=1910
-  _globals['_COORDINATORMESSAGE']._serialized_end=2280
+  _globals['_PREPARECHECKPOINT']._serialized_end=878
+  _globals['_FILEDIGEST']._serialized_start=880
+  _globals['_FILEDIGEST']._serialized_end=936
+  _globals['_SOCKETINFO']._serialized_start=939
+  _globals['_SOCKETINFO']._serialized_end=1081
+  _globals['_RANKIMAGE']._serialized_start=1084
+  _globals['_RANKIMAGE']._serialized_end=1294
+  _globals['_CHECKPOINTVOTE']._serialized_start=1296
+  _globals['_CHECKPOINTVOTE']._serialized_end=1418
+  _globals['_COMMITCHECKPOINT']._serialized_start=1420
+  _globals['_COMMITCHECKPOINT']._serialized_end=1458
+  _globals['_COMMITRESULT']._serialized_start=1460
+  _globals['_COMMITRESULT']._serialized_end=1582
+  _globals['_ABORTCHECKPOINT']._serialized_start=1584
+  _globals['_ABORTCHECKPOINT']._serialized_end=1637
+  _globals['_ABORTRESULT']._serialized_start=1639
+  _globals['_ABORTRESULT']._serialized_end=1672
+  _globals['_RESTORERANK']._serialized_start=1674
+  _globals['_RESTORERANK']._serialized_end=1737
+  _globals['_PREPARERESTORE']._serialized_start=1740
+  _globals['_PREPARERESTORE']._serialized_end=2399
+  _globals['_PREPARERESTORE_ADDRESSMAPENTRY']._serialized_start=2194
+  _globals['_PREPARERESTORE_ADDRESSMAPENTRY']._serialized_end=2243
+  _globals['_PREPARERESTORE_HOSTMAPENTRY']._serialized_start=2245
+  _globals['_PREPARERESTORE_HOSTMAPENTRY']._serialized_end=2291
+  _globals['_PREPARERESTORE_HOSTADDRESSESENTRY']._serialized_start=2293
+  _globals['_PREPARERESTORE_HOSTADDRESSESENTRY']._serialized_end=2345
+  _globals['_PREPARERESTORE_PLUGINOPTIONSENTRY']._serialized_start=2347
+  _globals['_PREPARERESTORE_PLUGINOPTIONSENTRY']._serialized_end=2399
+  _globals['_RESTORESTEP']._serialized_start=2401
+  _globals['_RESTORESTEP']._serialized_end=2445
+  _globals['_RANKPID']._serialized_start=2447
+  _globals['_RANKPID']._serialized_end=2483
+  _globals['_RESTORERESULT']._serialized_start=2486
+  _globals['_RESTORERESULT']._serialized_end=2614
+  _globals['_ORDERFAILED']._serialized_start=2616
+  _globals['_ORDERFAILED']._serialized_end=2645
+  _globals['_AGENTMESSAGE']._serialized_start=2648
+  _globals['_AGENTMESSAGE']._serialized_end=3149
+  _globals['_COORDINATORMESSAGE']._serialized_start=3152
+  _globals['_COORDINATORMESSAGE']._serialized_end=3622
 # @@protoc_insertion_point(module_scope)

@@ -108,20 +108,24 @@ class JobKilled(_message.Message):
     def __init__(self, job: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PrepareCheckpoint(_message.Message):
-    __slots__ = ("job", "checkpoint", "ranks", "images_dir", "leave_running", "hold_timeout")
+    __slots__ = ("job", "checkpoint", "ranks", "images_dir", "leave_running", "hold_timeout", "job_addresses", "external")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_DIR_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
     HOLD_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     job: str
     checkpoint: str
     ranks: _containers.RepeatedScalarFieldContainer[int]
     images_dir: str
     leave_running: bool
     hold_timeout: float
-    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ..., images_dir: _Optional[str] = ..., leave_running: _Optional[bool] = ..., hold_timeout: _Optional[float] = ...) -> None: ...
+    job_addresses: _containers.RepeatedScalarFieldContainer[str]
+    external: str
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ..., images_dir: _Optional[str] = ..., leave_running: _Optional[bool] = ..., hold_timeout: _Optional[float] = ..., job_addresses: _Optional[_Iterable[str]] = ..., external: _Optional[str] = ...) -> None: ...
 
 class FileDigest(_message.Message):
     __slots__ = ("path", "size", "sha256")
@@ -133,8 +137,26 @@ class FileDigest(_message.Message):
     sha256: str
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
+class SocketInfo(_message.Message):
+    __slots__ = ("family", "state", "local_address", "local_port", "peer_address", "peer_port", "proto")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PORT_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PEER_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTO_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    state: str
+    local_address: str
+    local_port: int
+    peer_address: str
+    peer_port: int
+    proto: str
+    def __init__(self, family: _Optional[str] = ..., state: _Optional[str] = ..., local_address: _Optional[str] = ..., local_port: _Optional[int] = ..., peer_address: _Optional[str] = ..., peer_port: _Optional[int] = ..., proto: _Optional[str] = ...) -> None: ...
+
 class RankImage(_message.Message):
-    __slots__ = ("rank", "host", "pid", "files", "bytes", "dump_seconds", "stdout_pipe")
+    __slots__ = ("rank", "host", "pid", "files", "bytes", "dump_seconds", "stdout_pipe", "host_addresses", "sockets")
     RANK_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +164,8 @@ class RankImage(_message.Message):
     BYTES_FIELD_NUMBER: _ClassVar[int]
     DUMP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STDOUT_PIPE_FIELD_NUMBER: _ClassVar[int]
+    HOST_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    SOCKETS_FIELD_NUMBER: _ClassVar[int]
     rank: int
     host: str
     pid: int
@@ -149,7 +173,9 @@ class RankImage(_message.Message):
     bytes: int
     dump_seconds: float
     stdout_pipe: str
-    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., bytes: _Optional[int] = ..., dump_seconds: _Optional[float] = ..., stdout_pipe: _Optional[str] = ...) -> None: ...
+    host_addresses: _containers.RepeatedScalarFieldContainer[str]
+    sockets: _containers.RepeatedCompositeFieldContainer[SocketInfo]
+    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., bytes: _Optional[int] = ..., dump_seconds: _Optional[float] = ..., stdout_pipe: _Optional[str] = ..., host_addresses: _Optional[_Iterable[str]] = ..., sockets: _Optional[_Iterable[_Union[SocketInfo, _Mapping]]] = ...) -> None: ...
 
 class CheckpointVote(_message.Message):
     __slots__ = ("checkpoint", "yes", "reason", "failed_rank", "ranks")
@@ -199,6 +225,102 @@ class AbortResult(_message.Message):
     checkpoint: str
     def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
 
+class RestoreRank(_message.Message):
+    __slots__ = ("rank", "image")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    image: RankImage
+    def __init__(self, rank: _Optional[int] = ..., image: _Optional[_Union[RankImage, _Mapping]] = ...) -> None: ...
+
+class PrepareRestore(_message.Message):
+    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections")
+    class AddressMapEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class HostMapEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class HostAddressesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PluginOptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
+    HOST_MAP_FIELD_NUMBER: _ClassVar[int]
+    HOST_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    restore: str
+    checkpoint: str
+    checkpoint_dir: str
+    ranks: _containers.RepeatedCompositeFieldContainer[RestoreRank]
+    address_map: _containers.ScalarMap[str, str]
+    host_map: _containers.ScalarMap[str, str]
+    host_addresses: _containers.ScalarMap[str, str]
+    plugins: _containers.RepeatedScalarFieldContainer[str]
+    plugin_options: _containers.ScalarMap[str, str]
+    hold_timeout: float
+    close_connections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RestoreStep(_message.Message):
+    __slots__ = ("restore", "step")
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    restore: str
+    step: str
+    def __init__(self, restore: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
+
+class RankPid(_message.Message):
+    __slots__ = ("rank", "pid")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    pid: int
+    def __init__(self, rank: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class RestoreResult(_message.Message):
+    __slots__ = ("restore", "step", "ok", "reason", "failed_rank", "pids")
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_RANK_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    restore: str
+    step: str
+    ok: bool
+    reason: str
+    failed_rank: int
+    pids: _containers.RepeatedCompositeFieldContainer[RankPid]
+    def __init__(self, restore: _Optional[str] = ..., step: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_rank: _Optional[int] = ..., pids: _Optional[_Iterable[_Union[RankPid, _Mapping]]] = ...) -> None: ...
+
 class OrderFailed(_message.Message):
     __slots__ = ("reason",)
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -206,7 +328,7 @@ class OrderFailed(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("correlation_id", "register", "heartbeat", "rank_launched", "rank_exited", "job_killed", "vote", "commit_result", "abort_result", "order_failed")
+    __slots__ = ("correlation_id", "register", "heartbeat", "rank_launched", "rank_exited", "job_killed", "vote", "commit_result", "abort_result", "order_failed", "restore_result")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +339,7 @@ class AgentMessage(_message.Message):
     COMMIT_RESULT_FIELD_NUMBER: _ClassVar[int]
     ABORT_RESULT_FIELD_NUMBER: _ClassVar[int]
     ORDER_FAILED_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_RESULT_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     register: Register
     heartbeat: Heartbeat
@@ -227,10 +350,11 @@ class AgentMessage(_message.Message):
     commit_result: CommitResult
     abort_result: AbortResult
     order_failed: OrderFailed
-    def __init__(self, correlation_id: _Optional[str] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rank_launched: _Optional[_Union[RankLaunched, _Mapping]] = ..., rank_exited: _Optional[_Union[RankExited, _Mapping]] = ..., job_killed: _Optional[_Union[JobKilled, _Mapping]] = ..., vote: _Optional[_Union[CheckpointVote, _Mapping]] = ..., commit_result: _Optional[_Union[CommitResult, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., order_failed: _Optional[_Union[OrderFailed, _Mapping]] = ...) -> None: ...
+    restore_result: RestoreResult
+    def __init__(self, correlation_id: _Optional[str] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rank_launched: _Optional[_Union[RankLaunched, _Mapping]] = ..., rank_exited: _Optional[_Union[RankExited, _Mapping]] = ..., job_killed: _Optional[_Union[JobKilled, _Mapping]] = ..., vote: _Optional[_Union[CheckpointVote, _Mapping]] = ..., commit_result: _Optional[_Union[CommitResult, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., order_failed: _Optional[_Union[OrderFailed, _Mapping]] = ..., restore_result: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("correlation_id", "register_ack", "heartbeat_ack", "launch_rank", "kill_job", "prepare", "commit", "abort")
+    __slots__ = ("correlation_id", "register_ack", "heartbeat_ack", "launch_rank", "kill_job", "prepare", "commit", "abort", "prepare_restore", "restore_step")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_ACK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +363,8 @@ class CoordinatorMessage(_message.Message):
     PREPARE_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_RESTORE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_STEP_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     register_ack: RegisterAck
     heartbeat_ack: HeartbeatAck
@@ -247,4 +373,6 @@ class CoordinatorMessage(_message.Message):
     prepare: PrepareCheckpoint
     commit: CommitCheckpoint
     abort: AbortCheckpoint
-    def __init__(self, correlation_id: _Optional[str] = ..., register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., launch_rank: _Optional[_Union[LaunchRank, _Mapping]] = ..., kill_job: _Optional[_Union[KillJob, _Mapping]] = ..., prepare: _Optional[_Union[PrepareCheckpoint, _Mapping]] = ..., commit: _Optional[_Union[CommitCheckpoint, _Mapping]] = ..., abort: _Optional[_Union[AbortCheckpoint, _Mapping]] = ...) -> None: ...
+    prepare_restore: PrepareRestore
+    restore_step: RestoreStep
+    def __init__(self, correlation_id: _Optional[str] = ..., register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., launch_rank: _Optional[_Union[LaunchRank, _Mapping]] = ..., kill_job: _Optional[_Union[KillJob, _Mapping]] = ..., prepare: _Optional[_Union[PrepareCheckpoint, _Mapping]] = ..., commit: _Optional[_Union[CommitCheckpoint, _Mapping]] = ..., abort: _Optional[_Union[AbortCheckpoint, _Mapping]] = ..., prepare_restore: _Optional[_Union[PrepareRestore, _Mapping]] = ..., restore_step: _Optional[_Union[RestoreStep, _Mapping]] = ...) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from crctl.v1 import control_pb2 as crctl_dot_v1_dot_control__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63rctl/v1/coordinator.proto\x12\x08\x63rctl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16\x63rctl/v1/control.proto\"\xed\x01\n\x05\x41gent\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.crctl.v1.AgentState\x12\x32\n\x0elast_heartbeat\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63riu_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x05\"\x13\n\x11ListAgentsRequest\"5\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.crctl.v1.Agent\"\xa1\x01\n\rLaunchRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12-\n\x03\x65nv\x18\x05 \x03(\x0b\x32 .crctl.v1.LaunchRequest.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0eLaunchResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\"v\n\x04Rank\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05state\x18\x04 \x01(\t\x12\x18\n\x0b\x65xit_status\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x61rgv\x18\x06 \x03(\tB\x0e\n\x0c_exit_status\"\x8b\x01\n\x03Job\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x1d\n\x05ranks\x18\x03 \x03(\x0b\x32\x0e.crctl.v1.Rank\x12\x19\n\x11latest_checkpoint\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fListJobsRequest\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.crctl.v1.Job\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"\x1d\n\x0eKillJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"-\n\x0fKillJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.crctl.v1.Job\"d\n\x11\x43heckpointRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x15\n\rleave_running\x18\x02 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x98\x01\n\x0f\x43heckpointEvent\x12\'\n\x05phase\x18\x01 \x01(\x0b\x32\x16.crctl.v1.PhaseChangedH\x00\x12#\n\x04vote\x18\x02 \x01(\x0b\x32\x13.crctl.v1.HostVotedH\x00\x12.\n\x07outcome\x18\x03 \x01(\x0b\x32\x1b.crctl.v1.CheckpointOutcomeH\x00\x42\x07\n\x05\x65vent\"@\n\x0cPhaseChanged\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05hosts\x18\x03 \x03(\t\"J\n\tHostVoted\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03yes\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xb5\x01\n\x11\x43heckpointOutcome\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x66\x61iled_host\x18\x04 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\"\n\x05ranks\x18\x06 \x03(\x0b\x32\x13.crctl.v1.RankImage\x12\x16\n\x0e\x66rozen_seconds\x18\x07 \x01(\x01\"\x96\x01\n\x08Manifest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rleave_running\x18\x04 \x01(\x08\x12\"\n\x05ranks\x18\x05 \x03(\x0b\x32\x13.crctl.v1.RankImage\"\xfa\x01\n\x0e\x43heckpointInfo\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06latest\x18\x04 \x01(\x08\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\tdirectory\x18\x08 \x01(\t\x12$\n\x08manifest\x18\t \x01(\x0b\x32\x12.crctl.v1.Manifest\"%\n\x16ListCheckpointsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"H\n\x17ListCheckpointsResponse\x12-\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x18.crctl.v1.CheckpointInfo*V\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GENT_STATE_ALIVE\x10\x01\x12\x14\n\x10\x41GENT_STATE_LOST\x10\x02\x32\xe8\x03\n\x0b\x43oordinator\x12G\n\nListAgents\x12\x1b.crctl.v1.ListAgentsRequest\x1a\x1c.crctl.v1.ListAgentsResponse\x12;\n\x06Launch\x12\x17.crctl.v1.LaunchRequest\x1a\x18.crctl.v1.LaunchResponse\x12\x41\n\x08ListJobs\x12\x19.crctl.v1.ListJobsRequest\x1a\x1a.crctl.v1.ListJobsResponse\x12\x30\n\x06GetJob\x12\x17.crctl.v1.GetJobRequest\x1a\r.crctl.v1.Job\x12>\n\x07KillJob\x12\x18.crctl.v1.KillJobRequest\x1a\x19.crctl.v1.KillJobResponse\x12\x46\n\nCheckpoint\x12\x1b.crctl.v1.CheckpointRequest\x1a\x19.crctl.v1.CheckpointEvent0\x01\x12V\n\x0fListCheckpoints\x12 .crctl.v1.ListCheckpointsRequest\x1a!.crctl.v1.ListCheckpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63rctl/v1/coordinator.proto\x12\x08\x63rctl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16\x63rctl/v1/control.proto\"\xed\x01\n\x05\x41gent\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.crctl.v1.AgentState\x12\x32\n\x0elast_heartbeat\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63riu_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x05\"\x13\n\x11ListAgentsRequest\"5\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.crctl.v1.Agent\"\xa1\x01\n\rLaunchRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12-\n\x03\x65nv\x18\x05 \x03(\x0b\x32 .crctl.v1.LaunchRequest.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0eLaunchResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\"v\n\x04Rank\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05state\x18\x04 \x01(\t\x12\x18\n\x0b\x65xit_status\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x61rgv\x18\x06 \x03(\tB\x0e\n\x0c_exit_status\"\x8b\x01\n\x03Job\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x1d\n\x05ranks\x18\x03 \x03(\x0b\x32\x0e.crctl.v1.Rank\x12\x19\n\x11latest_checkpoint\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fListJobsRequest\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.crctl.v1.Job\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"\x1d\n\x0eKillJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"-\n\x0fKillJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.crctl.v1.Job\"v\n\x11\x43heckpointRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x15\n\rleave_running\x18\x02 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x10\n\x08\x65xternal\x18\x05 \x01(\t\"\x98\x01\n\x0f\x43heckpointEvent\x12\'\n\x05phase\x18\x01 \x01(\x0b\x32\x16.crctl.v1.PhaseChangedH\x00\x12#\n\x04vote\x18\x02 \x01(\x0b\x32\x13.crctl.v1.HostVotedH\x00\x12.\n\x07outcome\x18\x03 \x01(\x0b\x32\x1b.crctl.v1.CheckpointOutcomeH\x00\x42\x07\n\x05\x65vent\"@\n\x0cPhaseChanged\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05hosts\x18\x03 \x03(\t\"J\n\tHostVoted\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03yes\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xb5\x01\n\x11\x43heckpointOutcome\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x66\x61iled_host\x18\x04 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\"\n\x05ranks\x18\x06 \x03(\x0b\x32\x13.crctl.v1.RankImage\x12\x16\n\x0e\x66rozen_seconds\x18\x07 \x01(\x01\"\x96\x01\n\x08Manifest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rleave_running\x18\x04 \x01(\x08\x12\"\n\x05ranks\x18\x05 \x03(\x0b\x32\x13.crctl.v1.RankImage\"\xfa\x01\n\x0e\x43heckpointInfo\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06latest\x18\x04 \x01(\x08\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\tdirectory\x18\x08 \x01(\t\x12$\n\x08manifest\x18\t \x01(\x0b\x32\x12.crctl.v1.Manifest\"%\n\x16ListCheckpointsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"H\n\x17ListCheckpointsResponse\x12-\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x18.crctl.v1.CheckpointInfo\"\xce\x02\n\x0eRestartRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x37\n\x08host_map\x18\x03 \x03(\x0b\x32%.crctl.v1.RestartRequest.HostMapEntry\x12\r\n\x05hosts\x18\x04 \x03(\t\x12\x0f\n\x07plugins\x18\x05 \x03(\t\x12\x43\n\x0eplugin_options\x18\x06 \x03(\x0b\x32+.crctl.v1.RestartRequest.PluginOptionsEntry\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x1a.\n\x0cHostMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12PluginOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"k\n\x0cRestartEvent\x12%\n\x04step\x18\x01 \x01(\x0b\x32\x15.crctl.v1.RestartStepH\x00\x12+\n\x07outcome\x18\x02 \x01(\x0b\x32\x18.crctl.v1.RestartOutcomeH\x00\x42\x07\n\x05\x65vent\";\n\x0bRestartStep\x12\x0f\n\x07restore\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\r\n\x05hosts\x18\x03 \x03(\t\"\xad\x02\n\x0eRestartOutcome\x12\x0f\n\x07restore\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x11\n\trestarted\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0b\x66\x61iled_host\x18\x05 \x01(\t\x12\x13\n\x0b\x66\x61iled_rank\x18\x06 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x07 \x01(\x01\x12\x1d\n\x05ranks\x18\x08 \x03(\x0b\x32\x0e.crctl.v1.Rank\x12=\n\x0b\x61\x64\x64ress_map\x18\t \x03(\x0b\x32(.crctl.v1.RestartOutcome.AddressMapEntry\x1a\x31\n\x0f\x41\x64\x64ressMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*V\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GENT_STATE_ALIVE\x10\x01\x12\x14\n\x10\x41GENT_STATE_LOST\x10\x02\x32\xa7\x04\n\x0b\x43oordinator\x12G\n\nListAgents\x12\x1b.crctl.v1.ListAgentsRequest\x1a\x1c.crctl.v1.ListAgentsResponse\x12;\n\x06Launch\x12\x17.crctl.v1.LaunchRequest\x1a\x18.crctl.v1.LaunchResponse\x12\x41\n\x08ListJobs\x12\x19.crctl.v1.ListJobsRequest\x1a\x1a.crctl.v1.ListJobsResponse\x12\x30\n\x06GetJob\x12\x17.crctl.v1.GetJobRequest\x1a\r.crctl.v1.Job\x12>\n\x07KillJob\x12\x18.crctl.v1.KillJobRequest\x1a\x19.crctl.v1.KillJobResponse\x12\x46\n\nCheckpoint\x12\x1b.crctl.v1.CheckpointRequest\x1a\x19.crctl.v1.CheckpointEvent0\x01\x12V\n\x0fListCheckpoints\x12 .crctl.v1.ListCheckpointsRequest\x1a!.crctl.v1.ListCheckpointsResponse\x12=\n\x07Restart\x12\x18.crctl.v1.RestartRequest\x1a\x16.crctl.v1.RestartEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LAUNCHREQUEST_ENVENTRY']._loaded_options = None
   _globals['_LAUNCHREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=2189
-  _globals['_AGENTSTATE']._serialized_end=2275
+  _globals['_RESTARTREQUEST_HOSTMAPENTRY']._loaded_options = None
+  _globals['_RESTARTREQUEST_HOSTMAPENTRY']._serialized_options = b'8\001'
+  _globals['_RESTARTREQUEST_PLUGINOPTIONSENTRY']._loaded_options = None
+  _globals['_RESTARTREQUEST_PLUGINOPTIONSENTRY']._serialized_options = b'8\001'
+  _globals['_RESTARTOUTCOME_ADDRESSMAPENTRY']._loaded_options = None
+  _globals['_RESTARTOUTCOME_ADDRESSMAPENTRY']._serialized_options = b'8\001'
+  _globals['_AGENTSTATE']._serialized_start=3018
+  _globals['_AGENTSTATE']._serialized_end=3104
   _globals['_AGENT']._serialized_start=98
   _globals['_AGENT']._serialized_end=335
   _globals['_LISTAGENTSREQUEST']._serialized_start=337
@@ -64,23 +70,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KILLJOBRESPONSE']._serialized_start=1040
   _globals['_KILLJOBRESPONSE']._serialized_end=1085
   _globals['_CHECKPOINTREQUEST']._serialized_start=1087
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1187
-  _globals['_CHECKPOINTEVENT']._serialized_start=1190
-  _globals['_CHECKPOINTEVENT']._serialized_end=1342
-  _globals['_PHASECHANGED']._serialized_start=1344
-  _globals['_PHASECHANGED']._serialized_end=1408
-  _globals['_HOSTVOTED']._serialized_start=1410
-  _globals['_HOSTVOTED']._serialized_end=1484
-  _globals['_CHECKPOINTOUTCOME']._serialized_start=1487
-  _globals['_CHECKPOINTOUTCOME']._serialized_end=1668
-  _globals['_MANIFEST']._serialized_start=1671
-  _globals['_MANIFEST']._serialized_end=1821
-  _globals['_CHECKPOINTINFO']._serialized_start=1824
-  _globals['_CHECKPOINTINFO']._serialized_end=2074
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2076
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2113
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2115
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2187
-  _globals['_COORDINATOR']._serialized_start=2278
-  _globals['_COORDINATOR']._serialized_end=2766
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1205
+  _globals['_CHECKPOINTEVENT']._serialized_start=1208
+  _globals['_CHECKPOINTEVENT']._serialized_end=1360
+  _globals['_PHASECHANGED']._serialized_start=1362
+  _globals['_PHASECHANGED']._serialized_end=1426
+  _globals['_HOSTVOTED']._serialized_start=1428
+  _globals['_HOSTVOTED']._serialized_end=1502
+  _globals['_CHECKPOINTOUTCOME']._serialized_start=1505
+  _globals['_CHECKPOINTOUTCOME']._serialized_end=1686
+  _globals['_MANIFEST']._serialized_start=1689
+  _globals['_MANIFEST']._serialized_end=1839
+  _globals['_CHECKPOINTINFO']._serialized_start=1842
+  _globals['_CHECKPOINTINFO']._serialized_end=2092
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2094
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2131
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2133
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2205
+  _globals['_RESTARTREQUEST']._serialized_start=2208
+  _globals['_RESTARTREQUEST']._serialized_end=2542
+  _globals['_RESTARTREQUEST_HOSTMAPENTRY']._serialized_start=2442
+  _globals['_RESTARTREQUEST_HOSTMAPENTRY']._serialized_end=2488
+  _globals['_RESTARTREQUEST_PLUGINOPTIONSENTRY']._serialized_start=2490
+  _globals['_RESTARTREQUEST_PLUGINOPTIONSENTRY']._serialized_end=2542
+  _globals['_RESTARTEVENT']._serialized_start=2544
+  _globals['_RESTARTEVENT']._serialized_end=2651
+  _globals['_RESTARTSTEP']._serialized_start=2653
+  _globals['_RESTARTSTEP']._serialized_end=2712
+  _globals['_RESTARTOUTCOME']._serialized_start=2715
+  _globals['_RESTARTOUTCOME']._serialized_end=3016
+  _globals['_RESTARTOUTCOME_ADDRESSMAPENTRY']._serialized_start=2967
+  _globals['_RESTARTOUTCOME_ADDRESSMAPENTRY']._serialized_end=3016
+  _globals['_COORDINATOR']._serialized_start=3107
+  _globals['_COORDINATOR']._serialized_end=3658
 # @@protoc_insertion_point(module_scope)

@@ -142,16 +142,18 @@ class KillJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("job", "leave_running", "timeout_seconds", "request_id")
+    __slots__ = ("job", "leave_running", "timeout_seconds", "request_id", "external")
     JOB_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     job: str
     leave_running: bool
     timeout_seconds: float
     request_id: str
-    def __init__(self, job: _Optional[str] = ..., leave_running: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    external: str
+    def __init__(self, job: _Optional[str] = ..., leave_running: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., external: _Optional[str] = ...) -> None: ...
 
 class CheckpointEvent(_message.Message):
     __slots__ = ("phase", "vote", "outcome")
@@ -250,3 +252,82 @@ class ListCheckpointsResponse(_message.Message):
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
+
+class RestartRequest(_message.Message):
+    __slots__ = ("job", "checkpoint", "host_map", "hosts", "plugins", "plugin_options", "timeout_seconds")
+    class HostMapEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PluginOptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    HOST_MAP_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    host_map: _containers.ScalarMap[str, str]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    plugins: _containers.RepeatedScalarFieldContainer[str]
+    plugin_options: _containers.ScalarMap[str, str]
+    timeout_seconds: float
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., host_map: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class RestartEvent(_message.Message):
+    __slots__ = ("step", "outcome")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    step: RestartStep
+    outcome: RestartOutcome
+    def __init__(self, step: _Optional[_Union[RestartStep, _Mapping]] = ..., outcome: _Optional[_Union[RestartOutcome, _Mapping]] = ...) -> None: ...
+
+class RestartStep(_message.Message):
+    __slots__ = ("restore", "step", "hosts")
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    restore: str
+    step: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, restore: _Optional[str] = ..., step: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RestartOutcome(_message.Message):
+    __slots__ = ("restore", "checkpoint", "restarted", "reason", "failed_host", "failed_rank", "duration_seconds", "ranks", "address_map")
+    class AddressMapEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    RESTARTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_HOST_FIELD_NUMBER: _ClassVar[int]
+    FAILED_RANK_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
+    restore: str
+    checkpoint: str
+    restarted: bool
+    reason: str
+    failed_host: str
+    failed_rank: int
+    duration_seconds: float
+    ranks: _containers.RepeatedCompositeFieldContainer[Rank]
+    address_map: _containers.ScalarMap[str, str]
+    def __init__(self, restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., restarted: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., failed_rank: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ...) -> None: ...

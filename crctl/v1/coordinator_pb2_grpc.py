@@ -69,6 +69,11 @@ class CoordinatorStub:
                 request_serializer=crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsRequest.SerializeToString,
                 response_deserializer=crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.Restart = channel.unary_stream(
+                '/crctl.v1.Coordinator/Restart',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.RestartRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.RestartEvent.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -121,6 +126,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restart(self, request, context):
+        """Restart a job from a committed checkpoint, on the same or other hosts: streams progress,
+        ends with the outcome. Conflicts are refused before anything is restored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +171,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListCheckpoints,
                     request_deserializer=crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'Restart': grpc.unary_stream_rpc_method_handler(
+                    servicer.Restart,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.RestartRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.RestartEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +367,33 @@ class Coordinator:
             '/crctl.v1.Coordinator/ListCheckpoints',
             crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsRequest.SerializeToString,
             crctl_dot_v1_dot_coordinator__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crctl.v1.Coordinator/Restart',
+            crctl_dot_v1_dot_coordinator__pb2.RestartRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.RestartEvent.FromString,
             options,
             channel_credentials,
             insecure,

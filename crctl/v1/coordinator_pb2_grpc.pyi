@@ -46,6 +46,10 @@ class CoordinatorStub:
     A second checkpoint of a job while one runs fails with ABORTED.
     """
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListCheckpointsRequest, _coordinator_pb2.ListCheckpointsResponse]
+    Restart: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.RestartRequest, _coordinator_pb2.RestartEvent]
+    """Restart a job from a committed checkpoint, on the same or other hosts: streams progress,
+    ends with the outcome. Conflicts are refused before anything is restored.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -63,6 +67,10 @@ class CoordinatorAsyncStub(CoordinatorStub):
     A second checkpoint of a job while one runs fails with ABORTED.
     """
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListCheckpointsRequest, _coordinator_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
+    Restart: _aio.UnaryStreamMultiCallable[_coordinator_pb2.RestartRequest, _coordinator_pb2.RestartEvent]  # type: ignore[assignment]
+    """Restart a job from a committed checkpoint, on the same or other hosts: streams progress,
+    ends with the outcome. Conflicts are refused before anything is restored.
+    """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -119,5 +127,15 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.ListCheckpointsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.ListCheckpointsResponse, _abc.Awaitable[_coordinator_pb2.ListCheckpointsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Restart(
+        self,
+        request: _coordinator_pb2.RestartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.RestartEvent], _abc.AsyncIterator[_coordinator_pb2.RestartEvent]]:
+        """Restart a job from a committed checkpoint, on the same or other hosts: streams progress,
+        ends with the outcome. Conflicts are refused before anything is restored.
+        """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ overwrite in place."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
@@ -20,20 +21,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from agent import images
+from agent.plugins.host_files import HostFiles
+from agent.plugins.tcp_endpoints import TcpEndpoints
+from crctl.plugins import PluginError, RestartContext
 from tests.e2e.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
 TOOLS = ("ip", "nsenter", "unshare", "setsid", "nft")
 PORT = 7100
-BRIDGE = "crimg-br0"
 HOSTS = {  # name -> address on the bridge
     "a": "198.19.0.11",
     "b": "198.19.0.12",
@@ -189,14 +192,14 @@ done
 # -- the lab: everything a test creates, torn down whatever happens ------------------------
 
 
-def _run(*cmd: str, timeout: float = 30) -> str:
+def run(*cmd: str, timeout: float = 30) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise AssertionError(f"`{' '.join(cmd)}` exited {result.returncode}: {result.stderr}")
     return result.stdout
 
 
-def _in_ns(namespace: str, *cmd: str) -> list[str]:
+def in_ns(namespace: str, *cmd: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{namespace}", "--", *cmd]
 
 
@@ -245,11 +248,18 @@ def status(path: Path) -> Status:
 
 
 class Lab:
-    def __init__(self) -> None:
+    """Emulated hosts ``<prefix>-<host>`` (namespaces with HOSTS-like addresses on the bridge
+    ``<prefix>-br0``) and the processes run in them; ``close`` removes everything."""
+
+    def __init__(
+        self, *, prefix: str = "crimg", hosts: Mapping[str, str] = HOSTS, program: str = PROGRAM
+    ) -> None:
         self.criu = _criu()
-        self.root = Path(tempfile.mkdtemp(prefix="crimg-"))
+        self.prefix = prefix
+        self.hosts = dict(hosts)
+        self.root = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
         self.program = self.root / "program.py"
-        self.program.write_text(PROGRAM)
+        self.program.write_text(program)
         self.hold_script = self.root / "hold.sh"
         self.hold_script.write_text(HOLD_SCRIPT)
         self.hold_script.chmod(0o755)
@@ -262,35 +272,42 @@ class Lab:
     def namespace(self, name: str) -> str:
         if Path(f"/run/netns/{name}").exists():
             pytest.fail(f"network namespace {name} exists (left by an earlier run?)", pytrace=False)
-        _run("ip", "netns", "add", name)
+        run("ip", "netns", "add", name)
         self._namespaces.append(name)
-        _run("ip", "-n", name, "link", "set", "lo", "up")
+        run("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
-    def bridge(self, name: str) -> None:
-        _run("ip", "link", "add", name, "type", "bridge")
+    @property
+    def bridge_name(self) -> str:
+        return f"{self.prefix}-br0"
+
+    def bridge(self) -> None:
+        name = self.bridge_name
+        if Path(f"/sys/class/net/{name}").exists():
+            pytest.fail(f"link {name} exists (left by an earlier run?)", pytrace=False)
+        run("ip", "link", "add", name, "type", "bridge")
         self._links.append(name)
-        _run("ip", "link", "set", name, "up")
+        run("ip", "link", "set", name, "up")
 
     def host(self, host: str) -> str:
-        """Namespace crimg-<host> with eth0 on the bridge holding HOSTS[host]/24."""
-        namespace = self.namespace(f"crimg-{host}")
-        veth = f"crimg-v{host}"
-        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        """Namespace <prefix>-<host> with eth0 on the bridge holding hosts[host]/24."""
+        namespace = self.namespace(f"{self.prefix}-{host}")
+        veth = f"{self.prefix}-v{host}"
+        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
         self._links.append(veth)
-        _run("ip", "link", "set", veth, "master", BRIDGE)
-        _run("ip", "link", "set", veth, "up")
-        _run("ip", "-n", namespace, "addr", "add", f"{HOSTS[host]}/24", "dev", "eth0")
-        _run("ip", "-n", namespace, "link", "set", "eth0", "up")
+        run("ip", "link", "set", veth, "master", self.bridge_name)
+        run("ip", "link", "set", veth, "up")
+        run("ip", "-n", namespace, "addr", "add", f"{self.hosts[host]}/24", "dev", "eth0")
+        run("ip", "-n", namespace, "link", "set", "eth0", "up")
         return namespace
 
     def drop_host(self, host: str) -> None:
         """The old host goes away (its namespace and link), as a failed host would."""
-        name = f"crimg-{host}"
+        name, veth = f"{self.prefix}-{host}", f"{self.prefix}-v{host}"
         subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
         self._namespaces.remove(name)
-        subprocess.run(["ip", "link", "delete", f"crimg-v{host}"], check=False, capture_output=True)
-        self._links.remove(f"crimg-v{host}")
+        subprocess.run(["ip", "link", "delete", veth], check=False, capture_output=True)
+        self._links.remove(veth)
 
     # processes
     def pin(self, pid: int) -> None:
@@ -311,7 +328,7 @@ class Lab:
         cwd.mkdir()
         with (self.root / f"stderr-{name}").open("ab") as stderr:
             wrapper = self.popen(
-                _in_ns(
+                in_ns(
                     namespace, "unshare", "--pid", "--fork", "setsid",
                     sys.executable, "-I", str(self.program), args[0], str(status_path), *args[1:],
                 ),
@@ -354,7 +371,7 @@ def dump(lab: Lab, namespace: str, pid: int, images_dir: Path) -> subprocess.Pop
     """Start a kill-mode `criu dump --tcp-established` of ``pid``'s tree, from its namespace."""
     images_dir.mkdir(parents=True)
     return lab.popen(
-        _in_ns(namespace, lab.criu, "dump", "-t", str(pid), "-D", str(images_dir),
+        in_ns(namespace, lab.criu, "dump", "-t", str(pid), "-D", str(images_dir),
                "--tcp-established", "-v4", "-o", "dump.log"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -390,7 +407,7 @@ def solo() -> Iterator[Solo]:
         namespace = bench.namespace(SOLO_NS)
         for address in SOLO_ADDRESSES:
             prefix = 128 if ":" in address else 32
-            _run("ip", "-n", namespace, "addr", "add", f"{address}/{prefix}", "dev", "lo")
+            run("ip", "-n", namespace, "addr", "add", f"{address}/{prefix}", "dev", "lo")
         data_file = bench.root / "data.bin"
         data_file.write_bytes(os.urandom(4096))
         ghost_file = bench.root / "ghost.bin"
@@ -459,21 +476,43 @@ def test_inspect_finds_listeners_connections_and_open_files(solo: Solo) -> None:
     assert all(size == (solo.images_dir / name).stat().st_size for name, size in names.items())
 
 
-def test_rewrite_maps_addresses_in_a_copy_and_leaves_the_source_alone(
+def test_working_copy_links_big_files_and_copies_files_img(solo: Solo, tmp_path: Path) -> None:
+    """make_working_copy makes an identical folder with a fresh files.img, big unmodified files
+    (pages) hard-linked and small ones copied, and leaves the source alone."""
+    source = solo.images_dir
+    before = images.sha256_files(source)
+    target = tmp_path / "work" / "rank-0"
+
+    report = images.make_working_copy(source, target)
+
+    assert images.sha256_files(source) == before
+    assert images.verify(target, before, allow_extra=False) == []
+    assert "files.img" in report.copied
+    assert (target / "files.img").stat().st_ino != (source / "files.img").stat().st_ino
+    pages = next(p for p in report.linked if p.startswith("pages-"))
+    assert (target / pages).stat().st_ino == (source / pages).stat().st_ino
+    assert sorted(report.linked + report.copied) == [p.name for p in sorted(source.iterdir())]
+    assert list(target.parent.glob(".rank-0.partial-*")) == []
+
+
+def test_rewrite_maps_addresses_in_a_working_copy_and_leaves_the_source_alone(
     solo: Solo, tmp_path: Path
 ) -> None:
-    """rewrite_endpoints rewrites mapped local and peer addresses (IPv4, IPv6 and IPv4-mapped
-    IPv6) in a new files.img, leaves unmapped ones (198.19.0.51, 127.0.0.1) alone, links big
-    unmodified files and never touches the source."""
+    """rewrite_socket_addresses rewrites mapped local and peer addresses (IPv4, IPv6 and
+    IPv4-mapped IPv6) of a working copy in a new files.img renamed into place, leaves unmapped
+    ones (198.19.0.51, 127.0.0.1) alone and never writes through to the source."""
     source = solo.images_dir
     before = images.sha256_files(source)
     target = tmp_path / "rewritten"
+    images.make_working_copy(source, target)
+    copied_inode = (target / "files.img").stat().st_ino
 
-    report = images.rewrite_endpoints(
-        source, target, {"198.19.0.50": "198.19.0.60", "2001:db8:0::50": "2001:db8::60"}
+    report = images.rewrite_socket_addresses(
+        target, {"198.19.0.50": "198.19.0.60", "2001:db8:0::50": "2001:db8::60"}
     )
 
     assert images.sha256_files(source) == before
+    assert report.images_dir == target
     assert dict(report.endpoints) == {
         # the listener, both ends of the connection, the accepted end of the dual-stack one
         ("198.19.0.50", "198.19.0.60"): 4,
@@ -502,12 +541,71 @@ def test_rewrite_maps_addresses_in_a_copy_and_leaves_the_source_alone(
     assert any(s.local.address == "::ffff:198.19.0.51" for s in new.sockets)
     assert new.regular_files == old.regular_files
 
-    changed = {p.path for p in images.verify(target, before)}
-    assert changed == {"files.img"}
-    assert (target / "files.img").stat().st_ino != (source / "files.img").stat().st_ino
-    pages = next(p for p in report.linked if p.startswith("pages-"))
-    assert (target / pages).stat().st_ino == (source / pages).stat().st_ino
-    assert "files.img" not in report.linked + report.copied
+    assert {p.path for p in images.verify(target, before)} == {"files.img"}
+    assert (target / "files.img").stat().st_ino != copied_inode  # a new file, renamed in
+    assert [p.name for p in target.iterdir() if p.name.startswith(".")] == []
+
+
+def test_rewrite_with_nothing_to_map_leaves_files_img_as_it_is(solo: Solo, tmp_path: Path) -> None:
+    """An empty map, or one naming no address of the dump, writes nothing."""
+    target = tmp_path / "copy"
+    images.make_working_copy(solo.images_dir, target)
+    inode = (target / "files.img").stat().st_ino
+
+    for address_map in ({}, {"203.0.113.1": "203.0.113.2"}):
+        report = images.rewrite_socket_addresses(target, address_map)
+        assert (dict(report.endpoints), report.sockets) == ({}, 0)
+    assert (target / "files.img").stat().st_ino == inode
+
+
+def test_tcp_endpoints_plugin_rewrites_the_rank_working_copy(solo: Solo, tmp_path: Path) -> None:
+    """The built-in tcp-endpoints plugin rewrites the working copy named by the restart context
+    with its address map before the restore, and does nothing with an empty map."""
+    working = tmp_path / "rank-0"
+    images.make_working_copy(solo.images_dir, working)
+    plugin = TcpEndpoints()
+    assert plugin.name == "tcp-endpoints"
+
+    asyncio.run(plugin.before_restore(restart_context(working, {})))
+    assert images.inspect(working).sockets == images.inspect(solo.images_dir).sockets
+
+    asyncio.run(plugin.before_restore(restart_context(working, {"198.19.0.51": "198.19.0.61"})))
+    locals_after = {s.local.address for s in images.inspect(working).sockets}
+    assert "198.19.0.61" in locals_after and "::ffff:198.19.0.61" in locals_after
+    assert "198.19.0.51" not in locals_after and "::ffff:198.19.0.51" not in locals_after
+
+
+def test_host_files_plugin_refuses_a_file_the_rank_holds_open(solo: Solo, tmp_path: Path) -> None:
+    """host-files fails closed, naming the file, when the dumped rank holds a listed file open
+    (CRIU checks its recorded size at restore), and leaves the file unchanged."""
+    working = tmp_path / "rank-0"
+    images.make_working_copy(solo.images_dir, working)
+    content = solo.data_file.read_bytes()
+    context = restart_context(
+        working, {"198.19.0.50": "198.19.0.60"}, rewrite_files=str(solo.data_file)
+    )
+
+    with pytest.raises(PluginError, match=re.escape(str(solo.data_file))) as caught:
+        asyncio.run(HostFiles().before_restore(context))
+
+    assert "holds it open" in str(caught.value)
+    assert solo.data_file.read_bytes() == content
+
+
+def restart_context(
+    working: Path, address_map: Mapping[str, str], **options: str
+) -> RestartContext:
+    return RestartContext(
+        job="job-1",
+        checkpoint="ck-1",
+        rank=0,
+        old_host="a",
+        new_host="b",
+        moves={},
+        address_map=address_map,
+        images_dir=working,
+        options=options,
+    )
 
 
 def test_rewrite_refuses_missing_or_corrupt_images(solo: Solo, tmp_path: Path) -> None:
@@ -518,9 +616,11 @@ def test_rewrite_refuses_missing_or_corrupt_images(solo: Solo, tmp_path: Path) -
     raw = (broken / "files.img").read_bytes()
     (broken / "files.img").write_bytes(raw[: len(raw) - 7])
     with pytest.raises(images.ImageError, match=r"files\.img") as caught:
-        images.rewrite_endpoints(broken, tmp_path / "out", {"198.19.0.50": "198.19.0.60"})
+        images.make_working_copy(broken, tmp_path / "out")
     assert caught.value.path == broken / "files.img"
     assert "path=" in str(caught.value)
+    with pytest.raises(images.ImageError, match=r"files\.img"):
+        images.rewrite_socket_addresses(broken, {"198.19.0.50": "198.19.0.60"})
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.glob(".out.partial-*")) == []
 
@@ -530,11 +630,14 @@ def test_rewrite_refuses_missing_or_corrupt_images(solo: Solo, tmp_path: Path) -
     with pytest.raises(images.ImageError, match="not a CRIU images folder"):
         images.inspect(tmp_path)
     with pytest.raises(images.ImageError, match="already exists"):
-        images.rewrite_endpoints(solo.images_dir, tmp_path, {})
+        images.make_working_copy(solo.images_dir, tmp_path)
+    copy = tmp_path / "copy"
+    images.make_working_copy(solo.images_dir, copy)
     with pytest.raises(images.AddressMapError, match="IPv4 address cannot become IPv6"):
-        images.rewrite_endpoints(solo.images_dir, tmp_path / "x", {"198.19.0.50": "::1"})
+        images.rewrite_socket_addresses(copy, {"198.19.0.50": "::1"})
     with pytest.raises(images.AddressMapError):
-        images.rewrite_endpoints(solo.images_dir, tmp_path / "x", {"not-an-address": "::1"})
+        images.rewrite_socket_addresses(copy, {"not-an-address": "::1"})
+    assert images.verify(copy, images.sha256_files(solo.images_dir)) == []
 
 
 def test_manifest_verify_reports_missing_resized_changed_and_extra_files(
@@ -589,15 +692,15 @@ def lock(namespace: str, summary: images.ImageSummary) -> None:
             f"{peer.address} tcp sport {local.port} tcp dport {peer.port} counter drop",
         ]
     subprocess.run(
-        _in_ns(namespace, "nft", "-f", "-"), input="\n".join(rules) + "\n", text=True,
+        in_ns(namespace, "nft", "-f", "-"), input="\n".join(rules) + "\n", text=True,
         check=True, capture_output=True,
     )  # fmt: skip
 
 
 def unlock(namespace: str) -> int:
     """Remove the lock; the number of packets it dropped."""
-    listing = _run(*_in_ns(namespace, "nft", "list", "table", "inet", LOCK_TABLE))
-    _run(*_in_ns(namespace, "nft", "delete", "table", "inet", LOCK_TABLE))
+    listing = run(*in_ns(namespace, "nft", "list", "table", "inet", LOCK_TABLE))
+    run(*in_ns(namespace, "nft", "delete", "table", "inet", LOCK_TABLE))
     return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
 
 
@@ -622,7 +725,7 @@ def test_tcp_pair_continues_on_new_hosts_after_rewrite(lab: Lab) -> None:
     at post-restore, unlocked, then released) keep exchanging, every reply checked, over
     sockets that now carry the new addresses."""
     a, b, c, d = (HOSTS[h] for h in "abcd")
-    lab.bridge(BRIDGE)
+    lab.bridge()
     for host in "abcd":
         lab.host(host)
     server_pid, server_status = lab.start("crimg-a", "server", "server", a, str(PORT))
@@ -646,8 +749,10 @@ def test_tcp_pair_continues_on_new_hosts_after_rewrite(lab: Lab) -> None:
     # Rewrite both ends with the same map; the new hosts must hold the files at dumped sizes.
     address_map = {a: c, b: d}
     image_c, image_d = lab.root / "img-c", lab.root / "img-d"
-    report_c = images.rewrite_endpoints(image_a, image_c, address_map)
-    report_d = images.rewrite_endpoints(image_b, image_d, address_map)
+    images.make_working_copy(image_a, image_c)
+    images.make_working_copy(image_b, image_d)
+    report_c = images.rewrite_socket_addresses(image_c, address_map)
+    report_d = images.rewrite_socket_addresses(image_d, address_map)
     assert dict(report_c.endpoints) == {(a, c): 2, (b, d): 1}  # listener, accepted socket
     assert dict(report_d.endpoints) == {(b, d): 1, (a, c): 1}
     summary_c, summary_d = images.inspect(image_c), images.inspect(image_d)
@@ -663,7 +768,7 @@ def test_tcp_pair_continues_on_new_hosts_after_rewrite(lab: Lab) -> None:
         hold_dir.mkdir()
         restores[host] = (
             lab.popen(
-                _in_ns(f"crimg-{host}", lab.criu, "restore", "-D", str(image_dir), "-d",
+                in_ns(f"crimg-{host}", lab.criu, "restore", "-D", str(image_dir), "-d",
                        "--tcp-established", "--network-lock", "skip",
                        "--action-script", str(lab.hold_script), "-v4", "-o", "restore.log"),
                 env={**os.environ, "HOLD_DIR": str(hold_dir)},

@@ -1,0 +1,81 @@
+"""Reading and rewriting CRIU image folders, with no CRIU process: what a checkpoint holds
+(INET sockets, regular files, image files), a rank's working copy for a restore, whose sockets
+can carry new addresses (restart on other hosts) or come back closed (peers outside the job),
+and sha256 manifests.
+
+Besides :mod:`agent.criu`, this is the only package that imports pycriu. Layout: ``_format``
+(loading and atomically replacing one image, address words), ``_inspect`` (what a dump holds),
+``_working_copy`` (the copy a restore may rewrite), ``_sockets`` (rewriting socket entries),
+``_manifest`` (sha256 manifests and checks).
+
+What CRIU 4.x writes, as found on CRIU 4.1.1 and 4.2.1:
+
+* ``files.img`` holds every file the tasks use as ``FileEntry{type, id, <one sub-message>}``.
+  Sockets are ``type: INETSK`` with ``isk: InetSkEntry``: ``family`` (2 / 10), ``type``,
+  ``proto``, ``state`` (the kernel's TCP state numbers; 10 is listen), ``src_port`` /
+  ``dst_port`` and ``src_addr`` / ``dst_addr``: lists of uint32 words holding the address bytes
+  in network order, in host byte order words (one word for IPv4, four for IPv6).
+* Regular files are ``type: REG`` with ``reg: RegFileEntry``: ``name`` (the path), ``mode``
+  (the whole ``st_mode``) and ``size``: ``st_size`` at dump time, recorded for every regular
+  file except those opened ``O_WRONLY | O_APPEND`` (log files). A restore refuses a file whose
+  size or mode differs (and, for ELF files, whose build id differs). Mapped files (the
+  executable, libraries), the cwd and root directories and devices are ``REG`` entries too.
+* ``fdinfo-<n>.img`` maps the tasks' descriptors to file ids; ``remap-fpath.img`` marks files
+  that were deleted while open (``GHOST``: their contents are in the images).
+* ``tcp-stream-<ino>.img`` holds sequence numbers, windows and queued data: no addresses.
+  Tasks in the host's network namespace have no ``netdev`` / ``ifaddr`` / ``route`` images,
+  so the socket entries in ``files.img`` are the only addresses to rewrite.
+"""
+
+from agent.images._format import FILES_IMG, INVENTORY_IMG, REMAP_IMG, ImageError
+from agent.images._inspect import (
+    Endpoint,
+    ImageFile,
+    ImageSummary,
+    InetSocket,
+    RegularFile,
+    inspect,
+)
+from agent.images._manifest import (
+    FileDigest,
+    Problem,
+    sha256_file,
+    sha256_files,
+    verify,
+    verify_regular_files,
+)
+from agent.images._sockets import (
+    AddressMapError,
+    RewriteReport,
+    close_connections,
+    external_connections,
+    rewrite_socket_addresses,
+)
+from agent.images._working_copy import LINK_MIN_BYTES, CopyReport, make_working_copy
+
+__all__ = [
+    "FILES_IMG",
+    "INVENTORY_IMG",
+    "LINK_MIN_BYTES",
+    "REMAP_IMG",
+    "AddressMapError",
+    "CopyReport",
+    "Endpoint",
+    "FileDigest",
+    "ImageError",
+    "ImageFile",
+    "ImageSummary",
+    "InetSocket",
+    "Problem",
+    "RegularFile",
+    "RewriteReport",
+    "close_connections",
+    "external_connections",
+    "inspect",
+    "make_working_copy",
+    "rewrite_socket_addresses",
+    "sha256_file",
+    "sha256_files",
+    "verify",
+    "verify_regular_files",
+]

@@ -1,0 +1,263 @@
+"""One host's part of a coordinated restore (see coordinator.restarts): verify, copy and rewire
+the images, lock the host, restore and hold the ranks, unlock, release — or undo it all."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import structlog
+
+from agent import criu, images, netlock
+from agent.checkpointing import rank_dir_name
+from agent.plugin_runner import load_plugins, run_hook
+from agent.ranks import RankProcess, RestorePipe, prepare_restore
+from crctl.errors import CrctlError
+from crctl.plugins import HostMove, RestartContext, RestartPlugin
+from crctl.v1 import control_pb2
+
+log = structlog.get_logger()
+
+
+class RankFailure(CrctlError):
+    """A step failed for one rank."""
+
+    def __init__(self, rank: int, message: str) -> None:
+        super().__init__(message, phase="restore")
+        self.rank = rank
+
+
+@dataclass
+class RankRestore:
+    rank: int
+    image: control_pb2.RankImage
+    working_dir: Path
+    context: RestartContext
+    pipe: RestorePipe | None = None
+    held: criu.HeldRestore | None = None
+    pid: int = 0
+
+
+def _listening(summary: images.ImageSummary) -> list[images.InetSocket]:
+    return [s for s in summary.sockets if s.proto == "tcp" and s.state == "listen"]
+
+
+def _connections(summary: images.ImageSummary) -> list[netlock.Connection]:
+    return [
+        netlock.Connection(s.local.address, s.local.port, s.peer.address, s.peer.port)
+        for s in summary.sockets
+        if s.proto == "tcp" and s.peer is not None and s.state not in ("listen", "close")
+    ]
+
+
+def _port_free(sock: images.InetSocket) -> bool:
+    family = socket.AF_INET6 if sock.family == "ipv6" else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((sock.local.address, sock.local.port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class HostRestore:
+    order: control_pb2.PrepareRestore
+    host: str
+    work_dir: Path
+    ranks: list[RankRestore] = field(default_factory=list)
+    plugins: list[RestartPlugin] = field(default_factory=list)
+    locked: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.restore_id = self.order.restore
+        self.job = self.order.job
+        self.lock_table = f"crctl-{self.restore_id}"
+        self._log = log.bind(
+            job=self.job, checkpoint=self.order.checkpoint, restore=self.restore_id
+        )
+        self.root = self.work_dir / "restores" / self.restore_id
+
+    def _moves(self) -> dict[str, HostMove]:
+        def addresses(host: str) -> tuple[str, ...]:
+            return tuple(a for a in self.order.host_addresses.get(host, "").split(",") if a)
+
+        return {
+            old: HostMove(
+                old_host=old,
+                new_host=new,
+                old_addresses=addresses(old),
+                new_addresses=addresses(new),
+            )
+            for old, new in self.order.host_map.items()
+        }
+
+    # --- prepare ---
+
+    async def prepare(self) -> None:
+        """Verify, copy, rewire (plugins), check ports and files, then lock this host."""
+        self.plugins = load_plugins(list(self.order.plugins))
+        moves = self._moves()
+        checkpoint_dir = Path(self.order.checkpoint_dir)
+        await asyncio.gather(
+            *(self._verify(checkpoint_dir, entry.rank, entry.image) for entry in self.order.ranks)
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        close = set(self.order.close_connections)
+        connections: list[netlock.Connection] = []
+        for entry in self.order.ranks:
+            source = checkpoint_dir / rank_dir_name(entry.rank)
+            working = self.root / rank_dir_name(entry.rank)
+            images.make_working_copy(source, working)
+            context = RestartContext(
+                job=self.job,
+                checkpoint=self.order.checkpoint,
+                rank=entry.rank,
+                old_host=entry.image.host,
+                new_host=self.host,
+                moves=moves,
+                address_map=dict(self.order.address_map),
+                images_dir=working,
+                options=dict(self.order.plugin_options),
+            )
+            restore = RankRestore(entry.rank, entry.image, working, context)
+            self.ranks.append(restore)
+            summary = images.inspect(working)
+            closing = [
+                s
+                for s in summary.sockets
+                if s.peer is not None
+                and f"{s.local.address}:{s.local.port}>{s.peer.address}:{s.peer.port}" in close
+            ]
+            if closing:
+                images.close_connections(working, closing)
+                self._log.info(
+                    "restore_closing_external",
+                    rank=entry.rank,
+                    connections=[f"{s.local} -> {s.peer}" for s in closing],
+                )
+            await run_hook(self.plugins, "before_restore", context)
+            summary = images.inspect(working)
+            problems = images.verify_regular_files(summary)
+            if problems:
+                raise RankFailure(
+                    entry.rank,
+                    "files the rank holds open differ here: " + "; ".join(str(p) for p in problems),
+                )
+            for listener in _listening(summary):
+                if not _port_free(listener):
+                    raise RankFailure(
+                        entry.rank,
+                        f"port {listener.local.port} on {listener.local.address} is already "
+                        f"taken on {self.host}",
+                    )
+            connections.extend(_connections(summary))
+        netlock.lock_connections(self.lock_table, connections)
+        self.locked = True
+
+    async def _verify(self, checkpoint_dir: Path, rank: int, image: control_pb2.RankImage) -> None:
+        prefix = rank_dir_name(rank) + "/"
+        expected = [
+            images.FileDigest(f.path.removeprefix(prefix), f.size, f.sha256) for f in image.files
+        ]
+        problems = await asyncio.to_thread(
+            images.verify, checkpoint_dir / rank_dir_name(rank), expected
+        )
+        if problems:
+            raise RankFailure(
+                rank,
+                "the checkpoint's images do not match its manifest: "
+                + "; ".join(f"{prefix}{p}" for p in problems),
+            )
+
+    # --- restore ---
+
+    async def restore(self) -> dict[int, int]:
+        """Restore every rank of this host and hold them at post-restore."""
+        for rank in self.ranks:
+            rank.pipe = prepare_restore(
+                self.job,
+                rank_dir_name(rank.rank),
+                stdout_key=rank.image.stdout_pipe,
+                log_path=self.work_dir / "logs" / self.job / f"{rank_dir_name(rank.rank)}.log",
+            )
+            rank.pipe.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_dir = self.root / "logs" / rank_dir_name(rank.rank)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            rank.held = await criu.start_restore(
+                criu.RestoreSpec(
+                    images_dir=rank.working_dir,
+                    work_dir=log_dir,
+                    tcp_established=True,
+                    network_lock_skip=True,
+                    inherit_fds=rank.pipe.inherit_fds,
+                )
+            )
+        results = await asyncio.gather(
+            *(r.held.held() for r in self.ranks if r.held is not None), return_exceptions=True
+        )
+        for rank, result in zip(self.ranks, results, strict=True):
+            if isinstance(result, BaseException):
+                raise RankFailure(rank.rank, str(result))
+            rank.pid = result
+            rank.context = _with_pid(rank.context, result)
+        for rank in self.ranks:
+            await run_hook(self.plugins, "after_restore", rank.context)
+        return {r.rank: r.pid for r in self.ranks}
+
+    def unlock(self) -> None:
+        netlock.remove_table(self.lock_table)
+        self.locked = False
+
+    async def release(self) -> list[tuple[int, RankProcess]]:
+        """Let the ranks run; returns them for the agent to watch."""
+        for rank in self.ranks:
+            await run_hook(self.plugins, "before_resume", rank.context)
+        started = time.monotonic()
+        await asyncio.gather(*(r.held.release() for r in self.ranks if r.held is not None))
+        adopted = []
+        for rank in self.ranks:
+            assert rank.pipe is not None
+            process = rank.pipe.adopt(rank.pid)
+            # The checkpoint froze the rank's cgroup before CRIU dumped it, and CRIU restores the
+            # freezer state it recorded: thaw it, or the rank stays frozen.
+            if process.cgroup.exists() and process.cgroup.is_frozen():
+                process.cgroup.thaw()
+            adopted.append((rank.rank, process))
+        self._log.info(
+            "restore_released",
+            ranks=[r.rank for r in self.ranks],
+            seconds=round(time.monotonic() - started, 4),
+        )
+        self._cleanup()
+        self.finished.set()
+        return adopted
+
+    async def abort(self, reason: str) -> None:
+        """Kill whatever was restored, lift the lock, remove the working copies."""
+        if self.finished.is_set():
+            return
+        self.finished.set()
+        await asyncio.gather(
+            *(r.held.abort() for r in self.ranks if r.held is not None), return_exceptions=True
+        )
+        for rank in self.ranks:
+            if rank.pipe is not None:
+                rank.pipe.discard()
+        if self.locked:
+            self.unlock()
+        self._cleanup()
+        self._log.warning("restore_aborted", reason=reason)
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _with_pid(context: RestartContext, pid: int) -> RestartContext:
+    return replace(context, pid=pid)

@@ -1,0 +1,170 @@
+"""Benchmark: crctl restart of a checkpointed 4-rank TCP ring onto 4 other emulated hosts,
+against plain parallel `criu restore` of the same images, in the same run.
+
+    .venv/bin/python bench/restart.py [--memory-mib 64] [--ranks 4] [--repeat 5]
+
+Prints a table (medians over --repeat runs):
+  * crctl restart wall time: the Restart RPC, from request to outcome (prepare with checksum
+    verification and working copies, lock, restore held, unlock, release);
+  * first progress: from the request to the ring's first token after the restore;
+  * plain criu restore: `criu restore --tcp-established -d` of every rank's images in its
+    original host's namespace, all started together, until the last one returns (then killed);
+  * ratio: first progress / plain criu restore; goal: <= 1.1 x plain + 50 ms.
+Needs root; brings up its own testbed (2 x ranks hosts) and removes it afterwards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from cli.client import CoordinatorClient
+from crctl.v1 import coordinator_pb2
+from testbed import bed, netns
+from testbed.ringjob import RingJob, launch_ring
+
+
+def checkpoint(client: CoordinatorClient, job: str) -> coordinator_pb2.CheckpointOutcome:
+    outcome = None
+    for event in client.checkpoint(
+        job, leave_running=False, timeout=0, request_id=uuid.uuid4().hex
+    ):
+        if event.WhichOneof("event") == "outcome":
+            outcome = event.outcome
+    if outcome is None or not outcome.committed:
+        raise SystemExit(f"checkpoint failed: {outcome}")
+    return outcome
+
+
+def restart(client: CoordinatorClient, ring: RingJob, hosts: list[str]) -> tuple[float, float]:
+    before = max(s.get("last_token_at") or 0 for s in ring.statuses())
+    started_wall = time.time()
+    started = time.perf_counter()
+    outcome = None
+    for event in client.restart(coordinator_pb2.RestartRequest(job=ring.job, hosts=hosts)):
+        if event.WhichOneof("event") == "outcome":
+            outcome = event.outcome
+    wall = time.perf_counter() - started
+    if outcome is None or not outcome.restarted:
+        raise SystemExit(f"restart failed: {outcome}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        firsts = [s.get("last_token_at") or 0 for s in ring.statuses()]
+        if min(firsts) > max(before, started_wall):
+            # the earliest token seen after the restart, on any rank
+            progressed = [t for t in firsts if t > started_wall]
+            return wall, min(progressed) - started_wall
+        time.sleep(0.001)
+    raise SystemExit("the ring made no progress after the restart")
+
+
+def plain_restore(state: bed.State, images: dict[str, Path], scratch: Path) -> float:
+    """criu restore of a copy of each rank's images, in its original host, all at once."""
+    commands = []
+    for host, source in images.items():
+        copy = scratch / host
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(source, copy)
+        pidfile = copy / "restored.pid"
+        commands.append(
+            (
+                pidfile,
+                [
+                    *netns.nsenter_prefix(state.hosts[host].namespace),
+                    "criu",
+                    "restore",
+                    "-D",
+                    str(copy),
+                    "--tcp-established",
+                    "-d",
+                    "--pidfile",
+                    str(pidfile),
+                    "-o",
+                    "restore.log",
+                ],
+            )
+        )
+    started = time.perf_counter()
+    running = [
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _, c in commands
+    ]
+    failures = [p.communicate()[1] for p in running if p.wait() != 0]
+    wall = time.perf_counter() - started
+    for pidfile, _ in commands:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    if failures:
+        raise SystemExit(f"plain criu restore failed: {failures[0].decode()[-500:]}")
+    for host in images:  # CRIU leaves its lock behind when the restored ranks die
+        subprocess.run(
+            [*netns.nsenter_prefix(state.hosts[host].namespace), "nft", "flush", "ruleset"],
+            check=False,
+        )
+    return wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ranks", type=int, default=4)
+    parser.add_argument("--memory-mib", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    state = bed.up(2 * args.ranks, bed.DEFAULT_DIR)
+    scratch = Path(tempfile.mkdtemp(prefix="crctl-bench-"))
+    names = list(state.hosts)
+    homes, aways = names[: args.ranks], names[args.ranks :]
+    walls, firsts, plains = [], [], []
+    try:
+        ring = launch_ring(state, "bench", homes, memory_mib=args.memory_mib)
+        ring.wait_for_tokens(10, timeout=60)
+        with CoordinatorClient(state.grpc_address) as client:
+            for index in range(args.repeat):
+                outcome = checkpoint(client, "bench")
+                manifest_dir = Path(client.checkpoints("bench")[0].directory)
+                images = {r.host: manifest_dir / f"rank-{r.rank}" for r in outcome.ranks}
+                plains.append(plain_restore(state, images, scratch))
+                target = aways if index % 2 == 0 else homes
+                wall, first = restart(client, ring, target)
+                walls.append(wall)
+                firsts.append(first)
+                ring.wait_for_progress(tokens=10, timeout=30)
+        if ring.errors():
+            raise SystemExit(f"the ring recorded errors: {ring.errors()}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        bed.down(bed.DEFAULT_DIR)
+
+    def ms(values: list[float]) -> str:
+        return f"{statistics.median(values) * 1000:8.1f} ms"
+
+    plain = statistics.median(plains)
+    first = statistics.median(firsts)
+    print(
+        f"\nrestart of a {args.ranks}-rank ring onto {args.ranks} other hosts, "
+        f"{args.memory_mib} MiB per rank, median of {args.repeat}"
+    )
+    print(f"{'measure':<48} {'time':>11}")
+    print(f"{'crctl restart, API wall time':<48} {ms(walls)}")
+    print(f"{'crctl restart, request to first token':<48} {ms(firsts)}")
+    print(f"{'plain criu restore, all ranks in parallel':<48} {ms(plains)}")
+    print(f"{'ratio first token / plain criu restore':<48} {first / plain:8.2f}")
+    print(
+        f"{'goal: 1.1 x plain + 50 ms':<48} {(1.1 * plain + 0.05) * 1000:8.1f} ms"
+        f"  ({'met' if first <= 1.1 * plain + 0.05 else 'not met'})"
+    )
+    print(json.dumps({"first_token_s": first, "plain_restore_s": plain}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

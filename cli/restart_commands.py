@@ -1,0 +1,109 @@
+"""`crctl restart`: a job from a committed checkpoint, on the same or other hosts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli import render
+from cli.client import CoordinatorClient
+from cli.exit_codes import ExitCode
+from crctl.config import Config
+from crctl.errors import ConfigError
+from crctl.v1 import coordinator_pb2
+
+
+def parse_pairs(text: str, what: str, separator: str = "=") -> dict[str, str]:
+    """ "a=b,c=d" -> {"a": "b", "c": "d"}, with a clear error for anything else."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition(separator)
+        if not sep or not key or not value:
+            raise ConfigError(f"malformed {what} {item!r}: expected OLD{separator}NEW")
+        if key in pairs:
+            raise ConfigError(f"{what} names {key} twice")
+        pairs[key] = value
+    return pairs
+
+
+def cmd_restart(args: argparse.Namespace, config: Config) -> int:
+    request = coordinator_pb2.RestartRequest(
+        job=args.job,
+        checkpoint=args.checkpoint,
+        host_map=parse_pairs(args.map, "host map entry") if args.map else {},
+        hosts=[h for h in (args.hosts or "").split(",") if h],
+        plugins=args.plugin,
+        plugin_options={
+            k: v
+            for option in args.plugin_option
+            for k, v in parse_pairs(option, "plugin option").items()
+        },
+        timeout_seconds=args.timeout,
+    )
+    outcome = None
+    with CoordinatorClient(config.grpc_address) as client:
+        for event in client.restart(request):
+            if event.WhichOneof("event") == "step" and not args.json:
+                hosts = ", ".join(event.step.hosts)
+                print(f"{event.step.restore}: {event.step.step} on {hosts}", file=sys.stderr)
+            elif event.WhichOneof("event") == "outcome":
+                outcome = event.outcome
+    if outcome is None:
+        raise ConfigError("the coordinator ended the restart without an outcome")
+    if args.json:
+        render.print_json(render.to_dict(outcome))
+    elif outcome.restarted:
+        placed = ", ".join(f"{r.rank}@{r.host}" for r in outcome.ranks)
+        print(
+            f"restarted {args.job} from {outcome.checkpoint} in "
+            f"{outcome.duration_seconds:.2f}s: {placed}"
+        )
+    if not outcome.restarted:
+        where = f" on {outcome.failed_host}" if outcome.failed_host else ""
+        rank = f", rank {outcome.failed_rank}" if outcome.failed_rank >= 0 else ""
+        print(
+            f"crctl: restart of {args.job} failed{where}{rank}: {outcome.reason}; nothing "
+            f"is left running and checkpoint {outcome.checkpoint} stays restartable",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+def register(add: render.AddCommand) -> None:
+    p = add("restart", cmd_restart, "restart a job from a checkpoint, here or on other hosts", True)
+    p.add_argument("job")
+    p.add_argument("--checkpoint", default="", help="checkpoint id (default: the latest)")
+    p.add_argument(
+        "--map",
+        default="",
+        metavar="OLD=NEW,...",
+        help="move ranks of host OLD to host NEW (unlisted hosts stay)",
+    )
+    p.add_argument(
+        "--hosts",
+        default="",
+        metavar="H1,H2,...",
+        help="new hosts in rank order (fewer hosts than ranks: wraps around)",
+    )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE:CLASS",
+        help="a restart plugin to run besides the installed ones (repeatable)",
+    )
+    p.add_argument(
+        "--plugin-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option for the plugins (repeatable)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="deadline of each restart step (default: checkpoint_timeout)",
+    )
