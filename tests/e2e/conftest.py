@@ -11,15 +11,13 @@ LOST_AFTER = 3.0
 COMMIT_TIMEOUT = 4.0
 
 
-@pytest.fixture(scope="module")
-def testbed3() -> Iterator[bed.State]:
-    """A real testbed of 3 emulated hosts with a coordinator and 3 agents (separate processes)."""
+def _testbed(hosts: int) -> Iterator[bed.State]:
     if bed.status(bed.DEFAULT_DIR) is not None:
         pytest.fail(
             "a testbed is already up; run `crctl testbed down` before the tests", pytrace=False
         )
     state = bed.up(
-        3,
+        hosts,
         bed.DEFAULT_DIR,
         heartbeat_interval=0.5,
         agent_lost_after=LOST_AFTER,
@@ -29,6 +27,18 @@ def testbed3() -> Iterator[bed.State]:
         yield state
     finally:
         bed.down(bed.DEFAULT_DIR)
+
+
+@pytest.fixture(scope="module")
+def testbed3() -> Iterator[bed.State]:
+    """A real testbed of 3 emulated hosts with a coordinator and 3 agents (separate processes)."""
+    yield from _testbed(3)
+
+
+@pytest.fixture(scope="module")
+def testbed6() -> Iterator[bed.State]:
+    """Six emulated hosts: a job on h1-h3 can move to h4-h6."""
+    yield from _testbed(6)
 
 
 def coordinator_log(state: bed.State) -> str:
