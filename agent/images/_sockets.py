@@ -165,7 +165,12 @@ def close_connections(images_dir: Path, sockets: Iterable[InetSocket]) -> int:
     ``tcp_close`` makes, but for these sockets only), shut down both ways, and its
     ``tcp-stream-<ino>.img`` (queues and sequence numbers) is removed. The application's next
     read then returns end of file, its next write fails with EPIPE, and poll reports
-    POLLIN|POLLRDHUP|POLLHUP: as after the peer closed and went away."""
+    POLLIN|POLLRDHUP|POLLHUP: as after the peer closed and went away. Nothing is sent to the
+    peer, and data it had sent that the application had not read is dropped.
+
+    (An entry that keeps its peer port is restored through TCP repair whatever its state: it
+    needs its tcp-stream image, and there state CLOSE means "both FINs exchanged": CRIU binds
+    the old local address and replays the FINs, which needs that address on the new host.)"""
     files = listing(images_dir)
     files_img = images_dir / FILES_IMG
     wanted = {s.id: s for s in sockets}

@@ -149,6 +149,7 @@ class HostFiles(RestartPlugin):
                 raise PluginError(
                     f"{OPTION}: {item} is not an absolute path",
                     job=context.job,
+                    checkpoint=context.checkpoint,
                     host=context.new_host,
                     phase="before_restore",
                 )

@@ -1,5 +1,6 @@
-"""agent.images over real CRIU dumps: what a dump holds, a rewritten working copy, and a live TCP
-pair restarted on two other (emulated) hosts with its addresses rewritten.
+"""agent.images over real CRIU dumps: what a dump holds, a working copy and its rewritten
+sockets, the built-in restart plugins, and a live TCP pair restarted on two other (emulated)
+hosts with its addresses rewritten.
 
 Everything made here is named crimg-* and lives in 198.19.0.0/24 (a running `crctl testbed` uses
 crctl-* and 198.18.0.0/24). Dumped programs run as the init of their own PID namespace
