@@ -12,7 +12,9 @@ import structlog
 from agent.hostinfo import agent_info
 from agent.link import CoordinatorLink
 from agent.orders import Orders
+from agent.plugin_runner import load_plugins
 from crctl.config import Config
+from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
@@ -105,5 +107,15 @@ async def serve(config: Config) -> None:
     log.info("agent_stopped")
 
 
+def _warm_up() -> None:
+    """Import what a checkpoint or restart needs (pycriu, the plugins) now, not on the clock of
+    the first one."""
+    try:
+        load_plugins([])
+    except CrctlError as exc:
+        log.error("plugins_unavailable", error=str(exc))
+
+
 def run(config: Config) -> None:
+    _warm_up()
     asyncio.run(serve(config))

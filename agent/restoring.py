@@ -115,6 +115,7 @@ class HostRestore:
             source = checkpoint_dir / rank_dir_name(entry.rank)
             working = self.root / rank_dir_name(entry.rank)
             images.make_working_copy(source, working)
+            images.thaw_recorded_freezer(working)
             context = RestartContext(
                 job=self.job,
                 checkpoint=self.order.checkpoint,

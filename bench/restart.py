@@ -27,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from agent import images
 from cli.client import CoordinatorClient
 from crctl.v1 import coordinator_pb2
 from testbed import bed, netns
@@ -67,13 +68,14 @@ def restart(client: CoordinatorClient, ring: RingJob, hosts: list[str]) -> tuple
     raise SystemExit("the ring made no progress after the restart")
 
 
-def plain_restore(state: bed.State, images: dict[str, Path], scratch: Path) -> float:
+def plain_restore(state: bed.State, rank_images: dict[str, Path], scratch: Path) -> float:
     """criu restore of a copy of each rank's images, in its original host, all at once."""
     commands = []
-    for host, source in images.items():
+    for host, source in rank_images.items():
         copy = scratch / host
         shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(source, copy)
+        images.make_working_copy(source, copy)
+        images.thaw_recorded_freezer(copy)  # as crctl's own restore does
         pidfile = copy / "restored.pid"
         commands.append(
             (
@@ -104,7 +106,7 @@ def plain_restore(state: bed.State, images: dict[str, Path], scratch: Path) -> f
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
     if failures:
         raise SystemExit(f"plain criu restore failed: {failures[0].decode()[-500:]}")
-    for host in images:  # CRIU leaves its lock behind when the restored ranks die
+    for host in rank_images:  # CRIU leaves its lock behind when the restored ranks die
         subprocess.run(
             [*netns.nsenter_prefix(state.hosts[host].namespace), "nft", "flush", "ruleset"],
             check=False,
@@ -131,8 +133,8 @@ def main() -> int:
             for index in range(args.repeat):
                 outcome = checkpoint(client, "bench")
                 manifest_dir = Path(client.checkpoints("bench")[0].directory)
-                images = {r.host: manifest_dir / f"rank-{r.rank}" for r in outcome.ranks}
-                plains.append(plain_restore(state, images, scratch))
+                rank_images = {r.host: manifest_dir / f"rank-{r.rank}" for r in outcome.ranks}
+                plains.append(plain_restore(state, rank_images, scratch))
                 target = aways if index % 2 == 0 else homes
                 wall, first = restart(client, ring, target)
                 walls.append(wall)

@@ -5,6 +5,7 @@ Everything the testbed makes is recorded in ``<dir>/testbed.json`` and named wit
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -272,6 +273,7 @@ def _teardown(directory: Path) -> list[str]:
         namespaces |= {
             h.namespace for h in state.hosts.values() if netns.netns_path(h.namespace).exists()
         }
+    _thaw_rank_cgroups()  # frozen tasks cannot die
     for namespace in sorted(namespaces):
         for pid in netns.pids_in(namespace):
             ticks = procs.start_ticks(pid)
@@ -279,6 +281,7 @@ def _teardown(directory: Path) -> list[str]:
                 removed.append(f"process {pid} in {namespace}")
         netns.delete_namespace(namespace)
         removed.append(f"namespace {namespace}")
+    removed.extend(_remove_empty_rank_cgroups())
     for link in [BRIDGE, *(h.veth for h in (state.hosts.values() if state else []))]:
         if netns.link_exists(link):
             netns.delete_link(link)
@@ -287,6 +290,31 @@ def _teardown(directory: Path) -> list[str]:
         if any(p.name != ".lock" for p in directory.iterdir()):
             removed.append(f"directory {directory}")
         shutil.rmtree(directory, ignore_errors=True)
+    return removed
+
+
+RANK_CGROUPS = Path("/sys/fs/cgroup/freezer/crctl")
+
+
+def _thaw_rank_cgroups() -> None:
+    for state in RANK_CGROUPS.glob("**/freezer.state"):
+        with contextlib.suppress(OSError):
+            if state.read_text().strip() != "THAWED":
+                state.write_text("THAWED\n")
+
+
+def _remove_empty_rank_cgroups() -> list[str]:
+    """The ranks' freezer cgroups left empty once the testbed's processes are gone."""
+    removed = []
+    directories = sorted(
+        (p for p in RANK_CGROUPS.glob("**/") if p != RANK_CGROUPS),
+        key=lambda p: len(p.parts),
+        reverse=True,
+    )
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+            removed.append(f"cgroup {directory}")
     return removed
 
 
