@@ -5,7 +5,6 @@ itself when the hold outlives its deadline (the coordinator may be gone)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import shutil
 import time
@@ -22,7 +21,6 @@ from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
 
-_CHUNK = 1 << 20
 LOGS_DIR = "logs"
 
 
@@ -32,20 +30,11 @@ def rank_dir_name(rank: int) -> str:
 
 def digest_files(checkpoint_dir: Path, rank_dir: Path) -> list[control_pb2.FileDigest]:
     """sha256 and size of every file of a rank's images, paths relative to the checkpoint."""
-    digests = []
-    for path in sorted(p for p in rank_dir.rglob("*") if p.is_file()):
-        sha = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                sha.update(chunk)
-        digests.append(
-            control_pb2.FileDigest(
-                path=str(path.relative_to(checkpoint_dir)),
-                size=path.stat().st_size,
-                sha256=sha.hexdigest(),
-            )
-        )
-    return digests
+    prefix = rank_dir.relative_to(checkpoint_dir).as_posix()
+    return [
+        control_pb2.FileDigest(path=f"{prefix}/{d.path}", size=d.size, sha256=d.sha256)
+        for d in images.sha256_files(rank_dir)
+    ]
 
 
 def socket_info(socket: images.InetSocket) -> control_pb2.SocketInfo:

@@ -8,7 +8,7 @@ from typing import TypeVar
 import grpc
 
 from crctl.errors import CrctlError, UnavailableError
-from crctl.status import error_for
+from crctl.status import ERROR_METADATA, error_for
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 Reply = TypeVar("Reply")
@@ -33,7 +33,8 @@ class CoordinatorClient:
     def _error(self, exc: grpc.RpcError) -> CrctlError:
         code = exc.code()
         details = exc.details() or ""
-        if code == grpc.StatusCode.UNAVAILABLE:
+        from_coordinator = any(item.key == ERROR_METADATA for item in exc.trailing_metadata() or ())
+        if code == grpc.StatusCode.UNAVAILABLE and not from_coordinator:
             return UnavailableError(
                 f"coordinator unreachable at {self.address} ({details}); "
                 "is `crctl coordinator` running? (set --grpc-address or CRCTL_GRPC_ADDRESS)"

@@ -18,7 +18,7 @@ from coordinator.registry import ALIVE, LOST
 from coordinator.service import CoordinatorService
 from coordinator.store import AgentRecord, CheckpointRecord, JobRecord
 from crctl.errors import CrctlError, UnavailableError
-from crctl.status import status_for
+from crctl.status import ERROR_METADATA, status_for
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 SERVICE_NAME = "crctl.v1.Coordinator"
@@ -32,6 +32,8 @@ async def _domain_errors(context: Context) -> AsyncIterator[None]:
     try:
         yield
     except CrctlError as exc:
+        # Marks the status as the coordinator's own answer, not a transport failure.
+        context.set_trailing_metadata(((ERROR_METADATA, type(exc).__name__),))
         await context.abort(status_for(exc), str(exc))
 
 

@@ -14,6 +14,9 @@ from crctl.errors import (
     UnavailableError,
 )
 
+# Trailing metadata key on every status the coordinator sets itself (value: the error class).
+ERROR_METADATA = "crctl-error"
+
 _TO_STATUS: tuple[tuple[type[CrctlError], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ConflictError, grpc.StatusCode.ABORTED),

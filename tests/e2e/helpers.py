@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,6 +27,27 @@ def crctl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Co
             f"stdout: {result.stdout}\nstderr: {result.stderr}"
         )
     return result
+
+
+def crctl_background(*args: str) -> subprocess.Popen[str]:
+    """Start the real CLI without waiting for it (read it with ``communicate()``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def running_ring(state: Any, request: Any, hosts: list[str]) -> Iterator[Any]:
+    """A ring job named after the test, on ``hosts``; killed afterwards."""
+    from testbed.ringjob import launch_ring
+
+    job = f"ring-{request.node.name.removeprefix('test_')[:40]}".replace("_", "-")
+    ring = launch_ring(state, job, hosts)
+    ring.wait_for_tokens(10, timeout=15)
+    yield ring
+    crctl("kill", job, check=False)
 
 
 def crctl_json(*args: str) -> Any:

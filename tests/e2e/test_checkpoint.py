@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,21 +15,17 @@ from typing import Any
 import pytest
 
 from testbed import bed, procs
-from testbed.ringjob import RingJob, launch_ring
+from testbed.ringjob import RingJob
 
 from .conftest import COMMIT_TIMEOUT
-from .helpers import crctl, crctl_json, wait_for
+from .helpers import crctl, crctl_background, crctl_json, running_ring, wait_for
 
 HOSTS = ["h1", "h2", "h3"]
 
 
 @pytest.fixture
 def ring(testbed3: bed.State, request: pytest.FixtureRequest) -> Iterator[RingJob]:
-    job = f"ring-{request.node.name.removeprefix('test_')[:40]}".replace("_", "-")
-    ring = launch_ring(testbed3, job, HOSTS)
-    ring.wait_for_tokens(10, timeout=15)
-    yield ring
-    crctl("kill", job, check=False)
+    yield from running_ring(testbed3, request, HOSTS)
 
 
 def checkpoint(job: str, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -107,21 +102,13 @@ def test_an_agent_killed_during_prepare_aborts_and_the_ring_runs_on(
     code, first, _ = checkpoint(ring.job, "--leave-running")
     assert code == 0
     agent = testbed3.processes[bed.agent_process("h2")]
-    running = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "checkpoint",
-            ring.job,
-            "--leave-running",
-            "--json",
-            "--timeout",
-            "3",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    running = crctl_background(
+        "checkpoint",
+        ring.job,
+        "--leave-running",
+        "--json",
+        "--timeout",
+        "3",
     )
     try:
         procs.kill(agent, signal.SIGKILL)
@@ -206,23 +193,15 @@ def test_coordinator_killed_mid_checkpoint_ranks_resume_and_the_checkpoint_is_no
         "for i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(3600)",
     )
     time.sleep(2)  # let it touch its memory
-    running = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "checkpoint",
-            ring.job,
-            "--leave-running",
-            "--json",
-            "--timeout",
-            "3",
-            "--request-id",
-            "mid-checkpoint",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    running = crctl_background(
+        "checkpoint",
+        ring.job,
+        "--leave-running",
+        "--json",
+        "--timeout",
+        "3",
+        "--request-id",
+        "mid-checkpoint",
     )
     try:
         time.sleep(0.8)
@@ -266,21 +245,13 @@ def test_a_second_concurrent_checkpoint_is_refused_and_retries_reuse_the_first(
         "for i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(3600)",
     )
     time.sleep(1)
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "checkpoint",
-            ring.job,
-            "--leave-running",
-            "--json",
-            "--request-id",
-            "first-request",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    first = crctl_background(
+        "checkpoint",
+        ring.job,
+        "--leave-running",
+        "--json",
+        "--request-id",
+        "first-request",
     )
     try:
         wait_for(
@@ -290,21 +261,8 @@ def test_a_second_concurrent_checkpoint_is_refused_and_retries_reuse_the_first(
             interval=0.02,
         )
         second = crctl("checkpoint", ring.job, "--leave-running", check=False)
-        retry = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cli",
-                "checkpoint",
-                ring.job,
-                "--leave-running",
-                "--json",
-                "--request-id",
-                "first-request",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        retry = crctl(
+            "checkpoint", ring.job, "--leave-running", "--json", "--request-id", "first-request"
         )
         out, _ = first.communicate(timeout=60)
     finally:
@@ -314,3 +272,27 @@ def test_a_second_concurrent_checkpoint_is_refused_and_retries_reuse_the_first(
     assert json.loads(retry.stdout)["checkpoint"] == json.loads(out)["checkpoint"]
     assert len(listed(ring.job)) == 1
     assert ring.errors() == []
+
+
+def test_a_rank_that_exits_on_its_own_is_reported_with_its_exit_status(
+    testbed3: bed.State,
+) -> None:
+    crctl(
+        "launch",
+        "--job",
+        "short-lived",
+        "--host",
+        "h2",
+        "--",
+        sys.executable,
+        "-c",
+        "import sys; sys.exit(3)",
+    )
+    status = wait_for(
+        lambda: (s := crctl_json("status", "short-lived"))["state"] == "stopped" and s,
+        timeout=10,
+        what="the rank's exit to be reported",
+    )
+    assert status["ranks"][0]["state"] == "exited"
+    assert status["ranks"][0]["exit_status"] == 3
+    assert "exited (3)" in crctl("status", "short-lived").stdout

@@ -6,8 +6,11 @@ restartable."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,20 +18,16 @@ from typing import Any
 import pytest
 
 from testbed import bed, netns, procs
-from testbed.ringjob import RING_PORT, RingJob, launch_ring
+from testbed.ringjob import RING_PORT, RingJob
 
-from .helpers import crctl, crctl_json, wait_for
+from .helpers import crctl, crctl_json, running_ring, wait_for
 
 OLD = ["h1", "h2", "h3"]
 
 
 @pytest.fixture
 def ring(testbed6: bed.State, request: pytest.FixtureRequest) -> Iterator[RingJob]:
-    job = f"ring-{request.node.name.removeprefix('test_')[:40]}".replace("_", "-")
-    ring = launch_ring(testbed6, job, OLD)
-    ring.wait_for_tokens(10, timeout=15)
-    yield ring
-    crctl("kill", job, check=False)
+    yield from running_ring(testbed6, request, OLD)
 
 
 def checkpoint_and_stop(ring: RingJob) -> dict[str, Any]:
@@ -304,3 +303,76 @@ def test_restart_of_an_unknown_job_or_checkpoint_exits_with_a_clear_message(
     assert missing.returncode == 4 and "no checkpoint ckpt-nope" in missing.stderr
     malformed = crctl("restart", ring.job, "--map", "h1:h4", check=False)
     assert malformed.returncode == 2 and "malformed host map entry 'h1:h4'" in malformed.stderr
+
+
+def test_connections_outside_the_job_are_refused_or_restored_closed(
+    testbed6: bed.State, ring: RingJob, tmp_path: Path
+) -> None:
+    bridge = str(netns.BRIDGE_ADDRESS)
+    server = socket.create_server((bridge, 7999))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                while not stop.is_set():
+                    try:
+                        conn.sendall(b"tick")
+                    except OSError:
+                        break
+                    time.sleep(0.05)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    status = tmp_path / "outside.json"
+    try:
+        crctl(
+            "launch",
+            "--job",
+            ring.job,
+            "--host",
+            "h1",
+            "--",
+            sys.executable,
+            str(Path(__file__).parents[1] / "workloads" / "outside_client.py"),
+            "--connect",
+            bridge,
+            "--port",
+            "7999",
+            "--status",
+            str(status),
+        )
+        wait_for(
+            lambda: status.exists() and json.loads(status.read_text())["received"] > 0,
+            timeout=10,
+            what="the outside stream flowing",
+        )
+
+        refused = crctl("checkpoint", ring.job, check=False)
+        assert refused.returncode == 7
+        assert f"{bridge}:7999" in refused.stderr and "--external close" in refused.stderr
+        ring.wait_for_progress(tokens=10)
+
+        kept = crctl("checkpoint", ring.job, "--external", "close", check=False)
+        assert kept.returncode == 0, kept.stderr
+        code, _, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
+        assert code == 0, stderr
+        ring.wait_for_progress(tokens=20)
+        assert ring.errors() == []
+        ended = wait_for(
+            lambda: json.loads(status.read_text()).get("write"),
+            timeout=10,
+            what="the outside client to notice its closed socket",
+        )
+        final = json.loads(status.read_text())
+        assert final["ended"] == "eof" or final["ended"].startswith("recv error")
+        assert ended.startswith("error"), "writing to a socket restored closed must fail"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
