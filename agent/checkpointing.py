@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from agent import criu, images, netlock
 from agent.freezer import RankCgroup
 from agent.ranks import RankProcess
 from crctl.errors import CrctlError
+from crctl.fs import remove_tree
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
@@ -261,4 +261,4 @@ class HostCheckpoint:
 
 def remove_images(images_dir: Path, ranks: list[int]) -> None:
     for number in ranks:
-        shutil.rmtree(images_dir / rank_dir_name(number), ignore_errors=True)
+        remove_tree(images_dir / rank_dir_name(number))

@@ -4,7 +4,6 @@ the images, lock the host, restore and hold the ranks, unlock, release — or un
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ from agent.checkpointing import rank_dir_name
 from agent.plugin_runner import load_plugins, run_hook
 from agent.ranks import RankProcess, RestorePipe, prepare_restore
 from crctl.errors import CrctlError
+from crctl.fs import remove_tree
 from crctl.plugins import HostMove, RestartContext, RestartPlugin
 from crctl.v1 import control_pb2
 
@@ -257,7 +257,7 @@ class HostRestore:
         self._log.warning("restore_aborted", reason=reason)
 
     def _cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(self.root)  # CRIU may have left its cgroup yard mounted in there
 
 
 def _with_pid(context: RestartContext, pid: int) -> RestartContext:

@@ -4,12 +4,12 @@ and ``manifest.json``, which is written last (atomically, fsync'd) when a checkp
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToJson
 
 from crctl.errors import CrctlError
+from crctl.fs import remove_tree
 from crctl.v1 import coordinator_pb2
 
 MANIFEST = "manifest.json"
@@ -59,4 +59,4 @@ class CheckpointStore:
     def remove(self, directory: Path) -> None:
         """Remove a checkpoint's folder (partial images of an abort, or retention)."""
         if directory.is_dir() and directory.is_relative_to(self.root):
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_tree(directory)

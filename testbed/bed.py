@@ -9,7 +9,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from cli.client import CoordinatorClient
 from crctl import keys
 from crctl.errors import CrctlError, PrerequisiteError, UnavailableError
+from crctl.fs import remove_tree
 from crctl.v1 import coordinator_pb2
 from testbed import netns, procs
 
@@ -289,7 +289,7 @@ def _teardown(directory: Path) -> list[str]:
     if directory.exists():
         if any(p.name != ".lock" for p in directory.iterdir()):
             removed.append(f"directory {directory}")
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_tree(directory)  # never through a mount CRIU left behind
     return removed
 
 

@@ -69,7 +69,12 @@ def assert_nothing_left(state: bed.State, job: str, hosts: list[str]) -> None:
         tables = bed.exec_in_host(state, host, ["nft", "list", "tables"]).stdout
         assert "crctl-" not in tables, f"a restore lock is left on {host}: {tables}"
         restores = Path(state.directory) / "agents" / host / "restores"
-        assert not restores.exists() or not any(restores.iterdir()), f"working copies on {host}"
+        left = (
+            sorted(str(p.relative_to(restores)) for p in restores.rglob("*"))
+            if (restores.exists())
+            else []
+        )
+        assert left == [], f"working copies left on {host}: {left}"
     cgroups = Path("/sys/fs/cgroup/freezer/crctl") / job
     pids = [p for f in cgroups.glob("*/cgroup.procs") for p in f.read_text().split()]
     assert pids == [], f"processes left in {job}'s cgroups: {pids}"
