@@ -13,7 +13,6 @@ from pathlib import Path
 import structlog
 
 from agent import criu, images, netlock
-from agent.freezer import RankCgroup
 from agent.ranks import RankProcess
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
@@ -89,7 +88,6 @@ class HostCheckpoint:
     refuse_external: bool = True
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
-    _frozen_cgroups: list[RankCgroup] = field(default_factory=list)
     _freeze_started: float = 0.0
     _sockets: dict[int, list[control_pb2.SocketInfo]] = field(default_factory=dict)
     _digests: asyncio.Future[list[control_pb2.RankImage]] | None = None
@@ -109,9 +107,8 @@ class HostCheckpoint:
         try:
             # Quiesce every rank of this host at once through its freezer cgroup: constant cost
             # whatever the number of threads, and no signal the application could see.
-            self._frozen_cgroups = [p.cgroup for p in self.ranks.values()]
             self._freeze_started = time.monotonic()
-            await asyncio.gather(*(c.freeze_and_wait() for c in self._frozen_cgroups))
+            await asyncio.gather(*(p.cgroup.freeze_and_wait() for p in self.ranks.values()))
             for number, process in self.ranks.items():
                 failed_rank = number
                 if self.finished.is_set():
@@ -138,6 +135,8 @@ class HostCheckpoint:
                 if isinstance(outcome, BaseException):
                     failed_rank = number
                     raise outcome
+            if self.finished.is_set():
+                raise CrctlError(f"checkpoint {self.outcome} while preparing")
             self._sockets = {n: self._inspect(n) for n in self.ranks}
             failed_rank = -1
             self.frozen_at = time.monotonic()
@@ -152,6 +151,7 @@ class HostCheckpoint:
                 images = await self._images()
         except (CrctlError, OSError) as exc:
             await self.abort(f"prepare failed: {exc}")
+            await self._roll_back()  # also what the prepare started after an earlier abort
             vote.yes = False
             vote.reason = f"rank {failed_rank}: {exc}" if failed_rank >= 0 else str(exc)
             vote.failed_rank = failed_rank
@@ -236,26 +236,32 @@ class HostCheckpoint:
         return result
 
     def _thaw(self) -> None:
-        """CRIU leaves a cgroup it found frozen frozen again: resume the ranks we froze."""
-        for cgroup in self._frozen_cgroups:
+        """Resume the ranks we froze: CRIU leaves a cgroup it found frozen frozen again. Safe to
+        repeat; also covers a freeze that completed after an abort had already thawed."""
+        for process in self.ranks.values():
+            cgroup = process.cgroup
             try:
                 if cgroup.exists() and cgroup.is_frozen():
                     cgroup.thaw()
             except OSError as exc:
                 self._log.error("rank_thaw_failed", cgroup=str(cgroup.path), error=str(exc))
-        self._frozen_cgroups = []
+
+    async def _roll_back(self) -> None:
+        """Every dump answered "no" (CRIU rolls back) and every rank thawed. Idempotent, so a
+        prepare that was still starting dumps or freezing when an abort came can finish it."""
+        await asyncio.gather(*(d.abort() for d in self.dumps.values()), return_exceptions=True)
+        self._thaw()
 
     async def abort(self, reason: str) -> None:
         """CRIU rolls back at post-dump: the ranks resume. The images are removed by the
         coordinator (or by the caller for a self-abort)."""
         if self.finished.is_set():
             return
-        await asyncio.gather(*(d.abort() for d in self.dumps.values()), return_exceptions=True)
-        self._thaw()
-        if self._digests is not None:
-            self._digests.cancel()
         self.outcome = "aborted"
         self.finished.set()
+        if self._digests is not None:
+            self._digests.cancel()
+        await self._roll_back()
         self._log.warning("checkpoint_aborted", phase="abort", reason=reason)
 
 

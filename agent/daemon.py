@@ -40,6 +40,7 @@ class Agent:
     async def _register(self) -> None:
         message = control_pb2.AgentMessage()
         message.register.info.CopyFrom(self._info)
+        message.register.info.ranks.extend(self._orders.running())
         if await self._link.send(message):
             log.info("agent_registering", addresses=list(self._info.addresses))
 
@@ -72,6 +73,7 @@ class Agent:
         return False
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._orders.recover()
         self._link.connect()
         watcher = asyncio.create_task(self._link.watch())
         loop = asyncio.get_running_loop()

@@ -81,6 +81,15 @@ class FreezerHierarchy:
         """The rank's cgroup, which need not exist yet (CRIU may create it at restore)."""
         return RankCgroup(path=self.rank_path(job, rank), version=self.version)
 
+    def existing(self) -> list[tuple[str, str, RankCgroup]]:
+        """(job, rank, cgroup) of every rank cgroup on this machine, e.g. for an agent that
+        restarted and looks for the ranks it was running."""
+        found = []
+        for path in sorted((self.root / PREFIX).glob("*/*/")):
+            if (path / "cgroup.procs").exists():
+                found.append((path.parent.name, path.name, RankCgroup(path, self.version)))
+        return found
+
 
 @dataclass(frozen=True)
 class RankCgroup:

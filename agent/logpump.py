@@ -1,68 +1,61 @@
-"""Copies a rank's stdout/stderr pipe into its log file.
+"""Copies a rank's stdout/stderr pipe into its log file, from a process of its own.
 
-The agent owns the pipe's read end and the log file; the rank only holds the pipe's write end,
-so no growing regular file is ever part of a checkpoint (FINDINGS 14). Several pumps may feed
-the same log in turn (the pipe before a checkpoint, a new one after a restore): the file is
-opened in append mode by each."""
+The rank only holds the pipe's write end, so no growing regular file is ever part of a
+checkpoint (FINDINGS 14). The read end belongs to a small holder process (``cat``, in a session
+of its own) that appends to the log: it outlives the agent, so an agent that crashes or is
+upgraded never breaks a rank's stdout (no EPIPE), and a restarted agent adopts the rank as it
+is. Several holders may feed one log in turn (the pipe before a checkpoint, a new one after a
+restore): each opens it in append mode. A holder exits by itself once every writer is gone."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import structlog
 
 log = structlog.get_logger()
 
-_CHUNK = 1 << 16
-
 
 class LogPump:
-    """Reads ``read_fd`` (which it owns and closes) until EOF, appending to ``log_path``."""
+    """The holder of a rank's stdout pipe (or, for a rank adopted after an agent restart, the
+    holder an earlier agent started, which goes on by itself)."""
 
-    def __init__(self, read_fd: int, log_path: Path) -> None:
+    def __init__(self, read_fd: int | None, log_path: Path) -> None:
+        """Start a holder reading ``read_fd`` (which it takes over: it is closed here) into
+        ``log_path``; with ``read_fd`` None, stand for a holder started earlier."""
         self.log_path = log_path
-        self._fd: int | None = read_fd
+        self._proc: subprocess.Popen[bytes] | None = None
+        if read_fd is None:
+            return
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._out = log_path.open("ab", buffering=0)
-        self.bytes = 0
-        os.set_blocking(read_fd, False)
-        self._loop = asyncio.get_running_loop()
-        self._done: asyncio.Future[None] = self._loop.create_future()
-        self._loop.add_reader(read_fd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        assert self._fd is not None
         try:
-            data = os.read(self._fd, _CHUNK)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            log.warning("log_pump_read_failed", log=str(self.log_path), error=str(exc))
-            data = b""
-        if data:
-            self._out.write(data)
-            self.bytes += len(data)
-            return
-        self.close()
+            with log_path.open("ab") as out:
+                self._proc = subprocess.Popen(
+                    ["cat"],
+                    stdin=read_fd,
+                    stdout=out,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+        finally:
+            os.close(read_fd)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def done(self) -> bool:
-        return self._done.done()
+        return self._proc is None or self._proc.poll() is not None
 
     async def drained(self) -> None:
         """Wait until every writer has closed the pipe and all data is in the log."""
-        await asyncio.shield(self._done)
+        if self._proc is not None:
+            await asyncio.to_thread(self._proc.wait)
 
     def close(self) -> None:
-        """Stop pumping now (data still in the pipe is lost)."""
-        if self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-            self._out.close()
-        if not self._done.done():
-            self._done.set_result(None)
+        """Stop following the holder; it goes on until the pipe's last writer is gone."""
+        self._proc = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -116,6 +117,37 @@ class Orders:
         )
         self.adopt(order.job, order.rank, process)
         return control_pb2.RankLaunched(job=order.job, rank=order.rank, pid=process.pid)
+
+    def recover(self) -> None:
+        """After an agent restart: adopt the ranks of this host that still run (they live in
+        their own cgroups and sessions, and their log holders outlive the agent)."""
+        own_netns = os.stat("/proc/self/ns/net").st_ino
+        for job, name, cgroup in self.freezer().existing():
+            if not name.startswith("rank-") or not name.removeprefix("rank-").isdigit():
+                continue
+            rank = int(name.removeprefix("rank-"))
+            pid = rank_runtime.pid_namespace_init(cgroup)
+            if pid is None or (job, rank) in self.ranks:
+                continue
+            try:
+                if os.stat(f"/proc/{pid}/ns/net").st_ino != own_netns:
+                    continue  # another host's rank (emulated hosts share one machine)
+                log_path = self._work_dir / "logs" / job / f"{name}.log"
+                process = rank_runtime.adopt_running(job, name, pid, cgroup, log_path)
+                if cgroup.is_frozen():  # a checkpoint was under way when the agent died
+                    cgroup.thaw()
+                    log.warning("rank_thawed_after_agent_restart", job=job, rank=rank)
+            except (OSError, ProcessLookupError) as exc:
+                log.warning("rank_not_adopted", job=job, rank=rank, pid=pid, error=str(exc))
+                continue
+            self.adopt(job, rank, process)
+
+    def running(self) -> list[control_pb2.RankRef]:
+        return [
+            control_pb2.RankRef(job=job, rank=rank, pid=process.pid)
+            for (job, rank), process in sorted(self.ranks.items())
+            if not process.exited
+        ]
 
     def adopt(self, job: str, rank: int, process: RankProcess) -> None:
         """Track a launched or restored rank and report its exit when it ends by itself."""

@@ -2,9 +2,9 @@
 
 A rank is started as the init of its own PID namespace (so its PIDs never clash at restore,
 FINDINGS 13), in a session of its own, inside its freezer cgroup ``crctl/<job>/<rank>`` (joined
-before the command runs), with stdin from /dev/null and stdout+stderr on a pipe. The agent owns
-the pipe's read end and copies it into the rank's log file (:mod:`agent.logpump`), so the rank
-holds no growing regular file (FINDINGS 14).
+before the command runs), with stdin from /dev/null and stdout+stderr on a pipe. A log holder
+process owns the pipe's read end and copies it into the rank's log file (:mod:`agent.logpump`),
+so the rank holds no growing regular file (FINDINGS 14), and its stdout outlives the agent.
 
 CRIU dumps the rank's end of that pipe as ``pipe:[<inode>]`` (its write end only: no pipe data
 is saved). At restore, :func:`prepare_restore` makes a fresh pipe whose write end CRIU hands to
@@ -281,4 +281,34 @@ def prepare_restore(
         stdout_key=stdout_key,
         log_path=log_path,
         cgroup=hierarchy.open(job, rank),
+    )
+
+
+def pid_namespace_init(cgroup: RankCgroup) -> int | None:
+    """The host PID of the process that is PID 1 of its namespace in the rank's cgroup."""
+    for pid in cgroup.pids():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:") and line.split()[-1] == "1" and len(line.split()) > 2:
+                return pid
+    return None
+
+
+def adopt_running(job: str, rank: str, pid: int, cgroup: RankCgroup, log_path: Path) -> RankProcess:
+    """A rank that runs already (started by an agent that has since restarted): track it again.
+    Its log holder goes on by itself; its exit status is not ours to collect (not our child)."""
+    process = PinnedProcess(pid)
+    pipe_inode = os.stat(f"/proc/{pid}/fd/1").st_ino
+    log.info("rank_adopted", job=job, rank=rank, pid=pid, log=str(log_path))
+    return RankProcess(
+        job=job,
+        rank=rank,
+        process=process,
+        log_path=log_path,
+        pipe_inode=pipe_inode,
+        cgroup=cgroup,
+        pump=LogPump(None, log_path),
     )

@@ -41,6 +41,7 @@ def cmd_checkpoint(args: argparse.Namespace, config: Config) -> int:
                     leave_running=args.leave_running,
                     timeout=args.timeout,
                     request_id=request_id,
+                    external=args.external,
                 ):
                     _progress(event, args.json)
                     if event.WhichOneof("event") == "outcome":
@@ -119,6 +120,13 @@ def register(add: render.AddCommand) -> None:
         default=0.0,
         metavar="SECONDS",
         help="deadline of the prepare phase (default: checkpoint_timeout)",
+    )
+    p.add_argument(
+        "--external",
+        choices=("refuse", "close"),
+        default="refuse",
+        help="connections to peers outside the job: refuse the checkpoint, listing them "
+        "(default), or keep them and restore them closed at restart",
     )
     p.add_argument(
         "--request-id",

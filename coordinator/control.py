@@ -22,6 +22,7 @@ from crctl.v1 import control_pb2
 from crctl.wire import WireError, decode_agent_message, encode
 
 ZAP_DOMAIN = "crctl"
+RECONNECT_GRACE = 3.0  # seconds an order waits for its agent to reconnect
 log = get_logger()
 
 # (host the message speaks for, message) -> reply or None
@@ -92,12 +93,24 @@ class ControlPlane:
         self._socket = sock
         log.info("control_listening", endpoint=self._endpoint, allowed_agents=len(allowed))
 
-    async def send(self, host: str, message: control_pb2.CoordinatorMessage) -> None:
+    async def send(
+        self, host: str, message: control_pb2.CoordinatorMessage, *, wait: float = RECONNECT_GRACE
+    ) -> None:
+        """Send to a connected agent; one that is reconnecting (e.g. just after a coordinator
+        restart) gets ``wait`` seconds to come back."""
         assert self._socket is not None
-        try:
-            await self._socket.send_multipart([host.encode(), encode(message)])
-        except zmq.ZMQError as exc:
-            raise UnavailableError(f"agent {host} is not connected: {exc}", host=host) from None
+        frames = [host.encode(), encode(message)]
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            try:
+                await self._socket.send_multipart(frames)
+                return
+            except zmq.ZMQError as exc:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise UnavailableError(
+                        f"agent {host} is not connected: {exc}", host=host
+                    ) from None
+            await asyncio.sleep(0.05)
 
     async def request(
         self, host: str, message: control_pb2.CoordinatorMessage, timeout: float
@@ -153,7 +166,7 @@ class ControlPlane:
             reply = await self._handler(speaker, message)
             if reply is not None:
                 try:
-                    await self.send(speaker, reply)
+                    await self.send(speaker, reply, wait=0.0)
                 except UnavailableError as exc:
                     log.warning("control_reply_failed", error=str(exc), agent=speaker)
 

@@ -122,6 +122,26 @@ class JobService:
         log.info("job_killed", job=job, hosts=hosts)
         return self.get(job)
 
+    def reconcile(self, host: str, running: list[control_pb2.RankRef]) -> None:
+        """An agent (re)registered listing the ranks it runs: ranks believed running on that
+        host but not listed ended while no agent watched them."""
+        listed = {(r.job, r.rank) for r in running}
+        for job in self._store.jobs():
+            for rank in job.ranks:
+                if (
+                    rank.host == host
+                    and rank.state == "running"
+                    and (job.job, rank.rank) not in listed
+                ):
+                    self._store.set_rank_state(job.job, rank.rank, "lost")
+                    log.warning(
+                        "rank_lost",
+                        job=job.job,
+                        rank=rank.rank,
+                        agent=host,
+                        reason="not running when its agent registered",
+                    )
+
     def on_rank_exited(self, host: str, event: control_pb2.RankExited) -> None:
         record = self._store.job(event.job)
         rank = next((r for r in record.ranks if r.rank == event.rank), None) if record else None

@@ -58,6 +58,7 @@ class CoordinatorService:
             reply.register_ack.reason = reason
             return reply
         record, revived = self._registry.register(info)
+        self.jobs.reconcile(host, list(info.ranks))
         log.info(
             "agent_registered",
             agent=host,

@@ -46,6 +46,7 @@ class Ring:
         self.port: int = args.port
         self.status_path = Path(args.status)
         self.interval: float = args.interval
+        self.print_every: int = args.print_every
         self.ballast = bytearray(args.memory_mib * 2**20)
         for offset in range(0, len(self.ballast), 4096):  # touch every page
             self.ballast[offset] = 1
@@ -170,6 +171,10 @@ class Ring:
                 self.write_status()
                 if self.errors:
                     return 1
+                if self.print_every and self.tokens % self.print_every == 0:
+                    print(
+                        f"rank {self.rank}: {self.tokens} tokens, sequence {sequence}", flush=True
+                    )
                 if self.interval:
                     time.sleep(self.interval)
                 self._send(sequence + 1, next_checksum(checksum, sequence + 1))
@@ -186,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status", required=True, help="status file (JSON)")
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between hops")
     parser.add_argument("--memory-mib", type=int, default=0, help="touched memory to hold")
+    parser.add_argument(
+        "--print-every",
+        type=int,
+        default=0,
+        help="print a progress line on stdout every N tokens (0: never)",
+    )
     args = parser.parse_args(argv)
     return Ring(args).run()
 

@@ -69,6 +69,7 @@ def launch_ring(
     *,
     memory_mib: int = 0,
     interval: float = 0.01,
+    print_every: int = 50,
 ) -> RingJob:
     """One rank per host, rank i on hosts[i], talking over the hosts' addresses."""
     status_dir = Path(state.directory) / "jobs" / job
@@ -94,6 +95,8 @@ def launch_ring(
                 str(interval),
                 "--memory-mib",
                 str(memory_mib),
+                "--print-every",
+                str(print_every),
             ]
             client.launch(job, host, rank, argv, {})
     return RingJob(job=job, hosts=hosts, status_dir=status_dir, grpc_address=state.grpc_address)

@@ -7,20 +7,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentInfo(_message.Message):
-    __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid")
+    __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid", "ranks")
     HOST_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     host: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
     criu_version: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     agent_version: str
     pid: int
-    def __init__(self, host: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., criu_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[RankRef]
+    def __init__(self, host: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., criu_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., pid: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankRef, _Mapping]]] = ...) -> None: ...
+
+class RankRef(_message.Message):
+    __slots__ = ("job", "rank", "pid")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    rank: int
+    pid: int
+    def __init__(self, job: _Optional[str] = ..., rank: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("info",)

@@ -44,10 +44,34 @@ def running_ring(state: Any, request: Any, hosts: list[str]) -> Iterator[Any]:
     from testbed.ringjob import launch_ring
 
     job = f"ring-{request.node.name.removeprefix('test_')[:40]}".replace("_", "-")
+    # an earlier test may have restarted a daemon: start from every agent connected
+    wait_for(
+        lambda: all(s == "alive" for s in agent_states().values()),
+        timeout=20,
+        what="every agent alive",
+    )
     ring = launch_ring(state, job, hosts)
     ring.wait_for_tokens(10, timeout=15)
     yield ring
-    crctl("kill", job, check=False)
+    # the next test's ring reuses the ports: make sure this one is gone
+    wait_for(
+        lambda: all(s == "alive" for s in agent_states().values()),
+        timeout=20,
+        what="every agent alive",
+    )
+    if crctl_json("status", job)["state"] == "running":
+        crctl("kill", job)
+
+
+def kill_daemon(name: str) -> bool:
+    """SIGKILL a testbed daemon ("coordinator", "agent-hN") by its current recorded PID."""
+    import signal
+
+    from testbed import bed, procs
+
+    state = bed.status(bed.DEFAULT_DIR)
+    assert state is not None, "the testbed is down"
+    return procs.kill(state.processes[name], signal.SIGKILL)
 
 
 def crctl_json(*args: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from testbed import bed, procs
+from testbed import bed
 from testbed.ringjob import RingJob
 
 from .conftest import COMMIT_TIMEOUT
-from .helpers import crctl, crctl_background, crctl_json, running_ring, wait_for
+from .helpers import crctl, crctl_background, crctl_json, kill_daemon, running_ring, wait_for
 
 HOSTS = ["h1", "h2", "h3"]
 
@@ -101,7 +101,6 @@ def test_an_agent_killed_during_prepare_aborts_and_the_ring_runs_on(
 ) -> None:
     code, first, _ = checkpoint(ring.job, "--leave-running")
     assert code == 0
-    agent = testbed3.processes[bed.agent_process("h2")]
     running = crctl_background(
         "checkpoint",
         ring.job,
@@ -111,7 +110,7 @@ def test_an_agent_killed_during_prepare_aborts_and_the_ring_runs_on(
         "3",
     )
     try:
-        procs.kill(agent, signal.SIGKILL)
+        kill_daemon(bed.agent_process("h2"))
         out, err = running.communicate(timeout=30)
     finally:
         running.kill()
@@ -205,7 +204,7 @@ def test_coordinator_killed_mid_checkpoint_ranks_resume_and_the_checkpoint_is_no
     )
     try:
         time.sleep(0.8)
-        procs.kill(testbed3.processes[bed.COORDINATOR], signal.SIGKILL)
+        kill_daemon(bed.COORDINATOR)
         frozen_since = time.monotonic()
         # prepare deadline 3 s + commit timeout + the agents' margin of 5 s
         ring.wait_for_progress(tokens=20, timeout=3 + COMMIT_TIMEOUT + 5 + 10)
@@ -296,3 +295,51 @@ def test_a_rank_that_exits_on_its_own_is_reported_with_its_exit_status(
     assert status["ranks"][0]["state"] == "exited"
     assert status["ranks"][0]["exit_status"] == 3
     assert "exited (3)" in crctl("status", "short-lived").stdout
+
+
+def test_an_agent_restarted_while_its_ranks_run_adopts_them_and_checkpoints_go_on(
+    testbed3: bed.State, ring: RingJob
+) -> None:
+    log = Path(testbed3.directory) / "agents" / "h2" / "logs" / ring.job / "rank-1.log"
+    wait_for(
+        lambda: log.exists() and log.read_text().count("\n") >= 1,
+        timeout=15,
+        what="rank 1 writing to its log",
+    )
+    assert kill_daemon(bed.agent_process("h2"))
+    # the ranks, their stdout included, do not depend on the agent being alive
+    ring.wait_for_progress(tokens=120)
+    lines_without_agent = log.read_text().count("\n")
+    crctl("testbed", "start", bed.agent_process("h2"))
+    wait_for(
+        lambda: {a["host"]: a["state"] for a in crctl_json("agents")}["h2"] == "alive",
+        timeout=10,
+        what="h2 back",
+    )
+    status = crctl_json("status", ring.job)
+    assert [r["state"] for r in status["ranks"]] == ["running"] * 3
+    code, outcome, stderr = checkpoint(ring.job, "--leave-running")
+    assert code == 0, stderr
+    assert sorted(r["host"] for r in outcome["ranks"]) == HOSTS
+    ring.wait_for_progress(tokens=60)
+    assert ring.errors() == []
+    assert log.read_text().count("\n") > lines_without_agent
+
+
+def test_ranks_that_ended_while_their_agent_was_down_are_reported_lost(
+    testbed3: bed.State, ring: RingJob
+) -> None:
+    assert kill_daemon(bed.agent_process("h3"))
+    victim = next(r for r in crctl_json("status", ring.job)["ranks"] if r["host"] == "h3")
+    subprocess.run(["kill", "-9", str(victim["pid"])], check=True)
+    crctl("testbed", "start", bed.agent_process("h3"))
+    rank = wait_for(
+        lambda: (
+            next(r for r in crctl_json("status", ring.job)["ranks"] if r["host"] == "h3")
+            if crctl_json("status", ring.job)["ranks"][2]["state"] == "lost"
+            else None
+        ),
+        timeout=10,
+        what="the rank reported lost",
+    )
+    assert rank["rank"] == 2

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from testbed import bed, netns, procs
+from testbed import bed, netns
 from testbed.ringjob import RING_PORT, RingJob
 
-from .helpers import crctl, crctl_json, running_ring, wait_for
+from .helpers import crctl, crctl_json, kill_daemon, running_ring, wait_for
 
 OLD = ["h1", "h2", "h3"]
 
@@ -140,7 +140,7 @@ def test_a_target_host_whose_agent_is_down_is_refused_before_anything_runs(
     testbed6: bed.State, ring: RingJob
 ) -> None:
     checkpoint_and_stop(ring)
-    procs.kill(testbed6.processes[bed.agent_process("h6")])
+    kill_daemon(bed.agent_process("h6"))
     try:
         wait_for(
             lambda: {a["host"]: a["state"] for a in crctl_json("agents")}["h6"] == "lost",

@@ -4,17 +4,16 @@ CurveZMQ across network namespaces, durable coordinator state, and a clean teard
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from crctl import keys
-from testbed import bed, netns, procs
+from testbed import bed, netns
 
 from .conftest import LOST_AFTER, coordinator_log
-from .helpers import agent_states, crctl, crctl_json, wait_for
+from .helpers import agent_states, crctl, crctl_json, kill_daemon, wait_for
 
 
 def test_all_agents_register_with_distinct_addresses(testbed3: bed.State) -> None:
@@ -35,7 +34,7 @@ def test_killed_agent_is_lost_within_the_timeout_and_alive_after_restart(
 ) -> None:
     name = bed.agent_process("h2")
     killed_at = time.monotonic()
-    assert procs.kill(testbed3.processes[name], signal.SIGKILL)
+    assert kill_daemon(name)
 
     wait_for(lambda: agent_states()["h2"] == "lost", timeout=LOST_AFTER + 2, what="h2 lost")
     assert time.monotonic() - killed_at <= LOST_AFTER + 2
@@ -55,7 +54,7 @@ def _agents_if_answering() -> dict[str, dict[str, object]] | None:
 
 def test_coordinator_restarted_after_sigkill_still_knows_the_agents(testbed3: bed.State) -> None:
     before = {a["host"]: a for a in crctl_json("agents")}
-    assert procs.kill(testbed3.processes[bed.COORDINATOR], signal.SIGKILL)
+    assert kill_daemon(bed.COORDINATOR)
     unreachable = crctl("agents", check=False)
     assert unreachable.returncode == 3
     assert "coordinator unreachable" in unreachable.stderr
