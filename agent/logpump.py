@@ -10,8 +10,10 @@ restore): each opens it in append mode. A holder exits by itself once every writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import structlog
@@ -57,5 +59,15 @@ class LogPump:
             await asyncio.to_thread(self._proc.wait)
 
     def close(self) -> None:
-        """Stop following the holder; it goes on until the pipe's last writer is gone."""
-        self._proc = None
+        """Stop following the holder; it goes on until the pipe's last writer is gone, and is
+        reaped then (it is our child)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            threading.Thread(target=proc.wait, name="log-holder-reaper", daemon=True).start()
+
+    async def abandon(self, timeout: float = 5.0) -> None:
+        """The rank never ran (or its restore failed): the pipe's writers are gone, so the
+        holder ends at once; wait for it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drained(), timeout)
+        self.close()

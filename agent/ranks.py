@@ -183,12 +183,12 @@ async def launch(
         )
         out, err = await launcher.communicate()
     except BaseException:
+        os.close(write_fd)
         pump.close()
         raise
-    finally:
-        os.close(write_fd)
+    os.close(write_fd)
     if launcher.returncode != 0:
-        pump.close()
+        await pump.abandon()
         with contextlib.suppress(CrctlError, OSError):
             cgroup.remove(wait=1.0)
         reason = err.decode(errors="replace").strip() or f"exit code {launcher.returncode}"
@@ -199,7 +199,7 @@ async def launch(
     try:
         process = PinnedProcess(pid)
     except ProcessLookupError:
-        pump.close()
+        await pump.abandon()
         raise CrctlError(
             f"rank {rank} of job {job} (pid {pid}) vanished at launch", job=job, phase="launch"
         ) from None

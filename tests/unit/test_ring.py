@@ -21,6 +21,7 @@ def _ring(tmp_path: Path, rank: int = 1, size: int = 3) -> Ring:
         status=str(tmp_path / f"r{rank}.json"),
         interval=0,
         memory_mib=0,
+        print_every=0,
     )
     return Ring(args)
 
