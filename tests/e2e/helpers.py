@@ -63,6 +63,21 @@ def running_ring(state: Any, request: Any, hosts: list[str]) -> Iterator[Any]:
         crctl("kill", job)
 
 
+def launch_rank(job: str, host: str, *argv: str) -> None:
+    """One more rank of ``job`` on ``host`` (through the real CLI)."""
+    crctl("launch", "--job", job, "--host", host, "--", *argv)
+
+
+def memory_hog(mib: int) -> list[str]:
+    """A rank that touches ``mib`` MiB (a slow dump), then sleeps."""
+    return [
+        sys.executable,
+        "-c",
+        f"import time; b = bytearray({mib} * 2**20)\n"
+        "for i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(3600)",
+    ]
+
+
 def kill_daemon(name: str) -> bool:
     """SIGKILL a testbed daemon ("coordinator", "agent-hN") by its current recorded PID."""
     import signal

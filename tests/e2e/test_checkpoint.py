@@ -18,7 +18,16 @@ from testbed import bed
 from testbed.ringjob import RingJob
 
 from .conftest import COMMIT_TIMEOUT
-from .helpers import crctl, crctl_background, crctl_json, kill_daemon, running_ring, wait_for
+from .helpers import (
+    crctl,
+    crctl_background,
+    crctl_json,
+    kill_daemon,
+    launch_rank,
+    memory_hog,
+    running_ring,
+    wait_for,
+)
 
 HOSTS = ["h1", "h2", "h3"]
 
@@ -141,13 +150,9 @@ def test_a_rank_criu_cannot_dump_aborts_with_criu_reason_and_harms_nothing(
     code, first, _ = checkpoint(ring.job, "--leave-running")
     assert code == 0
     device = _undumpable_device()
-    crctl(
-        "launch",
-        "--job",
+    launch_rank(
         ring.job,
-        "--host",
         "h3",
-        "--",
         sys.executable,
         "-c",
         f"import time; f = open({device!r}, 'rb'); time.sleep(3600)",
@@ -179,17 +184,10 @@ def test_coordinator_killed_mid_checkpoint_ranks_resume_and_the_checkpoint_is_no
     testbed3: bed.State, ring: RingJob
 ) -> None:
     # A big rank on h3 makes its dump slow, so h1 and h2 sit frozen at post-dump meanwhile.
-    crctl(
-        "launch",
-        "--job",
+    launch_rank(
         ring.job,
-        "--host",
         "h3",
-        "--",
-        sys.executable,
-        "-c",
-        "import time; b = bytearray(1536 * 2**20)\n"
-        "for i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(3600)",
+        *memory_hog(1536),
     )
     time.sleep(2)  # let it touch its memory
     running = crctl_background(
@@ -231,17 +229,10 @@ def test_coordinator_killed_mid_checkpoint_ranks_resume_and_the_checkpoint_is_no
 def test_a_second_concurrent_checkpoint_is_refused_and_retries_reuse_the_first(
     ring: RingJob,
 ) -> None:
-    crctl(
-        "launch",
-        "--job",
+    launch_rank(
         ring.job,
-        "--host",
         "h1",
-        "--",
-        sys.executable,
-        "-c",
-        "import time; b = bytearray(512 * 2**20)\n"
-        "for i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(3600)",
+        *memory_hog(512),
     )
     time.sleep(1)
     first = crctl_background(
@@ -276,13 +267,9 @@ def test_a_second_concurrent_checkpoint_is_refused_and_retries_reuse_the_first(
 def test_a_rank_that_exits_on_its_own_is_reported_with_its_exit_status(
     testbed3: bed.State,
 ) -> None:
-    crctl(
-        "launch",
-        "--job",
+    launch_rank(
         "short-lived",
-        "--host",
         "h2",
-        "--",
         sys.executable,
         "-c",
         "import sys; sys.exit(3)",

@@ -20,7 +20,7 @@ import pytest
 from testbed import bed, netns
 from testbed.ringjob import RING_PORT, RingJob
 
-from .helpers import crctl, crctl_json, kill_daemon, running_ring, wait_for
+from .helpers import crctl, crctl_json, kill_daemon, launch_rank, running_ring, wait_for
 
 OLD = ["h1", "h2", "h3"]
 
@@ -336,13 +336,9 @@ def test_connections_outside_the_job_are_refused_or_restored_closed(
     thread.start()
     status = tmp_path / "outside.json"
     try:
-        crctl(
-            "launch",
-            "--job",
+        launch_rank(
             ring.job,
-            "--host",
             "h1",
-            "--",
             sys.executable,
             str(Path(__file__).parents[1] / "workloads" / "outside_client.py"),
             "--connect",
