@@ -11,19 +11,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import structlog
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from crctl import keys
 from crctl.errors import UnavailableError
-from crctl.logs import get_logger
 from crctl.v1 import control_pb2
 from crctl.wire import WireError, decode_agent_message, encode
 
 ZAP_DOMAIN = "crctl"
 RECONNECT_GRACE = 3.0  # seconds an order waits for its agent to reconnect
-log = get_logger()
+log = structlog.get_logger()
 
 # (host the message speaks for, message) -> reply or None
 Handler = Callable[

@@ -40,8 +40,3 @@ def configure(*, component: str, host: str, fmt: str = "auto", level: str = "inf
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(component=component, host=host)
-
-
-def get_logger(**bound: Any) -> Any:
-    """A lazy logger: safe to create at import time, before ``configure`` runs."""
-    return structlog.get_logger(**bound)
