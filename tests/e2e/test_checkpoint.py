@@ -85,7 +85,7 @@ def test_ten_leave_running_checkpoints_all_commit_and_the_ring_never_errs(ring: 
 
 
 def test_a_checkpoint_without_leave_running_stops_every_rank_and_becomes_latest(
-    ring: RingJob,
+    testbed3: bed.State, ring: RingJob
 ) -> None:
     code, outcome, stderr = checkpoint(ring.job)
     assert code == 0, stderr
@@ -103,6 +103,30 @@ def test_a_checkpoint_without_leave_running_stops_every_rank_and_becomes_latest(
     assert records[0]["latest"] and records[0]["state"] == "committed"
     verify_manifest(Path(records[0]["directory"]))
     assert ring.errors() == []
+    for host in HOSTS:  # CRIU's lock of the dumped connections is lifted (FINDINGS 12)
+        tables = bed.exec_in_host(testbed3, host, ["nft", "list", "tables"]).stdout
+        assert "CRIU-" not in tables, f"CRIU's lock is left on {host}: {tables}"
+
+
+def test_a_full_checkpoint_store_aborts_with_the_reason_and_loses_nothing(
+    testbed3: bed.State, ring: RingJob
+) -> None:
+    code, first, _ = checkpoint(ring.job, "--leave-running")
+    assert code == 0
+    store = Path(testbed3.directory) / "checkpoints" / ring.job
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "crctl-full", str(store)], check=True)
+    try:
+        code, outcome, stderr = checkpoint(ring.job, "--leave-running")
+        assert code == 7, stderr
+        assert "No space left on device" in outcome["reason"]
+        assert latest(ring.job) == first["checkpoint"]
+        ring.wait_for_progress(tokens=20)
+        assert ring.errors() == []
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=True)
+    records = {c["checkpoint"]: c for c in listed(ring.job)}
+    assert records[first["checkpoint"]]["latest"]
+    verify_manifest(Path(records[first["checkpoint"]]["directory"]))
 
 
 def test_an_agent_killed_during_prepare_aborts_and_the_ring_runs_on(
