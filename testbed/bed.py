@@ -306,11 +306,7 @@ def _thaw_rank_cgroups() -> None:
 def _remove_empty_rank_cgroups() -> list[str]:
     """The ranks' freezer cgroups left empty once the testbed's processes are gone."""
     removed = []
-    directories = sorted(
-        (p for p in RANK_CGROUPS.glob("**/") if p != RANK_CGROUPS),
-        key=lambda p: len(p.parts),
-        reverse=True,
-    )
+    directories = sorted(RANK_CGROUPS.glob("**/"), key=lambda p: len(p.parts), reverse=True)
     for directory in directories:
         with contextlib.suppress(OSError):
             directory.rmdir()
