@@ -14,6 +14,7 @@ import structlog
 
 from agent import criu, images, netlock
 from agent.ranks import RankProcess
+from agent.thaw_guard import ThawGuard
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
 from crctl.v1 import control_pb2
@@ -89,6 +90,7 @@ class HostCheckpoint:
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
     _freeze_started: float = 0.0
+    _guard: ThawGuard | None = None
     _sockets: dict[int, list[control_pb2.SocketInfo]] = field(default_factory=dict)
     _digests: asyncio.Future[list[control_pb2.RankImage]] | None = None
     _dump_seconds: float = 0.0
@@ -108,6 +110,7 @@ class HostCheckpoint:
             # Quiesce every rank of this host at once through its freezer cgroup: constant cost
             # whatever the number of threads, and no signal the application could see.
             self._freeze_started = time.monotonic()
+            self._guard = ThawGuard([p.cgroup for p in self.ranks.values()])
             await asyncio.gather(*(p.cgroup.freeze_and_wait() for p in self.ranks.values()))
             for number, process in self.ranks.items():
                 failed_rank = number
@@ -238,6 +241,9 @@ class HostCheckpoint:
     def _thaw(self) -> None:
         """Resume the ranks we froze: CRIU leaves a cgroup it found frozen frozen again. Safe to
         repeat; also covers a freeze that completed after an abort had already thawed."""
+        if self._guard is not None:
+            self._guard.release()
+            self._guard = None
         for process in self.ranks.values():
             cgroup = process.cgroup
             try:

@@ -1,0 +1,81 @@
+"""A dead man's switch for frozen ranks.
+
+A checkpoint freezes ranks through their cgroups; the agent thaws them when the checkpoint ends.
+If the agent dies in between, nobody would. So before freezing, the agent starts a guard
+process (in a session of its own, outside the ranks' cgroups) that waits on a pipe: released
+with "ok", it just exits; if the pipe closes without it (the agent died), it keeps the ranks'
+cgroups thawed for a while — long enough for a CRIU that lost its agent to roll back (CRIU puts a
+cgroup it found frozen back to FROZEN) — so the ranks run on even if no agent ever returns."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+
+from agent.freezer import RankCgroup
+
+GUARD_SECONDS = 20.0
+
+# Run as ``python -I -S -c GUARD VERSION SECONDS PATH...`` with the pipe on stdin.
+_GUARD = """
+import sys, time
+version, seconds, paths = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+if sys.stdin.read().strip() == "ok":
+    sys.exit(0)
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    for path in paths:
+        try:
+            if version == "1":
+                with open(path + "/freezer.state") as f:
+                    frozen = f.read().strip() != "THAWED"
+                if frozen:
+                    with open(path + "/freezer.state", "w") as f:
+                        f.write("THAWED\\n")
+            else:
+                with open(path + "/cgroup.freeze", "w") as f:
+                    f.write("0\\n")
+        except OSError:
+            pass
+    time.sleep(0.05)
+"""
+
+
+class ThawGuard:
+    def __init__(self, cgroups: Sequence[RankCgroup], seconds: float = GUARD_SECONDS) -> None:
+        read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        version = str(cgroups[0].version) if cgroups else "1"
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _GUARD,
+                    version,
+                    str(seconds),
+                    *(str(c.path) for c in cgroups),
+                ],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read_fd)
+
+    def release(self) -> None:
+        """The checkpoint ended normally (the agent thawed what it froze): stand down."""
+        if self._write_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._write_fd, b"ok\n")
+            os.close(self._write_fd)
+            self._write_fd = -1
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            threading.Thread(target=proc.wait, name="thaw-guard-reaper", daemon=True).start()
