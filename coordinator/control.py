@@ -163,7 +163,13 @@ class ControlPlane:
                 continue
             if self._handler is None:
                 continue
-            reply = await self._handler(speaker, message)
+            try:
+                reply = await self._handler(speaker, message)
+            except Exception:  # one bad message must not stop the control plane
+                log.exception(
+                    "control_handler_failed", agent=speaker, kind=message.WhichOneof("body")
+                )
+                continue
             if reply is not None:
                 try:
                     await self.send(speaker, reply, wait=0.0)

@@ -18,6 +18,7 @@ from coordinator.storage import CheckpointStore
 from coordinator.store import Store
 from crctl.clock import SystemClock
 from crctl.config import Config
+from crctl.errors import CrctlError
 
 log = structlog.get_logger()
 
@@ -72,15 +73,20 @@ async def serve(config: Config) -> None:
     ]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        if task is not stopper and task.exception() is not None:
-            log.error("coordinator_task_failed", task=task.get_name(), error=repr(task.exception()))
+    failed = [t for t in done if t is not stopper and t.exception() is not None]
+    for task in failed:
+        log.error("coordinator_task_failed", task=task.get_name(), error=repr(task.exception()))
     log.info("coordinator_stopping")
     for task in tasks:
         task.cancel()
     await server.stop(grace=1.0)
     plane.close()
     store.close()
+    if failed:
+        raise CrctlError(
+            f"coordinator stopped: its {failed[0].get_name()} task failed "
+            f"({failed[0].exception()!r}); see its log"
+        )
 
 
 def run(config: Config) -> None:
