@@ -280,7 +280,9 @@ def prepare_restore(
         rank=rank,
         stdout_key=stdout_key,
         log_path=log_path,
-        cgroup=hierarchy.open(job, rank),
+        # Made before CRIU runs: CRIU then leaves its properties alone, in particular the
+        # freezer state it recorded (FROZEN: a checkpoint freezes the rank before CRIU seizes it).
+        cgroup=hierarchy.create(job, rank),
     )
 
 

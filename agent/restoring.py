@@ -102,12 +102,14 @@ class HostRestore:
 
     async def prepare(self) -> None:
         """Verify, copy, rewire (plugins), check ports and files, then lock this host."""
+        started = time.monotonic()
         self.plugins = load_plugins(list(self.order.plugins))
         moves = self._moves()
         checkpoint_dir = Path(self.order.checkpoint_dir)
         await asyncio.gather(
             *(self._verify(checkpoint_dir, entry.rank, entry.image) for entry in self.order.ranks)
         )
+        verified = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         close = set(self.order.close_connections)
         connections: list[netlock.Connection] = []
@@ -115,7 +117,6 @@ class HostRestore:
             source = checkpoint_dir / rank_dir_name(entry.rank)
             working = self.root / rank_dir_name(entry.rank)
             images.make_working_copy(source, working)
-            images.thaw_recorded_freezer(working)
             context = RestartContext(
                 job=self.job,
                 checkpoint=self.order.checkpoint,
@@ -159,8 +160,17 @@ class HostRestore:
                         f"taken on {self.host}",
                     )
             connections.extend(_connections(summary))
+        rewired = time.monotonic()
         netlock.lock_connections(self.lock_table, connections)
         self.locked = True
+        self._log.info(
+            "restore_prepared",
+            phase="prepare",
+            ranks=[r.rank for r in self.ranks],
+            verify_seconds=round(verified - started, 4),
+            copy_and_rewire_seconds=round(rewired - verified, 4),
+            lock_seconds=round(time.monotonic() - rewired, 4),
+        )
 
     async def _verify(self, checkpoint_dir: Path, rank: int, image: control_pb2.RankImage) -> None:
         prefix = rank_dir_name(rank) + "/"
@@ -226,10 +236,11 @@ class HostRestore:
         for rank in self.ranks:
             assert rank.pipe is not None
             process = rank.pipe.adopt(rank.pid)
-            # The checkpoint froze the rank's cgroup before CRIU dumped it, and CRIU restores the
-            # freezer state it recorded: thaw it, or the rank stays frozen.
+            # The checkpoint froze the rank's cgroup before CRIU dumped it and CRIU recorded that
+            # state; the cgroup made before the restore keeps CRIU from applying it. Make sure.
             if process.cgroup.exists() and process.cgroup.is_frozen():
                 process.cgroup.thaw()
+                self._log.warning("restored_rank_was_frozen", rank=rank.rank)
             adopted.append((rank.rank, process))
         self._log.info(
             "restore_released",

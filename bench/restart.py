@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from agent import images
+from agent.freezer import V1_ROOT as FREEZER
 from cli.client import CoordinatorClient
 from crctl.v1 import coordinator_pb2
 from testbed import bed, netns
@@ -75,7 +76,9 @@ def plain_restore(state: bed.State, rank_images: dict[str, Path], scratch: Path)
         copy = scratch / host
         shutil.rmtree(copy, ignore_errors=True)
         images.make_working_copy(source, copy)
-        images.thaw_recorded_freezer(copy)  # as crctl's own restore does
+        # as crctl's restore does: an existing cgroup keeps CRIU from restoring the freezer
+        # state the checkpoint recorded (FROZEN)
+        (FREEZER / "crctl" / "bench" / source.name).mkdir(parents=True, exist_ok=True)
         pidfile = copy / "restored.pid"
         commands.append(
             (

@@ -6,7 +6,7 @@ and sha256 manifests.
 Besides :mod:`agent.criu`, this is the only package that imports pycriu. Layout: ``_format``
 (loading and atomically replacing one image, address words), ``_inspect`` (what a dump holds),
 ``_working_copy`` (the copy a restore may rewrite), ``_sockets`` (rewriting socket entries),
-``_manifest`` (sha256 manifests and checks), ``_cgroups`` (the freezer state a dump recorded).
+``_manifest`` (sha256 manifests and checks).
 
 What CRIU 4.x writes, as found on CRIU 4.1.1 and 4.2.1:
 
@@ -27,7 +27,6 @@ What CRIU 4.x writes, as found on CRIU 4.1.1 and 4.2.1:
   so the socket entries in ``files.img`` are the only addresses to rewrite.
 """
 
-from agent.images._cgroups import thaw_recorded_freezer
 from agent.images._format import FILES_IMG, INVENTORY_IMG, REMAP_IMG, ImageError
 from agent.images._inspect import (
     Endpoint,
@@ -77,7 +76,6 @@ __all__ = [
     "rewrite_socket_addresses",
     "sha256_file",
     "sha256_files",
-    "thaw_recorded_freezer",
     "verify",
     "verify_regular_files",
 ]
