@@ -17,6 +17,7 @@ import pytest
 from agent import images
 from tests.e2e.helpers import wait_for
 from tests.e2e.test_images import (
+    WORKLOAD_COMMON,
     Lab,
     Status,
     criu_errors,
@@ -34,7 +35,8 @@ HOSTS = {"a": "198.19.0.21", "b": "198.19.0.22", "x": "198.19.0.23"}
 JOB_PORT = 7200
 OUTSIDE_PORT = 7300
 
-PROGRAM = r'''
+PROGRAM = (
+    r"""
 import errno, os, select, socket, struct, sys, time
 
 RECORD = 96
@@ -42,34 +44,9 @@ MESSAGE = 512
 PATTERN = bytes(range(251)) * 4  # any k < 251 has MESSAGE - 8 bytes after it
 
 
-def message(n):
-    k = n % 251
-    return struct.pack("!Q", n) + PATTERN[k : k + MESSAGE - 8]
-
-
-class Status:
-    """n, errors, a check value and a note: one fixed-size record overwritten in place, so the
-    file never changes size (CRIU checks the size of files a task holds open)."""
-
-    def __init__(self, path):
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        self.n = self.errors = 0
-        self.write("start")
-
-    def write(self, note="ok"):
-        line = f"{self.n} {self.errors} {self.n * 7 + self.errors} {note}"
-        os.pwrite(self.fd, (line[: RECORD - 1].ljust(RECORD - 1) + "\n").encode(), 0)
-
-
-def recv_exact(sock, size):
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        data += chunk
-    return bytes(data)
-
+"""
+    + WORKLOAD_COMMON
+    + r'''
 
 def listen(address, port):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -167,6 +144,7 @@ except BaseException as exc:
     status.write(f"{type(exc).__name__}: {exc}")
     raise
 '''
+)
 
 
 @pytest.fixture

@@ -48,14 +48,8 @@ SOLO_NS = "crimg-solo"
 SOLO_ADDRESSES = ("198.19.0.50", "198.19.0.51", "2001:db8::50")
 LOCK_TABLE = "crimg-lock"
 
-PROGRAM = r'''
-import os, socket, struct, sys, time
-
-RECORD = 64
-MESSAGE = 1024
-PATTERN = bytes(range(251)) * 6
-
-
+# What the workloads of these tests share (each defines RECORD, MESSAGE and PATTERN first).
+WORKLOAD_COMMON = r'''
 def message(n):
     k = n % 251
     return struct.pack("!Q", n) + PATTERN[k : k + MESSAGE - 8]
@@ -63,7 +57,8 @@ def message(n):
 
 class Status:
     """n exchanges so far, how many were wrong, a check value and a note: one fixed-size
-    record overwritten in place, so the file never changes size."""
+    record overwritten in place, so the file never changes size (CRIU checks the size of files
+    a task holds open)."""
 
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -83,7 +78,20 @@ def recv_exact(sock, size):
             raise ConnectionError("peer closed")
         data += chunk
     return bytes(data)
+'''
 
+PROGRAM = (
+    r"""
+import os, socket, struct, sys, time
+
+RECORD = 64
+MESSAGE = 1024
+PATTERN = bytes(range(251)) * 6
+
+
+"""
+    + WORKLOAD_COMMON
+    + r"""
 
 def family(address):
     return socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -174,7 +182,8 @@ except BaseException as exc:
     status.errors += 1
     status.write(f"{type(exc).__name__}: {exc}")
     raise
-'''
+"""
+)
 
 HOLD_SCRIPT = """#!/bin/sh
 # CRIU action script: hold a restore at post-restore until the test writes "release" to go.
