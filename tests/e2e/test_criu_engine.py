@@ -270,6 +270,19 @@ def dump_spec(process: RankProcess, host: Host, images: Path, **kw: Any) -> criu
     )
 
 
+async def hold_pair(
+    job: Job, a: Host, b: Host, **kw: Any
+) -> tuple[RankProcess, RankProcess, list[criu.HeldDump]]:
+    """The pair started, both ends dumped and held at post-dump (tasks frozen, images written)."""
+    server, client = await start_pair(job, a, b)
+    dumps = [
+        await criu.start_dump(dump_spec(server, a, job.root / "img-server", **kw)),
+        await criu.start_dump(dump_spec(client, b, job.root / "img-client", **kw)),
+    ]
+    await asyncio.gather(*(d.held() for d in dumps))
+    return server, client, dumps
+
+
 def test_ranks_run_as_pid_namespace_inits_in_their_cgroup_adopted_by_us(
     hosts: tuple[Host, Host], job: Job
 ) -> None:
@@ -329,12 +342,7 @@ def test_aborted_dump_resumes_the_pair_with_no_error(hosts: tuple[Host, Host], j
 
     async def scenario() -> None:
         try:
-            server, client = await start_pair(job, a, b)
-            dumps = [
-                await criu.start_dump(dump_spec(server, a, job.root / "img-server")),
-                await criu.start_dump(dump_spec(client, b, job.root / "img-client")),
-            ]
-            await asyncio.gather(*(d.held() for d in dumps))
+            server, client, dumps = await hold_pair(job, a, b)
             assert (job.root / "img-client" / "pstree.img").exists()
             frozen_at = await assert_still(job.status_file("client"))
             await asyncio.gather(*(d.abort() for d in dumps))
@@ -360,16 +368,7 @@ def test_committed_dump_with_leave_running_keeps_the_pair_running(
 
     async def scenario() -> None:
         try:
-            server, client = await start_pair(job, a, b)
-            dumps = [
-                await criu.start_dump(
-                    dump_spec(server, a, job.root / "img-server", leave_running=True)
-                ),
-                await criu.start_dump(
-                    dump_spec(client, b, job.root / "img-client", leave_running=True)
-                ),
-            ]
-            await asyncio.gather(*(d.held() for d in dumps))
+            server, client, dumps = await hold_pair(job, a, b, leave_running=True)
             frozen_at = await assert_still(job.status_file("client"))
             results = await asyncio.gather(*(d.commit() for d in dumps))
             assert all(r.left_running for r in results)
@@ -399,12 +398,7 @@ def test_killed_pair_restored_in_place_continues_and_keeps_logging(
 
     async def scenario() -> None:
         try:
-            server, client = await start_pair(job, a, b)
-            dumps = [
-                await criu.start_dump(dump_spec(server, a, job.root / "img-server")),
-                await criu.start_dump(dump_spec(client, b, job.root / "img-client")),
-            ]
-            await asyncio.gather(*(d.held() for d in dumps))
+            server, client, dumps = await hold_pair(job, a, b)
             results = await asyncio.gather(*(d.commit() for d in dumps))
             # The dumps leave their connections locked, each in one table that they name.
             assert criu_locks(a) == [results[0].lock_table]
