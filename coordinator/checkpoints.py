@@ -81,6 +81,7 @@ class CheckpointRun:
         self.done = asyncio.Event()
         self._started = 0.0
         self.outcome: coordinator_pb2.CheckpointOutcome | None = None
+        self._recorded: coordinator_pb2.Manifest | None = None
 
     # --- following progress ---
 
@@ -201,6 +202,7 @@ class CheckpointRun:
         """The decision: manifest written last to the checkpoint folder, then the database makes
         it the job's latest in one transaction."""
         manifest = self._manifest()
+        self._recorded = manifest
         directory = self._files.directory(self.job, self.checkpoint)
         text = self._files.write_manifest(directory, manifest)
         self._store.commit_checkpoint(self.checkpoint, self.job, text, self._clock.now())
@@ -253,7 +255,8 @@ class CheckpointRun:
             frozen_seconds=max(self._frozen.values(), default=0.0),
         )
         if committed:
-            outcome.ranks.extend(self._manifest().ranks)
+            assert self._recorded is not None  # a commit is recorded before it finishes
+            outcome.ranks.extend(self._recorded.ranks)
         self.outcome = outcome
         self._log.info(
             "checkpoint_finished",
