@@ -5,21 +5,12 @@ from __future__ import annotations
 import argparse
 
 from cli import render
+from cli.arguments import key_values
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from crctl.config import Config
 from crctl.errors import ConfigError
 from crctl.v1 import coordinator_pb2
-
-
-def _env_pairs(pairs: list[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"bad --env {pair!r}: expected NAME=VALUE")
-        env[key] = value
-    return env
 
 
 def cmd_launch(args: argparse.Namespace, config: Config) -> int:
@@ -31,7 +22,7 @@ def cmd_launch(args: argparse.Namespace, config: Config) -> int:
             "give the rank's command after --, e.g. crctl launch --job J --host h1 -- CMD"
         )
     with CoordinatorClient(config.grpc_address, timeout=60) as client:
-        reply = client.launch(args.job, args.host, args.rank, argv, _env_pairs(args.env))
+        reply = client.launch(args.job, args.host, args.rank, argv, key_values(args.env, "--env"))
     if args.json:
         render.print_json(render.to_dict(reply))
     else:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cli import render
+from cli.arguments import host_map, key_values
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from crctl.config import Config
@@ -13,31 +14,14 @@ from crctl.errors import ConfigError
 from crctl.v1 import coordinator_pb2
 
 
-def parse_pairs(text: str, what: str, separator: str = "=") -> dict[str, str]:
-    """ "a=b,c=d" -> {"a": "b", "c": "d"}, with a clear error for anything else."""
-    pairs: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition(separator)
-        if not sep or not key or not value:
-            raise ConfigError(f"malformed {what} {item!r}: expected OLD{separator}NEW")
-        if key in pairs:
-            raise ConfigError(f"{what} names {key} twice")
-        pairs[key] = value
-    return pairs
-
-
 def cmd_restart(args: argparse.Namespace, config: Config) -> int:
     request = coordinator_pb2.RestartRequest(
         job=args.job,
         checkpoint=args.checkpoint,
-        host_map=parse_pairs(args.map, "host map entry") if args.map else {},
+        host_map=host_map(args.map),
         hosts=[h for h in (args.hosts or "").split(",") if h],
         plugins=args.plugin,
-        plugin_options={
-            k: v
-            for option in args.plugin_option
-            for k, v in parse_pairs(option, "plugin option").items()
-        },
+        plugin_options=key_values(args.plugin_option, "--plugin-option"),
         timeout_seconds=args.timeout,
     )
     outcome = None
