@@ -13,7 +13,7 @@ from pathlib import Path
 import structlog
 
 from agent import criu, images, netlock
-from agent.ranks import RankProcess
+from agent.ranks import RankProcess, rank_name
 from agent.thaw_guard import ThawGuard
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
@@ -22,10 +22,6 @@ from crctl.v1 import control_pb2
 log = structlog.get_logger()
 
 LOGS_DIR = "logs"
-
-
-def rank_dir_name(rank: int) -> str:
-    return f"rank-{rank}"
 
 
 def digest_files(checkpoint_dir: Path, rank_dir: Path) -> list[control_pb2.FileDigest]:
@@ -116,11 +112,11 @@ class HostCheckpoint:
                 failed_rank = number
                 if self.finished.is_set():
                     raise CrctlError(f"checkpoint {self.outcome} while preparing")
-                rank_dir = self.images_dir / rank_dir_name(number)
+                rank_dir = self.images_dir / rank_name(number)
                 rank_dir.mkdir(parents=True, exist_ok=False)
                 # CRIU's log keeps growing after post-dump: it lives beside the images, not
                 # among them, so the manifest's sizes and checksums stay true.
-                log_dir = self.images_dir / LOGS_DIR / rank_dir_name(number)
+                log_dir = self.images_dir / LOGS_DIR / rank_name(number)
                 log_dir.mkdir(parents=True, exist_ok=True)
                 self.dumps[number] = await criu.start_dump(
                     criu.DumpSpec(
@@ -169,7 +165,7 @@ class HostCheckpoint:
     def _inspect(self, number: int) -> list[control_pb2.SocketInfo]:
         """The rank's INET sockets, from its images; refuses connections outside the job unless
         the checkpoint was asked to keep them (restored closed at restart)."""
-        summary = images.inspect(self.images_dir / rank_dir_name(number))
+        summary = images.inspect(self.images_dir / rank_name(number))
         sockets = [socket_info(s) for s in summary.sockets]
         outside = external_connections(sockets, self.job_addresses)
         if outside and self.refuse_external:
@@ -191,7 +187,7 @@ class HostCheckpoint:
         return list(await asyncio.gather(*(self._image(number) for number in self.ranks)))
 
     async def _image(self, number: int) -> control_pb2.RankImage:
-        rank_dir = self.images_dir / rank_dir_name(number)
+        rank_dir = self.images_dir / rank_name(number)
         files = await asyncio.to_thread(digest_files, self.images_dir, rank_dir)
         process = self.ranks[number]
         return control_pb2.RankImage(
@@ -273,4 +269,4 @@ class HostCheckpoint:
 
 def remove_images(images_dir: Path, ranks: list[int]) -> None:
     for number in ranks:
-        remove_tree(images_dir / rank_dir_name(number))
+        remove_tree(images_dir / rank_name(number))

@@ -16,7 +16,7 @@ import structlog
 from agent import ranks as rank_runtime
 from agent.checkpointing import HostCheckpoint, remove_images
 from agent.freezer import FreezerHierarchy
-from agent.ranks import RankProcess
+from agent.ranks import RankProcess, rank_log, rank_name, rank_number
 from agent.restoring import HostRestore, RankFailure
 from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
@@ -24,10 +24,6 @@ from crctl.v1 import control_pb2
 log = structlog.get_logger()
 
 Send = Callable[[control_pb2.AgentMessage], Awaitable[object]]
-
-
-def rank_name(rank: int) -> str:
-    return f"rank-{rank}"
 
 
 class Orders:
@@ -99,8 +95,6 @@ class Orders:
             return control_pb2.RankLaunched(
                 job=order.job, rank=order.rank, error=f"rank {order.rank} already runs here"
             )
-        logs = self._work_dir / "logs" / order.job
-        logs.mkdir(parents=True, exist_ok=True)
         # Each rank gets a working directory of its own: CRIU's parasite mounts a private /proc
         # at a path relative to the task's cwd, so ranks sharing a cwd on one filesystem (the
         # testbed) could not be dumped at the same moment.
@@ -111,7 +105,7 @@ class Orders:
             rank_name(order.rank),
             list(order.argv),
             work_dir=cwd,
-            log_path=logs / f"{rank_name(order.rank)}.log",
+            log_path=rank_log(self._work_dir, order.job, order.rank),
             env=dict(order.env) or None,
             freezer=self.freezer(),
         )
@@ -123,16 +117,16 @@ class Orders:
         their own cgroups and sessions, and their log holders outlive the agent)."""
         own_netns = os.stat("/proc/self/ns/net").st_ino
         for job, name, cgroup in self.freezer().existing():
-            if not name.startswith("rank-") or not name.removeprefix("rank-").isdigit():
+            rank = rank_number(name)
+            if rank is None:
                 continue
-            rank = int(name.removeprefix("rank-"))
             pid = rank_runtime.pid_namespace_init(cgroup)
             if pid is None or (job, rank) in self.ranks:
                 continue
             try:
                 if os.stat(f"/proc/{pid}/ns/net").st_ino != own_netns:
                     continue  # another host's rank (emulated hosts share one machine)
-                log_path = self._work_dir / "logs" / job / f"{name}.log"
+                log_path = rank_log(self._work_dir, job, rank)
                 process = rank_runtime.adopt_running(job, name, pid, cgroup, log_path)
                 if cgroup.is_frozen():  # a checkpoint was under way when the agent died
                     cgroup.thaw()

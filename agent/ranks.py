@@ -44,6 +44,22 @@ LAUNCHER = Path(__file__).with_name("rank_launcher.py")
 _DRAIN_AFTER_EXIT = 5.0
 
 
+def rank_name(rank: int) -> str:
+    """A rank's name in cgroups, image folders and log files: ``rank-<N>``."""
+    return f"rank-{rank}"
+
+
+def rank_number(name: str) -> int | None:
+    """The inverse of :func:`rank_name`; None for any other name."""
+    number = name.removeprefix("rank-")
+    return int(number) if name.startswith("rank-") and number.isdigit() else None
+
+
+def rank_log(work_dir: Path, job: str, rank: int) -> Path:
+    """Where an agent keeps a rank's stdout (whichever host it was launched or restored on)."""
+    return work_dir / "logs" / job / f"{rank_name(rank)}.log"
+
+
 def pipe_key(inode: int) -> str:
     """CRIU's name for a pipe, as used by ``inherit_fd``."""
     return f"pipe:[{inode}]"

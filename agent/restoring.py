@@ -12,9 +12,8 @@ from pathlib import Path
 import structlog
 
 from agent import criu, images, netlock
-from agent.checkpointing import rank_dir_name
 from agent.plugin_runner import load_plugins, run_hook
-from agent.ranks import RankProcess, RestorePipe, prepare_restore
+from agent.ranks import RankProcess, RestorePipe, prepare_restore, rank_log, rank_name
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
 from crctl.plugins import HostMove, RestartContext, RestartPlugin
@@ -114,8 +113,8 @@ class HostRestore:
         close = set(self.order.close_connections)
         connections: list[netlock.Connection] = []
         for entry in self.order.ranks:
-            source = checkpoint_dir / rank_dir_name(entry.rank)
-            working = self.root / rank_dir_name(entry.rank)
+            source = checkpoint_dir / rank_name(entry.rank)
+            working = self.root / rank_name(entry.rank)
             images.make_working_copy(source, working)
             context = RestartContext(
                 job=self.job,
@@ -173,12 +172,12 @@ class HostRestore:
         )
 
     async def _verify(self, checkpoint_dir: Path, rank: int, image: control_pb2.RankImage) -> None:
-        prefix = rank_dir_name(rank) + "/"
+        prefix = rank_name(rank) + "/"
         expected = [
             images.FileDigest(f.path.removeprefix(prefix), f.size, f.sha256) for f in image.files
         ]
         problems = await asyncio.to_thread(
-            images.verify, checkpoint_dir / rank_dir_name(rank), expected
+            images.verify, checkpoint_dir / rank_name(rank), expected
         )
         if problems:
             raise RankFailure(
@@ -194,12 +193,12 @@ class HostRestore:
         for rank in self.ranks:
             rank.pipe = prepare_restore(
                 self.job,
-                rank_dir_name(rank.rank),
+                rank_name(rank.rank),
                 stdout_key=rank.image.stdout_pipe,
-                log_path=self.work_dir / "logs" / self.job / f"{rank_dir_name(rank.rank)}.log",
+                log_path=rank_log(self.work_dir, self.job, rank.rank),
             )
             rank.pipe.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_dir = self.root / "logs" / rank_dir_name(rank.rank)
+            log_dir = self.root / "logs" / rank_name(rank.rank)
             log_dir.mkdir(parents=True, exist_ok=True)
             rank.held = await criu.start_restore(
                 criu.RestoreSpec(
