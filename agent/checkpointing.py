@@ -8,11 +8,13 @@ import asyncio
 import ipaddress
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import structlog
 
 from agent import criu, images, netlock
+from agent.idle_worker import IdleWorker
 from agent.ranks import RankProcess, rank_name
 from agent.thaw_guard import ThawGuard
 from crctl.errors import CrctlError
@@ -88,7 +90,7 @@ class HostCheckpoint:
     _freeze_started: float = 0.0
     _guard: ThawGuard | None = None
     _sockets: dict[int, list[control_pb2.SocketInfo]] = field(default_factory=dict)
-    _digests: asyncio.Future[list[control_pb2.RankImage]] | None = None
+    _digests: dict[int, IdleWorker[list[control_pb2.FileDigest]]] = field(default_factory=dict)
     _dump_seconds: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
@@ -103,30 +105,20 @@ class HostCheckpoint:
         self._log.info("checkpoint_prepare", phase="prepare", ranks=sorted(self.ranks))
         failed_rank = -1
         try:
+            # CRIU starts for every rank at once and waits at pre-dump: its start-up does not
+            # count against the application.
+            for number, exc in await self._start_dumps():
+                failed_rank = number
+                raise exc
             # Quiesce every rank of this host at once through its freezer cgroup: constant cost
             # whatever the number of threads, and no signal the application could see.
             self._freeze_started = time.monotonic()
             self._guard = ThawGuard([p.cgroup for p in self.ranks.values()])
             await asyncio.gather(*(p.cgroup.freeze_and_wait() for p in self.ranks.values()))
-            for number, process in self.ranks.items():
-                failed_rank = number
-                if self.finished.is_set():
-                    raise CrctlError(f"checkpoint {self.outcome} while preparing")
-                rank_dir = self.images_dir / rank_name(number)
-                rank_dir.mkdir(parents=True, exist_ok=False)
-                # CRIU's log keeps growing after post-dump: it lives beside the images, not
-                # among them, so the manifest's sizes and checksums stay true.
-                log_dir = self.images_dir / LOGS_DIR / rank_name(number)
-                log_dir.mkdir(parents=True, exist_ok=True)
-                self.dumps[number] = await criu.start_dump(
-                    criu.DumpSpec(
-                        pid=process.pid,
-                        images_dir=rank_dir,
-                        work_dir=log_dir,
-                        leave_running=self.leave_running,
-                        freeze_cgroup=process.cgroup.path,
-                    )
-                )
+            if self.finished.is_set():
+                raise CrctlError(f"checkpoint {self.outcome} while preparing")
+            for dump in self.dumps.values():
+                dump.proceed()
             held = await asyncio.gather(
                 *(d.held() for d in self.dumps.values()), return_exceptions=True
             )
@@ -143,11 +135,18 @@ class HostCheckpoint:
             # Ranks that stop with the checkpoint are checksummed before the vote (the coordinator
             # records the manifest before it kills them); ranks left running are released first.
             if self.leave_running:
-                # The images are complete: checksum them while the coordinator gathers the votes.
-                self._digests = asyncio.ensure_future(self._images())
+                # The images are complete: checksum them while the coordinator gathers the votes,
+                # on CPU time that no rank still dumping wants (promoted at the release).
+                self._digests = {
+                    n: IdleWorker(partial(self._digest, n), name=f"digest-{rank_name(n)}")
+                    for n in self.ranks
+                }
                 images = []
             else:
-                images = await self._images()
+                digests = await asyncio.gather(
+                    *(asyncio.to_thread(self._digest, n) for n in self.ranks)
+                )
+                images = [self._rank_image(n, d) for n, d in zip(self.ranks, digests, strict=True)]
         except (CrctlError, OSError) as exc:
             await self.abort(f"prepare failed: {exc}")
             await self._roll_back()  # also what the prepare started after an earlier abort
@@ -161,6 +160,40 @@ class HostCheckpoint:
             "checkpoint_voted_yes", phase="prepare", seconds=round(time.monotonic() - started, 4)
         )
         return vote
+
+    async def _start_dumps(self) -> list[tuple[int, BaseException]]:
+        """One CRIU per rank, started together; each waits at pre-dump. Every CRIU that did
+        start is kept in ``self.dumps`` (so an abort rolls it back) even if another failed;
+        returns the ranks whose CRIU did not get there, with the reason."""
+
+        async def start(number: int, process: RankProcess) -> None:
+            rank_dir = self.images_dir / rank_name(number)
+            rank_dir.mkdir(parents=True, exist_ok=False)
+            # CRIU's log keeps growing after post-dump: it lives beside the images, not among
+            # them, so the manifest's sizes and checksums stay true.
+            log_dir = self.images_dir / LOGS_DIR / rank_name(number)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            dump = await criu.start_dump(
+                criu.DumpSpec(
+                    pid=process.pid,
+                    images_dir=rank_dir,
+                    work_dir=log_dir,
+                    leave_running=self.leave_running,
+                    freeze_cgroup=process.cgroup.path,
+                    wait_at_pre_dump=True,
+                )
+            )
+            self.dumps[number] = dump
+            await dump.ready()
+
+        started = await asyncio.gather(
+            *(start(n, p) for n, p in self.ranks.items()), return_exceptions=True
+        )
+        return [
+            (number, outcome)
+            for number, outcome in zip(self.ranks, started, strict=True)
+            if isinstance(outcome, BaseException)
+        ]
 
     def _inspect(self, number: int) -> list[control_pb2.SocketInfo]:
         """The rank's INET sockets, from its images; refuses connections outside the job unless
@@ -183,12 +216,12 @@ class HostCheckpoint:
             )
         return sockets
 
-    async def _images(self) -> list[control_pb2.RankImage]:
-        return list(await asyncio.gather(*(self._image(number) for number in self.ranks)))
+    def _digest(self, number: int) -> list[control_pb2.FileDigest]:
+        return digest_files(self.images_dir, self.images_dir / rank_name(number))
 
-    async def _image(self, number: int) -> control_pb2.RankImage:
-        rank_dir = self.images_dir / rank_name(number)
-        files = await asyncio.to_thread(digest_files, self.images_dir, rank_dir)
+    def _rank_image(
+        self, number: int, files: list[control_pb2.FileDigest]
+    ) -> control_pb2.RankImage:
         process = self.ranks[number]
         return control_pb2.RankImage(
             rank=number,
@@ -207,12 +240,17 @@ class HostCheckpoint:
         outcomes = await asyncio.gather(
             *(d.commit() for d in self.dumps.values()), return_exceptions=True
         )
+        # CRIU leaves the cgroup frozen as it found it: the ranks run again only now.
+        self._thaw()
         # From the freeze to the release: how long the application stood still on this host.
         result.frozen_seconds = time.monotonic() - self._freeze_started
         failures = [str(o) for o in outcomes if isinstance(o, BaseException)]
-        if not failures and self._digests is not None:
+        for worker in self._digests.values():
+            worker.promote()
+        if not failures:
             try:
-                result.ranks.extend(await self._digests)
+                for number, worker in self._digests.items():
+                    result.ranks.append(self._rank_image(number, await worker.result()))
             except OSError as exc:
                 failures.append(f"cannot checksum the images: {exc}")
         if failures:
@@ -223,7 +261,6 @@ class HostCheckpoint:
         for outcome in outcomes:
             if isinstance(outcome, criu.DumpResult) and outcome.lock_table:
                 netlock.remove_table(outcome.lock_table)
-        self._thaw()
         self.outcome = "committed"
         self.finished.set()
         self._log.info(
@@ -261,8 +298,8 @@ class HostCheckpoint:
             return
         self.outcome = "aborted"
         self.finished.set()
-        if self._digests is not None:
-            self._digests.cancel()
+        for worker in self._digests.values():
+            worker.cancel()
         await self._roll_back()
         self._log.warning("checkpoint_aborted", phase="abort", reason=reason)
 

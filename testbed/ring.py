@@ -4,9 +4,10 @@ Rank i listens on port ``--port`` + i at its own address (so that ranks can shar
 connects to rank i+1 and accepts rank i-1.
 Rank 0 starts the token. Every rank checks that each token it receives has the next sequence
 number it expects and the checksum that sequence implies, and records any loss, duplicate,
-corruption or socket error in its status file: JSON padded to a fixed size and overwritten in
-place with one write, so that a checkpoint taken mid-write still finds the same file at the same
-size at restore (CRIU checks both).
+corruption or socket error in its status file, with the last long gaps between two tokens it
+received (what a checkpoint costs the application, seen from inside). The file is JSON padded
+to a fixed size and overwritten in place with one write, so that a checkpoint taken mid-write
+still finds the same file at the same size at restore (CRIU checks both).
 
     python -m testbed.ring --rank 0 --peers 198.18.0.11,198.18.0.12,198.18.0.13 --status FILE
 """
@@ -25,6 +26,8 @@ from pathlib import Path
 TOKEN = struct.Struct("!QQ")  # sequence, checksum
 MASK = (1 << 64) - 1
 STATUS_SIZE = 4096
+STALL_SECONDS = 0.1  # a gap between two received tokens this long is recorded as a stall
+STALLS_KEPT = 16
 
 
 def next_checksum(checksum: int, sequence: int) -> int:
@@ -55,6 +58,9 @@ class Ring:
         self.errors: list[str] = []
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
+        self.stalls: list[
+            tuple[float, float]
+        ] = []  # (token received at, seconds since the one before)
         self.listener: socket.socket | None = None
         self.inbound: socket.socket | None = None
         self.outbound: socket.socket | None = None
@@ -83,6 +89,7 @@ class Ring:
             "errors": self.errors,
             "first_token_at": self.first_token_at,
             "last_token_at": self.last_token_at,
+            "stalls": self.stalls,
             "updated_at": now,
             "inbound": self._endpoints(self.inbound),
             "outbound": self._endpoints(self.outbound),
@@ -166,6 +173,9 @@ class Ring:
                 self.last = (sequence, checksum)
                 self.tokens += 1
                 now = time.time()
+                if self.last_token_at is not None and now - self.last_token_at >= STALL_SECONDS:
+                    self.stalls.append((round(now, 4), round(now - self.last_token_at, 4)))
+                    del self.stalls[:-STALLS_KEPT]
                 self.first_token_at = self.first_token_at or now
                 self.last_token_at = now
                 self.write_status()

@@ -58,6 +58,14 @@ class RingJob:
             f"(now {[s['tokens'] for s in self.statuses()]}; errors {self.errors()})"
         )
 
+    def longest_stall(self, since: float) -> float:
+        """The longest gap between two tokens any rank received, among the gaps that ended after
+        ``since`` (wall-clock seconds); 0.0 when none was long enough to be recorded."""
+        return max(
+            (gap for s in self.statuses() for ended, gap in s.get("stalls", []) if ended >= since),
+            default=0.0,
+        )
+
     def wait_for_progress(self, tokens: int = 20, timeout: float = 15.0) -> float:
         return self.wait_for_tokens(self.tokens() + tokens, timeout)
 

@@ -24,6 +24,7 @@ from crctl.errors import CriuError
 log = structlog.get_logger()
 
 HOLD_DUMP = "post-dump"
+GATE_DUMP = "pre-dump"
 HOLD_RESTORE = "post-restore"
 _ABORT_KILL_AFTER = 30.0
 _ROOT_EXIT_WAIT = 5.0
@@ -34,6 +35,8 @@ class HeldSession:
 
     kind: Literal["dump", "restore"]
     hold: str
+    # A hook before the holding one where CRIU waits for :meth:`_open_gate` (None: no gate).
+    gate: str | None = None
 
     def __init__(self, swrk: Swrk, log_path: Path, subject: str) -> None:
         self._swrk = swrk
@@ -43,6 +46,8 @@ class HeldSession:
         loop = asyncio.get_running_loop()
         self._reached: asyncio.Future[int | None] = loop.create_future()
         self._decision: asyncio.Future[bool] = loop.create_future()
+        self._at_gate: asyncio.Future[None] = loop.create_future()
+        self._gate_open: asyncio.Future[bool] = loop.create_future()
         self._first = asyncio.Event()
         self._final: Any | None = None
         self._failure: BaseException | None = None
@@ -74,7 +79,11 @@ class HeldSession:
                 script = resp.notify.script
                 if resp.notify.HasField("pid"):
                     self._saw_pid(resp.notify.pid)
-                if script == self.hold:
+                if script == self.gate and not self._at_gate.done():
+                    self._at_gate.set_result(None)
+                    ok = await self._gate_open
+                    log.debug("criu_gate_passed", kind=self.kind, script=script, reply=ok)
+                elif script == self.hold:
                     log.debug(
                         "criu_held",
                         kind=self.kind,
@@ -97,9 +106,10 @@ class HeldSession:
         finally:
             self._first.set()
             code = await self._swrk.close()
-            if not self._reached.done():
-                self._reached.set_exception(self._error(code))
-                self._reached.exception()  # held() may never be awaited: no "never retrieved"
+            for reached in (self._at_gate, self._reached):
+                if not reached.done():
+                    reached.set_exception(self._error(code))
+                    reached.exception()  # may never be awaited: no "never retrieved" warning
             await self._finished()
             log.debug(
                 "criu_finished",
@@ -151,12 +161,21 @@ class HeldSession:
     async def _held(self) -> int | None:
         return await asyncio.shield(self._reached)
 
+    async def _reached_gate(self) -> None:
+        await asyncio.shield(self._at_gate)
+
+    def _open_gate(self, ok: bool) -> None:
+        if not self._gate_open.done():
+            self._gate_open.set_result(ok)
+
     async def _decide(self, ok: bool) -> None:
+        self._open_gate(ok)  # deciding without passing the gate means "do not stop there"
         if not self._decision.done():
             self._decision.set_result(ok)
         await asyncio.shield(self._task)
 
     async def _abort(self, kill_after: float | None) -> None:
+        self._open_gate(False)
         if not self._decision.done():
             self._decision.set_result(False)
         elif self._decision.result():
@@ -200,7 +219,9 @@ class HeldSession:
 
 
 class HeldDump(HeldSession):
-    """A dump that holds at ``post-dump`` (images written, tasks frozen, TCP locked)."""
+    """A dump that holds at ``post-dump`` (images written, tasks frozen, TCP locked); with
+    ``spec.wait_at_pre_dump`` it first waits at ``pre-dump`` (CRIU initialised, tasks untouched)
+    until :meth:`proceed`."""
 
     kind = "dump"
     hold = HOLD_DUMP
@@ -208,6 +229,18 @@ class HeldDump(HeldSession):
     def __init__(self, swrk: Swrk, spec: DumpSpec, log_path: Path) -> None:
         super().__init__(swrk, log_path, f"pid {spec.pid}")
         self.spec = spec
+        if spec.wait_at_pre_dump:
+            self.gate = GATE_DUMP
+
+    async def ready(self) -> None:
+        """Return once CRIU waits at pre-dump, having done everything that does not touch the
+        tasks (its start, kernel probing); CriuError if it failed before."""
+        await self._reached_gate()
+
+    def proceed(self) -> None:
+        """Let CRIU go on from pre-dump: seize (and, with ``freeze_cgroup``, freeze) the tasks
+        and dump them."""
+        self._open_gate(True)
 
     async def held(self) -> None:
         """Return once CRIU holds at post-dump; CriuError if it failed before."""

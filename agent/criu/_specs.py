@@ -28,6 +28,9 @@ class DumpSpec:
     # ptrace alone: CRIU freezes it and its children, seizes every task there, then thaws it
     # (the tasks stay stopped under ptrace). Tasks outside the dumped tree are let go.
     freeze_cgroup: Path | None = None
+    # Stop at CRIU's pre-dump hook until HeldDump.proceed(): CRIU's start-up (process start,
+    # kernel probing: tens of milliseconds) then happens before the caller quiesces the tasks.
+    wait_at_pre_dump: bool = False
     work_dir: Path | None = None  # where the log goes; default: images_dir
     log_file: str = "dump.log"
     log_level: int = 4

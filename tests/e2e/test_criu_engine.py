@@ -386,6 +386,49 @@ def test_committed_dump_with_leave_running_keeps_the_pair_running(
     run(scenario())
 
 
+def test_dump_waiting_at_pre_dump_leaves_the_tasks_alone_until_it_proceeds(
+    hosts: tuple[Host, Host], job: Job
+) -> None:
+    """With wait_at_pre_dump, CRIU starts and waits before touching the tasks: the pair keeps
+    exchanging, nothing is written; after proceed() it dumps and holds as usual. An abort at
+    the gate ends CRIU with the tasks never stopped."""
+    a, b = hosts
+
+    async def scenario() -> None:
+        try:
+            server, client = await start_pair(job, a, b)
+            gated = await criu.start_dump(
+                dump_spec(client, b, job.root / "img-gated", wait_at_pre_dump=True)
+            )
+            await gated.ready()
+            before = status(job.status_file("client"))["count"]
+            await progress_beyond(job.status_file("client"), before + 30)
+            assert not (job.root / "img-gated" / "pstree.img").exists()
+            gated.proceed()
+            await gated.held()
+            assert (job.root / "img-gated" / "pstree.img").exists()
+            frozen_at = await assert_still(job.status_file("client"))
+            await gated.abort()
+            await progress_beyond(job.status_file("client"), frozen_at + 30)
+
+            refused = await criu.start_dump(
+                dump_spec(client, b, job.root / "img-refused", wait_at_pre_dump=True)
+            )
+            await refused.ready()
+            await refused.abort()
+            assert refused.finished
+            with pytest.raises(CriuError):
+                await refused.held()
+            assert not (job.root / "img-refused" / "pstree.img").exists()
+            await progress_beyond(job.status_file("client"), frozen_at + 60)
+            assert not server.exited and not client.exited
+            assert criu_locks(a) == [] and criu_locks(b) == []
+        finally:
+            await job.aclose()
+
+    run(scenario())
+
+
 def test_killed_pair_restored_in_place_continues_and_keeps_logging(
     hosts: tuple[Host, Host], job: Job
 ) -> None:
