@@ -14,10 +14,38 @@ from pathlib import Path
 from typing import Any
 
 import pycriu.images as criu_images
+from pycriu.images import magic as criu_magic
+from pycriu.images import pb as criu_pb
 
 from crctl.errors import CrctlError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_WORD = struct.Struct("=i")  # CRIU writes magics and entry sizes as native 32-bit words
+_MAGICS: dict[str, int] = dict(criu_magic.by_name)
+_NAMES: dict[int, str] = dict(criu_magic.by_val)
+_CONTAINER_MAGICS = {_MAGICS["IMG_COMMON"], _MAGICS["IMG_SERVICE"]}
+
+
+def _enum(message: Any, field: str, name: str) -> int:
+    number: int = message.DESCRIPTOR.fields_by_name[field].enum_type.values_by_name[name].number
+    return number
+
+
+FD_INETSK = _enum(criu_pb.file_entry, "type", "INETSK")
+FD_REG = _enum(criu_pb.file_entry, "type", "REG")
+REMAP_GHOST = _enum(criu_pb.remap_file_path_entry, "remap_type", "GHOST")
+SHUTDOWN_BOTH = _enum(criu_pb.inet_sk_entry, "shutdown", "BOTH")
+
+
+def _header(magic: str) -> tuple[int, ...]:
+    """The magic words CRIU starts a ``magic`` image with: the inventory has only its own,
+    service images follow the service magic, all others the common one."""
+    if magic == "INVENTORY":
+        return (_MAGICS[magic],)
+    container = "IMG_SERVICE" if magic in ("STATS", "IRMAP_CACHE") else "IMG_COMMON"
+    return (_MAGICS[container], _MAGICS[magic])
+
 
 FILES_IMG = "files.img"
 INVENTORY_IMG = "inventory.img"
@@ -50,39 +78,81 @@ def listing(images_dir: Path) -> list[Path]:
     return sorted(p for p in images_dir.iterdir() if p.is_file() and not p.is_symlink())
 
 
-def load(path: Path, magic: str) -> list[dict[str, Any]]:
-    """The entries of one image, refused unless they encode back to the very same bytes: that
-    catches truncation, and anything pycriu would silently drop on a rewrite."""
+def _payload(magic: str, path: Path) -> Any:
+    """pycriu's protobuf class for the entries of a ``magic`` image with no extra payload."""
+    handler = criu_images.handlers.get(magic)
+    if handler is None or handler.extra_handler is not None:
+        raise ImageError(f"{path.name}: {magic} images are not read here", path=path)
+    return handler.payload
+
+
+def load(path: Path, magic: str) -> list[Any]:
+    """The entries of one image as protobuf messages, refused unless they encode back to the
+    very same bytes: that catches truncation, and fields pycriu's protobuf would drop on a
+    rewrite."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ImageError(
             f"cannot read {path.name}: {exc.strerror}", path=path, errno=exc.errno
         ) from exc
+    payload = _payload(magic, path)
     try:
-        image = criu_images.loads(raw)
-        again = criu_images.dumps(image)
-    except Exception as exc:  # pycriu raises bare Exception, struct.error, protobuf errors
+        header, entries = _split(raw, path)
+        if header != _header(magic):
+            found = _NAMES.get(header[-1], hex(header[-1]))
+            raise ImageError(f"{path.name} holds {found} entries, not {magic}", path=path)
+        messages = [payload.FromString(body) for body in entries]
+    except ImageError:
+        raise
+    except Exception as exc:  # struct.error, protobuf's DecodeError
         raise ImageError(
             f"{path.name} is corrupt ({type(exc).__name__}: {exc})", path=path
         ) from exc
-    if image["magic"] != magic:
-        raise ImageError(f"{path.name} holds {image['magic']} entries, not {magic}", path=path)
-    if again != raw:
+    if _encode(header, messages) != raw:
         raise ImageError(
             f"{path.name} does not encode back to the same bytes (corrupt, or written by a "
             "CRIU newer than pycriu)",
             path=path,
         )
-    entries: list[dict[str, Any]] = image["entries"]
-    return entries
+    return messages
 
 
-def replace(path: Path, magic: str, entries: list[dict[str, Any]]) -> None:
+def _split(raw: bytes, path: Path) -> tuple[tuple[int, ...], list[bytes]]:
+    """An image's magic words (the common or service magic first, when present, then the
+    image's own) and its entries' bytes: each entry is a 32-bit size and that many bytes."""
+    (first,) = _WORD.unpack_from(raw, 0)
+    header: tuple[int, ...] = (first,)
+    offset = _WORD.size
+    if first in _CONTAINER_MAGICS:
+        header = (first, _WORD.unpack_from(raw, offset)[0])
+        offset += _WORD.size
+    entries = []
+    while offset < len(raw):
+        (size,) = _WORD.unpack_from(raw, offset)
+        offset += _WORD.size
+        if size < 0 or offset + size > len(raw):
+            raise ImageError(f"{path.name} is truncated", path=path)
+        entries.append(raw[offset : offset + size])
+        offset += size
+    return header, entries
+
+
+def _encode(header: tuple[int, ...], messages: Iterable[Any]) -> bytes:
+    parts = [_WORD.pack(word) for word in header]
+    for message in messages:
+        body = message.SerializeToString()
+        parts.append(_WORD.pack(len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+def replace(path: Path, magic: str, entries: list[Any]) -> None:
     """Write a new ``path`` beside the old one and rename it into place (keeping its mode): the
     old file, which may be hard-linked into a checkpoint, is never written through."""
+    header = _header(magic)
     try:
-        data = criu_images.dumps({"magic": magic, "entries": entries})
+        data = _encode(header, entries)
     except Exception as exc:
         raise ImageError(
             f"cannot encode {path.name} ({type(exc).__name__}: {exc})", path=path

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from agent.images._format import (
+    FD_INETSK,
+    FD_REG,
     FILES_IMG,
+    REMAP_GHOST,
     REMAP_IMG,
     ImageError,
     address,
@@ -109,20 +112,20 @@ def inspect(images_dir: Path) -> ImageSummary:
     sockets: list[InetSocket] = []
     regular: list[RegularFile] = []
     for entry in entries:
-        if entry.get("type") == "INETSK":
-            sockets.append(socket_of(entry["isk"], images_dir / FILES_IMG))
-        elif entry.get("type") == "REG":
-            reg = entry["reg"]
-            mode = int(reg.get("mode", stat.S_IFREG))
+        if entry.type == FD_INETSK:
+            sockets.append(socket_of(entry.isk, images_dir / FILES_IMG))
+        elif entry.type == FD_REG:
+            reg = entry.reg
+            mode = reg.mode if reg.HasField("mode") else stat.S_IFREG
             if not stat.S_ISREG(mode):
                 continue  # directories (cwd, root), devices
             regular.append(
                 RegularFile(
-                    path=str(reg["name"]),
-                    size=int(reg["size"]) if "size" in reg else None,
+                    path=reg.name,
+                    size=reg.size if reg.HasField("size") else None,
                     mode=mode,
-                    by_fd=int(entry["id"]) in fd_ids,
-                    ghost=int(entry["id"]) in ghosts,
+                    by_fd=entry.id in fd_ids,
+                    ghost=entry.id in ghosts,
                 )
             )
     return ImageSummary(
@@ -137,40 +140,37 @@ def _ids_held_by_fds(files: Iterable[Path]) -> set[int]:
     ids: set[int] = set()
     for path in files:
         if path.name.startswith("fdinfo-") and path.suffix == ".img":
-            ids.update(int(e["id"]) for e in load(path, "FDINFO"))
+            ids.update(e.id for e in load(path, "FDINFO"))
     return ids
 
 
 def _ghost_ids(images_dir: Path) -> set[int]:
     if not (images_dir / REMAP_IMG).is_file():
         return set()
-    return {
-        int(e["orig_id"])
-        for e in load(images_dir / REMAP_IMG, "REMAP_FPATH")
-        if e.get("remap_type", "LINKED") == "GHOST"
-    }
+    remaps = load(images_dir / REMAP_IMG, "REMAP_FPATH")
+    return {e.orig_id for e in remaps if e.remap_type == REMAP_GHOST}
 
 
-def socket_of(isk: Mapping[str, Any], path: Path) -> InetSocket:
-    """An ``InetSkEntry`` (as pycriu gives it) of the image at ``path``."""
-    family = _FAMILIES.get(int(isk["family"]))
+def socket_of(isk: Any, path: Path) -> InetSocket:
+    """An ``InetSkEntry`` message of the image at ``path``."""
+    family = _FAMILIES.get(isk.family)
     if family is None:
-        raise ImageError(f"{path.name}: socket {isk['id']} has family {isk['family']}", path=path)
-    local = Endpoint(text(address(isk["src_addr"], path)), int(isk.get("src_port", 0)))
-    peer_address = address(isk.get("dst_addr", []) or [0], path)
-    peer_port = int(isk.get("dst_port", 0))
-    state = int(isk["state"])
+        raise ImageError(f"{path.name}: socket {isk.id} has family {isk.family}", path=path)
+    local = Endpoint(text(address(isk.src_addr, path)), isk.src_port)
+    peer_address = address(isk.dst_addr or [0], path)
+    peer_port = isk.dst_port
+    state = isk.state
     peer = (
         None
         if state == TCP_LISTEN or (peer_address.is_unspecified and peer_port == 0)
         else Endpoint(text(peer_address), peer_port)
     )
     return InetSocket(
-        id=int(isk["id"]),
-        ino=int(isk["ino"]),
+        id=isk.id,
+        ino=isk.ino,
         family="ipv4" if family == "ipv4" else "ipv6",
-        type=_TYPES.get(int(isk["type"]), f"type-{isk['type']}"),
-        proto=_PROTOS.get(int(isk["proto"]), f"proto-{isk['proto']}"),
+        type=_TYPES.get(isk.type, f"type-{isk.type}"),
+        proto=_PROTOS.get(isk.proto, f"proto-{isk.proto}"),
         state=_STATES.get(state, f"state-{state}"),
         local=local,
         peer=peer,

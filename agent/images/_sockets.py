@@ -17,7 +17,9 @@ from types import MappingProxyType
 import structlog
 
 from agent.images._format import (
+    FD_INETSK,
     FILES_IMG,
+    SHUTDOWN_BOTH,
     ImageError,
     IPAddress,
     address,
@@ -66,18 +68,19 @@ def rewrite_socket_addresses(images_dir: Path, address_map: Mapping[str, str]) -
     if mapping:
         entries = load(files_img, "FILES")
         for entry in entries:
-            if entry.get("type") != "INETSK":
+            if entry.type != FD_INETSK:
                 continue
-            isk = entry["isk"]
+            isk = entry.isk
             touched = False
             for key in ("src_addr", "dst_addr"):
-                if not isk.get(key):
+                field = getattr(isk, key)
+                if not field:
                     continue
-                old = address(isk[key], files_img)
+                old = address(field, files_img)
                 new = mapping.get(old)
                 if new is None or new == old:
                     continue
-                isk[key] = words(new)
+                field[:] = words(new)
                 counts[(text(old), text(new))] += 1
                 touched = True
             sockets += touched
@@ -179,10 +182,10 @@ def close_connections(images_dir: Path, sockets: Iterable[InetSocket]) -> int:
     entries = load(files_img, "FILES")
     closed: list[InetSocket] = []
     for entry in entries:
-        if entry.get("type") != "INETSK" or int(entry["isk"]["id"]) not in wanted:
+        if entry.type != FD_INETSK or entry.isk.id not in wanted:
             continue
-        isk = entry["isk"]
-        socket = wanted.pop(int(isk["id"]))
+        isk = entry.isk
+        socket = wanted.pop(isk.id)
         found = socket_of(isk, files_img)
         if found.ino != socket.ino or found.proto != "tcp":
             raise ImageError(
@@ -190,11 +193,15 @@ def close_connections(images_dir: Path, sockets: Iterable[InetSocket]) -> int:
                 f"not the TCP connection {socket.local} -> {socket.peer} (inode {socket.ino:#x})",
                 path=files_img,
             )
-        if int(isk["state"]) == TCP_CLOSE and not int(isk.get("dst_port", 0)):
+        if isk.state == TCP_CLOSE and not isk.dst_port:
             continue
-        zero = [0] * len(isk["src_addr"])
-        isk.update(state=TCP_CLOSE, src_port=0, dst_port=0, src_addr=zero, dst_addr=list(zero))
-        isk["shutdown"] = "BOTH"
+        zero = [0] * len(isk.src_addr)
+        isk.state = TCP_CLOSE
+        isk.src_port = 0
+        isk.dst_port = 0
+        isk.src_addr[:] = zero
+        isk.dst_addr[:] = zero
+        isk.shutdown = SHUTDOWN_BOTH
         closed.append(socket)
     if wanted:
         missing = ", ".join(f"{s.id} ({s.local} -> {s.peer})" for s in wanted.values())
