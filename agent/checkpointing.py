@@ -72,6 +72,15 @@ def external_connections(
     ]
 
 
+class _RankError(CrctlError):
+    """One rank's CRIU failed."""
+
+    def __init__(self, rank: int, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.rank = rank
+        self.cause = cause
+
+
 @dataclass
 class HostCheckpoint:
     """This host's ranks of one checkpoint, from prepare to commit or abort."""
@@ -87,6 +96,7 @@ class HostCheckpoint:
     refuse_external: bool = True
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
+    _started: float = 0.0
     _freeze_started: float = 0.0
     _guard: ThawGuard | None = None
     _sockets: dict[int, list[control_pb2.SocketInfo]] = field(default_factory=dict)
@@ -98,18 +108,33 @@ class HostCheckpoint:
     def __post_init__(self) -> None:
         self._log = log.bind(job=self.job, checkpoint=self.checkpoint)
 
-    async def prepare(self) -> control_pb2.CheckpointVote:
-        """Dump every rank in parallel and hold them; vote yes with the manifest or no."""
-        vote = control_pb2.CheckpointVote(checkpoint=self.checkpoint)
-        started = time.monotonic()
+    async def ready(self) -> control_pb2.CheckpointVote | None:
+        """Start CRIU for every rank, all at once; each waits at pre-dump, before touching its
+        rank, so that its start-up costs the application nothing. None once all wait there;
+        else a "no" vote (and every CRIU started is rolled back)."""
+        self._started = time.monotonic()
         self._log.info("checkpoint_prepare", phase="prepare", ranks=sorted(self.ranks))
-        failed_rank = -1
         try:
-            # CRIU starts for every rank at once and waits at pre-dump: its start-up does not
-            # count against the application.
             for number, exc in await self._start_dumps():
-                failed_rank = number
-                raise exc
+                raise _RankError(number, exc)
+            if self.finished.is_set():
+                raise CrctlError(f"checkpoint {self.outcome} while preparing")
+        except (CrctlError, OSError) as exc:
+            return await self._vote_no(exc)
+        self._log.info(
+            "checkpoint_ready",
+            phase="prepare",
+            seconds=round(time.monotonic() - self._started, 4),
+        )
+        return None
+
+    async def freeze_and_dump(self) -> control_pb2.CheckpointVote:
+        """Freeze every rank, let CRIU dump them and hold them at post-dump; vote yes with the
+        manifest (or, for ranks left running, with the manifest to follow at commit) or no."""
+        vote = control_pb2.CheckpointVote(checkpoint=self.checkpoint)
+        try:
+            if self.finished.is_set() or not self.dumps:
+                raise CrctlError(f"checkpoint {self.outcome or 'not ready'} here")
             # Quiesce every rank of this host at once through its freezer cgroup: constant cost
             # whatever the number of threads, and no signal the application could see.
             self._freeze_started = time.monotonic()
@@ -124,14 +149,12 @@ class HostCheckpoint:
             )
             for number, outcome in zip(self.dumps, held, strict=True):
                 if isinstance(outcome, BaseException):
-                    failed_rank = number
-                    raise outcome
+                    raise _RankError(number, outcome)
             if self.finished.is_set():
                 raise CrctlError(f"checkpoint {self.outcome} while preparing")
             self._sockets = {n: self._inspect(n) for n in self.ranks}
-            failed_rank = -1
             self.frozen_at = time.monotonic()
-            self._dump_seconds = self.frozen_at - started
+            self._dump_seconds = self.frozen_at - self._started
             # Ranks that stop with the checkpoint are checksummed before the vote (the coordinator
             # records the manifest before it kills them); ranks left running are released first.
             if self.leave_running:
@@ -148,17 +171,26 @@ class HostCheckpoint:
                 )
                 images = [self._rank_image(n, d) for n, d in zip(self.ranks, digests, strict=True)]
         except (CrctlError, OSError) as exc:
-            await self.abort(f"prepare failed: {exc}")
-            await self._roll_back()  # also what the prepare started after an earlier abort
-            vote.yes = False
-            vote.reason = f"rank {failed_rank}: {exc}" if failed_rank >= 0 else str(exc)
-            vote.failed_rank = failed_rank
-            return vote
+            return await self._vote_no(exc)
         vote.yes = True
         vote.ranks.extend(images)
         self._log.info(
-            "checkpoint_voted_yes", phase="prepare", seconds=round(time.monotonic() - started, 4)
+            "checkpoint_voted_yes",
+            phase="prepare",
+            seconds=round(time.monotonic() - self._started, 4),
+            frozen_seconds=round(time.monotonic() - self._freeze_started, 4),
         )
+        return vote
+
+    async def _vote_no(self, exc: CrctlError | OSError) -> control_pb2.CheckpointVote:
+        await self.abort(f"prepare failed: {exc}")
+        await self._roll_back()  # also what the prepare started after an earlier abort
+        vote = control_pb2.CheckpointVote(checkpoint=self.checkpoint, yes=False, failed_rank=-1)
+        if isinstance(exc, _RankError):
+            vote.failed_rank = exc.rank
+            vote.reason = f"rank {exc.rank}: {exc.cause}"
+        else:
+            vote.reason = str(exc)
         return vote
 
     async def _start_dumps(self) -> list[tuple[int, BaseException]]:

@@ -1,5 +1,6 @@
 """The agent's domain layer: carries out the coordinator's orders (launch, kill, prepare,
-commit, abort) on this host's ranks, and reports ranks that exit on their own.
+freeze, commit, abort, restore steps) on this host's ranks, and reports ranks that exit on
+their own.
 
 Each order is answered with one message carrying the order's correlation id."""
 
@@ -65,7 +66,13 @@ class Orders:
             elif kind == "kill_job":
                 reply.job_killed.CopyFrom(await self._kill(message.kill_job.job))
             elif kind == "prepare":
-                reply.vote.CopyFrom(await self._prepare(message.prepare))
+                vote = await self._prepare(message.prepare)
+                if vote is None:
+                    reply.ready.checkpoint = message.prepare.checkpoint
+                else:
+                    reply.vote.CopyFrom(vote)
+            elif kind == "freeze":
+                reply.vote.CopyFrom(await self._freeze(message.freeze.checkpoint))
             elif kind == "commit":
                 reply.commit_result.CopyFrom(await self._commit(message.commit.checkpoint))
             elif kind == "abort":
@@ -178,7 +185,10 @@ class Orders:
 
     # --- checkpoints ---
 
-    async def _prepare(self, order: control_pb2.PrepareCheckpoint) -> control_pb2.CheckpointVote:
+    async def _prepare(
+        self, order: control_pb2.PrepareCheckpoint
+    ) -> control_pb2.CheckpointVote | None:
+        """CRIU started for every rank here and waiting (None), or a "no" vote."""
         missing = [r for r in order.ranks if (order.job, r) not in self.ranks]
         if missing:
             return control_pb2.CheckpointVote(
@@ -201,9 +211,23 @@ class Orders:
         self._checkpoints[order.checkpoint] = host_checkpoint
         # The hold deadline runs from now: a dump still going when it passes is aborted too.
         self._spawn(self._expire(host_checkpoint, order.hold_timeout), f"hold-{order.checkpoint}")
-        vote = await host_checkpoint.prepare()
-        if not vote.yes:
+        vote = await host_checkpoint.ready()
+        if vote is not None:
             self._forget(host_checkpoint)
+        return vote
+
+    async def _freeze(self, checkpoint_id: str) -> control_pb2.CheckpointVote:
+        checkpoint = self._checkpoints.get(checkpoint_id)
+        if checkpoint is None:
+            return control_pb2.CheckpointVote(
+                checkpoint=checkpoint_id,
+                yes=False,
+                failed_rank=-1,
+                reason=f"{checkpoint_id} is not ready on {self._host} (expired or unknown)",
+            )
+        vote = await checkpoint.freeze_and_dump()
+        if not vote.yes:
+            self._forget(checkpoint)
         return vote
 
     async def _expire(self, checkpoint: HostCheckpoint, hold_timeout: float) -> None:

@@ -6,9 +6,15 @@ returns (send prepare / commit / abort, record the outcome, arm a timer).
 
 Phases and deadlines::
 
-    PREPARING --all voted yes--> COMMITTING --all acknowledged--> COMMITTED
-        |                            |
-        +--no vote / lost / deadline / cancel--> ABORTED
+    READYING --all ready--> PREPARING --all voted yes--> COMMITTING --all acknowledged--> COMMITTED
+        |                       |                            |
+        +-----------------------+--no vote / lost / deadline / cancel--> ABORTED
+
+Prepare runs in two steps under one deadline. *Readying*: every agent starts CRIU for its ranks,
+which waits before touching them (its start-up costs the application nothing). *Freezing*: once
+every host is ready, all hosts are told at once to freeze, dump and hold their ranks, and vote.
+So the ranks of all hosts stop at the same moment instead of each when its own CRIU happens to
+be ready, and no host's ranks stand frozen while another host is still starting CRIU.
 
 Two orders of recording, chosen per checkpoint:
 
@@ -30,6 +36,7 @@ from enum import Enum
 
 class Phase(Enum):
     IDLE = "idle"
+    READYING = "readying"
     PREPARING = "preparing"
     COMMITTING = "committing"
     COMMITTED = "committed"
@@ -46,6 +53,11 @@ class Phase(Enum):
 @dataclass(frozen=True)
 class Start:
     now: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    host: str
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,7 @@ class CommitAck:
     reason: str = ""
 
 
-Event = Start | Vote | AgentLost | Tick | Cancel | CommitAck
+Event = Start | Ready | Vote | AgentLost | Tick | Cancel | CommitAck
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -87,6 +99,12 @@ Event = Start | Vote | AgentLost | Tick | Cancel | CommitAck
 
 @dataclass(frozen=True)
 class SendPrepare:
+    hosts: tuple[str, ...]
+    deadline: float
+
+
+@dataclass(frozen=True)
+class SendFreeze:
     hosts: tuple[str, ...]
     deadline: float
 
@@ -126,7 +144,19 @@ class Finished:
     unacknowledged: tuple[str, ...] = ()
 
 
-Action = SendPrepare | RecordCommit | SendCommit | SendAbort | RecordAbort | ArmTimer | Finished
+Action = (
+    SendPrepare
+    | SendFreeze
+    | RecordCommit
+    | SendCommit
+    | SendAbort
+    | RecordAbort
+    | ArmTimer
+    | Finished
+)
+
+
+_PREPARE_PHASES = (Phase.READYING, Phase.PREPARING)
 
 
 @dataclass
@@ -137,6 +167,7 @@ class CheckpointBarrier:
     record_before_release: bool = True
     phase: Phase = Phase.IDLE
     deadline: float = 0.0
+    ready: set[str] = field(default_factory=set)
     votes: dict[str, bool] = field(default_factory=dict)
     acks: dict[str, bool] = field(default_factory=dict)
     reason: str = ""
@@ -154,26 +185,41 @@ class CheckpointBarrier:
             return []
         match event:
             case Start(now=now) if self.phase is Phase.IDLE:
-                self.phase = Phase.PREPARING
+                self.phase = Phase.READYING
                 self.deadline = now + self.prepare_timeout
                 return [SendPrepare(self.hosts, self.deadline), ArmTimer(self.deadline)]
-            case Vote(host=host, yes=yes, reason=reason) if self.phase is Phase.PREPARING:
+            case Ready(host=host) if self.phase is Phase.READYING and host in self.hosts:
+                self.ready.add(host)
+                if len(self.ready) < len(self.hosts):
+                    return []
+                self.phase = Phase.PREPARING
+                return [SendFreeze(self.hosts, self.deadline)]
+            case Vote(host=host, yes=False, reason=reason) if self.phase in _PREPARE_PHASES:
                 if host not in self.hosts or host in self.votes:
                     return []
-                self.votes[host] = yes
-                if not yes:
-                    return self._abort(f"{host} voted no: {reason}", host)
+                self.votes[host] = False
+                return self._abort(f"{host} voted no: {reason}", host)
+            case Vote(host=host, yes=True) if self.phase is Phase.PREPARING:
+                if host not in self.hosts or host in self.votes:
+                    return []
+                self.votes[host] = True
                 if len(self.votes) == len(self.hosts):
                     return self._commit()
                 return []
             case AgentLost(host=host) if host in self.hosts:
-                if self.phase is Phase.PREPARING:
+                if self.phase in _PREPARE_PHASES:
                     return self._abort(f"agent {host} lost during prepare", host)
                 if self.phase is Phase.COMMITTING and host not in self.acks:
                     self.acks[host] = False
                     return self._maybe_finish_commit()
                 return []
             case Tick(now=now) if self.phase is not Phase.IDLE and now >= self.deadline:
+                if self.phase is Phase.READYING:
+                    missing = [h for h in self.hosts if h not in self.ready]
+                    return self._abort(
+                        f"prepare deadline passed; CRIU not started on {', '.join(missing)}",
+                        missing[0] if missing else None,
+                    )
                 if self.phase is Phase.PREPARING:
                     missing = [h for h in self.hosts if h not in self.votes]
                     return self._abort(
@@ -181,7 +227,7 @@ class CheckpointBarrier:
                         missing[0] if missing else None,
                     )
                 return self._finish_commit(timed_out=True)
-            case Cancel(reason=reason) if self.phase in (Phase.IDLE, Phase.PREPARING):
+            case Cancel(reason=reason) if self.phase in (Phase.IDLE, *_PREPARE_PHASES):
                 return self._abort(f"cancelled: {reason}", None)
             case CommitAck(host=host, ok=ok) if self.phase is Phase.COMMITTING:
                 if host in self.hosts and host not in self.acks:

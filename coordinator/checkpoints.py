@@ -131,9 +131,13 @@ class CheckpointRun:
         for action in actions:
             match action:
                 case b.SendPrepare(hosts=hosts, deadline=deadline):
-                    await self._phase("preparing", list(hosts))
+                    await self._phase("readying", list(hosts))
                     for host in hosts:
                         self._spawn(self._prepare(host, deadline))
+                case b.SendFreeze(hosts=hosts, deadline=deadline):
+                    await self._phase("preparing", list(hosts))
+                    for host in hosts:
+                        self._spawn(self._freeze(host, deadline))
                 case b.ArmTimer(deadline=deadline):
                     self._spawn(self._timer(deadline))
                 case b.RecordCommit():
@@ -173,12 +177,29 @@ class CheckpointRun:
         except CrctlError as exc:
             self._events.put_nowait(b.Vote(host, yes=False, reason=exc.message))
             return
-        vote = reply.vote
+        if reply.WhichOneof("body") == "ready":
+            self._log.debug("checkpoint_ready", agent=host)
+            self._events.put_nowait(b.Ready(host))
+        else:
+            await self._take_vote(host, reply)
+
+    async def _freeze(self, host: str, deadline: float) -> None:
+        order = control_pb2.CoordinatorMessage()
+        order.freeze.checkpoint = self.checkpoint
+        try:
+            reply = await self._plane.request(host, order, deadline - self._clock.monotonic())
+        except CrctlError as exc:
+            self._events.put_nowait(b.Vote(host, yes=False, reason=exc.message))
+            return
+        await self._take_vote(host, reply)
+
+    async def _take_vote(self, host: str, reply: control_pb2.AgentMessage) -> None:
         if reply.WhichOneof("body") != "vote":
             self._events.put_nowait(
                 b.Vote(host, yes=False, reason=reply.order_failed.reason or "no vote")
             )
             return
+        vote = reply.vote
         self._images[host] = list(vote.ranks)
         self._log.info("checkpoint_vote", agent=host, yes=vote.yes, reason=vote.reason)
         event = coordinator_pb2.CheckpointEvent()

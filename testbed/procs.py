@@ -56,14 +56,21 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) ->
     return ProcessRef(pid=proc.pid, start_ticks=ticks or 0)
 
 
-def kill(ref: ProcessRef, sig: int = signal.SIGKILL, wait: float = 5.0) -> bool:
-    """Signal the process if it is still the one we started; wait for it to go. True if it was
-    running."""
+def signal_process(ref: ProcessRef, sig: int) -> bool:
+    """Send ``sig`` if the process is still the one we started; True if it was running."""
     if not is_running(ref):
         return False
     try:
         os.kill(ref.pid, sig)
     except ProcessLookupError:
+        return False
+    return True
+
+
+def kill(ref: ProcessRef, sig: int = signal.SIGKILL, wait: float = 5.0) -> bool:
+    """Signal the process if it is still the one we started; wait for it to go. True if it was
+    running."""
+    if not signal_process(ref, sig):
         return False
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and is_running(ref):

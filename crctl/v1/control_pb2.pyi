@@ -139,6 +139,18 @@ class PrepareCheckpoint(_message.Message):
     external: str
     def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ..., images_dir: _Optional[str] = ..., leave_running: _Optional[bool] = ..., hold_timeout: _Optional[float] = ..., job_addresses: _Optional[_Iterable[str]] = ..., external: _Optional[str] = ...) -> None: ...
 
+class CheckpointReady(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
+
+class FreezeCheckpoint(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
+
 class FileDigest(_message.Message):
     __slots__ = ("path", "size", "sha256")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -340,7 +352,7 @@ class OrderFailed(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("correlation_id", "register", "heartbeat", "rank_launched", "rank_exited", "job_killed", "vote", "commit_result", "abort_result", "order_failed", "restore_result")
+    __slots__ = ("correlation_id", "register", "heartbeat", "rank_launched", "rank_exited", "job_killed", "vote", "commit_result", "abort_result", "order_failed", "restore_result", "ready")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -352,6 +364,7 @@ class AgentMessage(_message.Message):
     ABORT_RESULT_FIELD_NUMBER: _ClassVar[int]
     ORDER_FAILED_FIELD_NUMBER: _ClassVar[int]
     RESTORE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     register: Register
     heartbeat: Heartbeat
@@ -363,10 +376,11 @@ class AgentMessage(_message.Message):
     abort_result: AbortResult
     order_failed: OrderFailed
     restore_result: RestoreResult
-    def __init__(self, correlation_id: _Optional[str] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rank_launched: _Optional[_Union[RankLaunched, _Mapping]] = ..., rank_exited: _Optional[_Union[RankExited, _Mapping]] = ..., job_killed: _Optional[_Union[JobKilled, _Mapping]] = ..., vote: _Optional[_Union[CheckpointVote, _Mapping]] = ..., commit_result: _Optional[_Union[CommitResult, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., order_failed: _Optional[_Union[OrderFailed, _Mapping]] = ..., restore_result: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
+    ready: CheckpointReady
+    def __init__(self, correlation_id: _Optional[str] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rank_launched: _Optional[_Union[RankLaunched, _Mapping]] = ..., rank_exited: _Optional[_Union[RankExited, _Mapping]] = ..., job_killed: _Optional[_Union[JobKilled, _Mapping]] = ..., vote: _Optional[_Union[CheckpointVote, _Mapping]] = ..., commit_result: _Optional[_Union[CommitResult, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., order_failed: _Optional[_Union[OrderFailed, _Mapping]] = ..., restore_result: _Optional[_Union[RestoreResult, _Mapping]] = ..., ready: _Optional[_Union[CheckpointReady, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("correlation_id", "register_ack", "heartbeat_ack", "launch_rank", "kill_job", "prepare", "commit", "abort", "prepare_restore", "restore_step")
+    __slots__ = ("correlation_id", "register_ack", "heartbeat_ack", "launch_rank", "kill_job", "prepare", "commit", "abort", "prepare_restore", "restore_step", "freeze")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_ACK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +391,7 @@ class CoordinatorMessage(_message.Message):
     ABORT_FIELD_NUMBER: _ClassVar[int]
     PREPARE_RESTORE_FIELD_NUMBER: _ClassVar[int]
     RESTORE_STEP_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     register_ack: RegisterAck
     heartbeat_ack: HeartbeatAck
@@ -387,4 +402,5 @@ class CoordinatorMessage(_message.Message):
     abort: AbortCheckpoint
     prepare_restore: PrepareRestore
     restore_step: RestoreStep
-    def __init__(self, correlation_id: _Optional[str] = ..., register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., launch_rank: _Optional[_Union[LaunchRank, _Mapping]] = ..., kill_job: _Optional[_Union[KillJob, _Mapping]] = ..., prepare: _Optional[_Union[PrepareCheckpoint, _Mapping]] = ..., commit: _Optional[_Union[CommitCheckpoint, _Mapping]] = ..., abort: _Optional[_Union[AbortCheckpoint, _Mapping]] = ..., prepare_restore: _Optional[_Union[PrepareRestore, _Mapping]] = ..., restore_step: _Optional[_Union[RestoreStep, _Mapping]] = ...) -> None: ...
+    freeze: FreezeCheckpoint
+    def __init__(self, correlation_id: _Optional[str] = ..., register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., launch_rank: _Optional[_Union[LaunchRank, _Mapping]] = ..., kill_job: _Optional[_Union[KillJob, _Mapping]] = ..., prepare: _Optional[_Union[PrepareCheckpoint, _Mapping]] = ..., commit: _Optional[_Union[CommitCheckpoint, _Mapping]] = ..., abort: _Optional[_Union[AbortCheckpoint, _Mapping]] = ..., prepare_restore: _Optional[_Union[PrepareRestore, _Mapping]] = ..., restore_step: _Optional[_Union[RestoreStep, _Mapping]] = ..., freeze: _Optional[_Union[FreezeCheckpoint, _Mapping]] = ...) -> None: ...

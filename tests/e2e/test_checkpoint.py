@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from testbed import bed
+from testbed import bed, procs
 from testbed.ringjob import RingJob
 
 from .conftest import COMMIT_TIMEOUT
@@ -253,21 +254,19 @@ def test_coordinator_killed_mid_checkpoint_ranks_resume_and_the_checkpoint_is_no
 def test_a_second_concurrent_checkpoint_is_refused_and_retries_reuse_the_first(
     ring: RingJob,
 ) -> None:
-    launch_rank(
-        ring.job,
-        "h1",
-        *memory_hog(512),
-    )
-    time.sleep(1)
-    first = crctl_background(
-        "checkpoint",
-        ring.job,
-        "--leave-running",
-        "--json",
-        "--request-id",
-        "first-request",
-    )
+    """While a checkpoint runs (held in its prepare by an agent stopped with SIGSTOP, well
+    within the time after which it would count as lost), a second one is refused with exit 5,
+    and a retry with the first one's request id follows the first instead of starting another."""
+    state = bed.status(bed.DEFAULT_DIR)
+    assert state is not None
+    agent = state.processes["agent-h2"]
+    first: subprocess.Popen[str] | None = None
+    retry: subprocess.Popen[str] | None = None
+    procs.signal_process(agent, signal.SIGSTOP)
     try:
+        first = crctl_background(
+            "checkpoint", ring.job, "--leave-running", "--json", "--request-id", "first-request"
+        )
         wait_for(
             lambda: any(c["state"] == "preparing" for c in listed(ring.job)),
             timeout=10,
@@ -275,15 +274,23 @@ def test_a_second_concurrent_checkpoint_is_refused_and_retries_reuse_the_first(
             interval=0.02,
         )
         second = crctl("checkpoint", ring.job, "--leave-running", check=False)
-        retry = crctl(
+        retry = crctl_background(
             "checkpoint", ring.job, "--leave-running", "--json", "--request-id", "first-request"
         )
+        time.sleep(0.3)  # the retry reaches the coordinator while the first still runs
+        assert first.poll() is None, "the first checkpoint ended while an agent was stopped"
+    finally:
+        procs.signal_process(agent, signal.SIGCONT)
+    try:
         out, _ = first.communicate(timeout=60)
+        retried, _ = retry.communicate(timeout=60)
     finally:
         first.kill()
+        retry.kill()
     assert second.returncode == 5
     assert "already running" in second.stderr
-    assert json.loads(retry.stdout)["checkpoint"] == json.loads(out)["checkpoint"]
+    assert first.returncode == 0 and retry.returncode == 0
+    assert json.loads(retried)["checkpoint"] == json.loads(out)["checkpoint"]
     assert len(listed(ring.job)) == 1
     assert ring.errors() == []
 

@@ -12,10 +12,12 @@ from coordinator.barrier import (
     CommitAck,
     Finished,
     Phase,
+    Ready,
     RecordAbort,
     RecordCommit,
     SendAbort,
     SendCommit,
+    SendFreeze,
     SendPrepare,
     Start,
     Tick,
@@ -35,6 +37,8 @@ def started(
         record_before_release=record_before_release,
     )
     barrier.handle(Start(now=100.0))
+    for host in HOSTS:
+        barrier.handle(Ready(host))
     return barrier
 
 
@@ -45,11 +49,74 @@ def all_yes(barrier: CheckpointBarrier) -> list[object]:
     return actions
 
 
+def readying() -> CheckpointBarrier:
+    barrier = CheckpointBarrier(HOSTS, prepare_timeout=10, commit_timeout=5)
+    barrier.handle(Start(now=100.0))
+    return barrier
+
+
 def test_start_sends_prepare_to_every_host_with_the_prepare_deadline() -> None:
     barrier = CheckpointBarrier(HOSTS, prepare_timeout=10, commit_timeout=5)
     actions = barrier.handle(Start(now=100.0))
     assert actions == [SendPrepare(HOSTS, 110.0), ArmTimer(110.0)]
+    assert barrier.phase is Phase.READYING
+
+
+def test_every_host_is_told_to_freeze_at_once_when_the_last_is_ready() -> None:
+    barrier = readying()
+    assert barrier.handle(Ready("h1")) == []
+    assert barrier.handle(Ready("h1")) == []  # a repeat counts once
+    assert barrier.handle(Ready("h9")) == []  # not a host of this checkpoint
+    assert barrier.handle(Ready("h2")) == []
+    assert barrier.phase is Phase.READYING
+    # The freeze keeps the prepare deadline: one deadline covers readying and dumping.
+    assert barrier.handle(Ready("h3")) == [SendFreeze(HOSTS, 110.0)]
     assert barrier.phase is Phase.PREPARING
+    assert barrier.handle(Ready("h3")) == []
+
+
+def test_a_no_vote_while_readying_aborts_before_anyone_freezes() -> None:
+    barrier = readying()
+    barrier.handle(Ready("h1"))
+    actions = barrier.handle(Vote("h2", yes=False, reason="criu: no such process"))
+    reason = "h2 voted no: criu: no such process"
+    assert actions == [
+        RecordAbort(reason, "h2"),
+        SendAbort(HOSTS, reason),
+        Finished(Phase.ABORTED, reason),
+    ]
+    assert barrier.handle(Ready("h3")) == []
+
+
+def test_a_yes_vote_before_the_freeze_is_not_counted() -> None:
+    barrier = readying()
+    assert barrier.handle(Vote("h1", yes=True)) == []
+    for host in HOSTS:
+        barrier.handle(Ready(host))
+    assert barrier.votes == {}
+
+
+def test_an_agent_lost_while_readying_aborts() -> None:
+    barrier = readying()
+    actions = barrier.handle(AgentLost("h3"))
+    assert actions[0] == RecordAbort("agent h3 lost during prepare", "h3")
+    assert barrier.phase is Phase.ABORTED
+
+
+def test_the_deadline_while_readying_names_the_hosts_that_did_not_start_criu() -> None:
+    barrier = readying()
+    barrier.handle(Ready("h2"))
+    assert barrier.handle(Tick(now=109.9)) == []
+    actions = barrier.handle(Tick(now=110.0))
+    reason = "prepare deadline passed; CRIU not started on h1, h3"
+    assert actions[0] == RecordAbort(reason, "h1")
+    assert barrier.phase is Phase.ABORTED
+
+
+def test_cancel_while_readying_aborts() -> None:
+    barrier = readying()
+    actions = barrier.handle(Cancel("coordinator error"))
+    assert actions[-1] == Finished(Phase.ABORTED, "cancelled: coordinator error")
 
 
 def test_commit_is_recorded_before_any_agent_is_told_once_all_voted_yes() -> None:
