@@ -116,6 +116,7 @@ class HostRestore:
             source = checkpoint_dir / rank_name(entry.rank)
             working = self.root / rank_name(entry.rank)
             images.make_working_copy(source, working)
+            images.skip_criu_network_lock(working)  # this host's own lock (below) covers it
             context = RestartContext(
                 job=self.job,
                 checkpoint=self.order.checkpoint,
@@ -189,8 +190,9 @@ class HostRestore:
     # --- restore ---
 
     async def restore(self) -> dict[int, int]:
-        """Restore every rank of this host and hold them at post-restore."""
-        for rank in self.ranks:
+        """Restore every rank of this host, all at once, and hold them at post-restore."""
+
+        async def start(rank: RankRestore) -> None:
             rank.pipe = prepare_restore(
                 self.job,
                 rank_name(rank.rank),
@@ -205,10 +207,14 @@ class HostRestore:
                     images_dir=rank.working_dir,
                     work_dir=log_dir,
                     tcp_established=True,
-                    network_lock_skip=True,
                     inherit_fds=rank.pipe.inherit_fds,
                 )
             )
+
+        started = await asyncio.gather(*(start(r) for r in self.ranks), return_exceptions=True)
+        for rank, outcome in zip(self.ranks, started, strict=True):
+            if isinstance(outcome, BaseException):
+                raise RankFailure(rank.rank, str(outcome))
         results = await asyncio.gather(
             *(r.held.held() for r in self.ranks if r.held is not None), return_exceptions=True
         )
@@ -222,8 +228,9 @@ class HostRestore:
         return {r.rank: r.pid for r in self.ranks}
 
     def unlock(self) -> None:
-        netlock.remove_table(self.lock_table)
-        self.locked = False
+        """Let the job's connections through on this host (the lock's table goes after the
+        release, off the critical path)."""
+        netlock.open_lock(self.lock_table)
 
     async def release(self) -> list[tuple[int, RankProcess]]:
         """Let the ranks run; returns them for the agent to watch."""
@@ -246,9 +253,26 @@ class HostRestore:
             ranks=[r.rank for r in self.ranks],
             seconds=round(time.monotonic() - started, 4),
         )
-        self._cleanup()
         self.finished.set()
+        self._cleanup_later()
         return adopted
+
+    def _cleanup_later(self) -> None:
+        """Remove the opened lock's table and the working copies once the ranks run: removing
+        a table waits for the kernel (milliseconds), which the ranks need not wait for."""
+
+        def cleanup() -> None:
+            if self.locked:
+                netlock.remove_table(self.lock_table)
+                self.locked = False
+            self._cleanup()
+
+        task = asyncio.get_running_loop().run_in_executor(None, cleanup)
+        task.add_done_callback(self._log_cleanup_failure)
+
+    def _log_cleanup_failure(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("restore_cleanup_failed", error=str(task.exception()))
 
     async def abort(self, reason: str) -> None:
         """Kill whatever was restored, lift the lock, remove the working copies."""
@@ -262,7 +286,8 @@ class HostRestore:
             if rank.pipe is not None:
                 rank.pipe.discard()
         if self.locked:
-            self.unlock()
+            netlock.remove_table(self.lock_table)
+            self.locked = False
         self._cleanup()
         self._log.warning("restore_aborted", reason=reason)
 

@@ -62,11 +62,20 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     checks = run_checks()
     if args.json:
         render.print_json(
-            [{"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks]
+            [
+                {
+                    "check": c.name,
+                    "ok": c.ok,
+                    "required": c.required,
+                    "detail": c.detail,
+                    "fix": c.fix,
+                }
+                for c in checks
+            ]
         )
     else:
         for check in checks:
-            mark = "ok  " if check.ok else "FAIL"
+            mark = "ok  " if check.ok else ("FAIL" if check.required else "warn")
             print(f"{mark} {check.name:<12} {check.detail}")
             if not check.ok and check.fix:
                 print(f"     {'':<12} fix: {check.fix}")

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crctl import nftables
+
 MIN_CRIU = (4, 2)
 # Capability bits (linux/capability.h) the checkpoint path needs when not plain root.
 _CAPS = {
@@ -116,17 +118,38 @@ def check_pycriu() -> Check:
 
 
 def check_nft() -> Check:
-    if shutil.which("nft") is None:
-        return Check("nft", False, "nft is not on PATH", "apt-get install nftables")
-    result = _run("nft", "list", "tables")
-    if result.returncode != 0:
+    problem = nftables.available()
+    if problem is not None:
         return Check(
             "nft",
             False,
-            f"nft cannot list tables: {result.stderr.strip()}",
-            "load the nf_tables kernel module and run as root",
+            f"nftables does not work through libnftables: {problem}",
+            "apt-get install nftables libnftables1; load nf_tables; run as root",
         )
-    return Check("nft", True, "nftables works")
+    return Check("nft", True, "nftables works (libnftables)")
+
+
+def check_criu_cache() -> Check:
+    """CRIU keeps what it probed of the kernel in /run/criu.kdat, but only on a tmpfs."""
+    try:
+        on_tmpfs = any(
+            fields[1] == "/run" and fields[2] == "tmpfs"
+            for fields in (
+                line.split() for line in Path("/proc/self/mounts").read_text().splitlines()
+            )
+        )
+    except OSError:
+        on_tmpfs = False
+    if on_tmpfs:
+        return Check("criu-cache", True, "/run is a tmpfs: CRIU caches its kernel probes")
+    return Check(
+        "criu-cache",
+        False,
+        "/run is not a tmpfs: every CRIU run probes the kernel again (tens of ms per dump "
+        "and restore)",
+        "mount a tmpfs on /run (systemd does)",
+        required=False,
+    )
 
 
 def check_freezer() -> Check:
@@ -175,6 +198,7 @@ ALL_CHECKS: tuple[Callable[[], Check], ...] = (
     check_criu_kernel,
     check_pycriu,
     check_nft,
+    check_criu_cache,
     check_freezer,
     check_namespaces,
 )

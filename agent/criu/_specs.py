@@ -56,10 +56,8 @@ class RestoreSpec:
     log_file: str = "restore.log"
     log_level: int = 4
     tcp_established: bool = True
-    # Ask for CRIU's network_lock = SKIP (FINDINGS 11). NB: CRIU 4.2.1 then takes the method
-    # from the images (the dump's) anyway; at restore, for tasks in its own network namespace,
-    # that only deletes the dump's lock for the restored connections after post-restore.
-    network_lock_skip: bool = False
+    # No network lock option: a restore always takes the lock method from the images (the
+    # dump's), whatever the request says; agent.images.skip_criu_network_lock changes it there.
     # CRIU inherit_fd: key (e.g. "pipe:[1234]") -> fd in this process, handed to CRIU.
     inherit_fds: Mapping[str, int] = field(default_factory=dict)
     netns: Path | None = None

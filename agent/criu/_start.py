@@ -117,8 +117,6 @@ async def start_restore(spec: RestoreSpec) -> HeldRestore:
     def fill(opts: Any) -> None:
         opts.tcp_established = spec.tcp_established
         opts.rst_sibling = True
-        if spec.network_lock_skip:
-            opts.network_lock = rpc.SKIP
         for key, fd in spec.inherit_fds.items():
             opts.inherit_fd.add(key=key, fd=fd)
         opts.external.extend(spec.external)

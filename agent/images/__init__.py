@@ -51,7 +51,12 @@ from agent.images._sockets import (
     external_connections,
     rewrite_socket_addresses,
 )
-from agent.images._working_copy import LINK_MIN_BYTES, CopyReport, make_working_copy
+from agent.images._working_copy import (
+    LINK_MIN_BYTES,
+    CopyReport,
+    make_working_copy,
+    skip_criu_network_lock,
+)
 
 __all__ = [
     "FILES_IMG",
@@ -76,6 +81,7 @@ __all__ = [
     "rewrite_socket_addresses",
     "sha256_file",
     "sha256_files",
+    "skip_criu_network_lock",
     "verify",
     "verify_regular_files",
 ]

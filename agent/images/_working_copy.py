@@ -14,9 +14,12 @@ from pathlib import Path
 
 import structlog
 
-from agent.images._format import FILES_IMG, ImageError, listing, load
+from agent.images._format import FILES_IMG, INVENTORY_IMG, ImageError, listing, load, replace
 
 log = structlog.get_logger()
+
+# CRIU's network lock methods as inventory.img records them (its internal enum, not the RPC's).
+_LOCK_SKIP = 2
 
 # Unmodified image files at least this big are hard-linked into a working copy (pages-*.img
 # can be GiBs; a copy runs at about 0.3 GB/s here). Smaller ones are copied: it costs nothing
@@ -104,4 +107,21 @@ def _link(source: Path, dest: Path) -> bool:
             raise
         log.info("images_link_refused", path=str(source), reason=exc.strerror)
         return False
+    return True
+
+
+def skip_criu_network_lock(images_dir: Path) -> bool:
+    """Make CRIU restore the working copy ``images_dir`` without a network lock of its own: a
+    restore takes the lock method from the images (the dump's), whatever it is asked for, and
+    the caller locks the connections itself (crctl's restore lock, agent.netlock). Saves CRIU
+    an nftables table per restore, and its removal (milliseconds of kernel time) just before
+    the ranks resume. False if the images already said so."""
+    path = images_dir / INVENTORY_IMG
+    entries = load(path, "INVENTORY")
+    if len(entries) != 1:
+        raise ImageError(f"{INVENTORY_IMG} holds {len(entries)} entries, not 1", path=path)
+    if entries[0].HasField("network_lock_method") and entries[0].network_lock_method == _LOCK_SKIP:
+        return False
+    entries[0].network_lock_method = _LOCK_SKIP
+    replace(path, "INVENTORY", entries)
     return True

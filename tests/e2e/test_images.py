@@ -568,6 +568,34 @@ def test_rewrite_with_nothing_to_map_leaves_files_img_as_it_is(solo: Solo, tmp_p
     assert (target / "files.img").stat().st_ino == inode
 
 
+def test_skipping_criu_network_lock_rewrites_only_the_working_copy_inventory(
+    solo: Solo, tmp_path: Path
+) -> None:
+    """The working copy's inventory says "no CRIU lock" (the source keeps the dump's method),
+    nothing else in it changes, and a second call writes nothing."""
+    from pycriu import images as criu_images
+
+    def inventory(images_dir: Path) -> dict[str, object]:
+        with (images_dir / "inventory.img").open("rb") as f:
+            entry: dict[str, object] = criu_images.load(f)["entries"][0]
+        return entry
+
+    working = tmp_path / "rank-0"
+    images.make_working_copy(solo.images_dir, working)
+    before = inventory(solo.images_dir)
+    assert images.skip_criu_network_lock(working)
+    after = inventory(working)
+    assert before["network_lock_method"] in (0, 1)  # iptables or nftables, as dumped
+    assert after["network_lock_method"] == 2  # CRIU's NETWORK_LOCK_SKIP
+    assert {k: v for k, v in after.items() if k != "network_lock_method"} == {
+        k: v for k, v in before.items() if k != "network_lock_method"
+    }
+    assert inventory(solo.images_dir) == before
+    inode = (working / "inventory.img").stat().st_ino
+    assert not images.skip_criu_network_lock(working)
+    assert (working / "inventory.img").stat().st_ino == inode
+
+
 def test_tcp_endpoints_plugin_rewrites_the_rank_working_copy(solo: Solo, tmp_path: Path) -> None:
     """The built-in tcp-endpoints plugin rewrites the working copy named by the restart context
     with its address map before the restore, and does nothing with an empty map."""
