@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,6 +25,8 @@ from crctl.v1 import control_pb2
 log = structlog.get_logger()
 
 LOGS_DIR = "logs"
+# A checkpoint store with less room than this is full for any dump.
+FULL_BELOW_BYTES = 1 << 20
 
 
 def digest_files(checkpoint_dir: Path, rank_dir: Path) -> list[control_pb2.FileDigest]:
@@ -191,6 +194,10 @@ class HostCheckpoint:
             vote.reason = f"rank {exc.rank}: {exc.cause}"
         else:
             vote.reason = str(exc)
+        full = store_full(self.images_dir)
+        if full:
+            # CRIU's own message may be cut short: its log is on the same file system.
+            vote.reason = f"{full}; {vote.reason}"
         return vote
 
     async def _start_dumps(self) -> list[tuple[int, BaseException]]:
@@ -334,6 +341,18 @@ class HostCheckpoint:
             worker.cancel()
         await self._roll_back()
         self._log.warning("checkpoint_aborted", phase="abort", reason=reason)
+
+
+def store_full(images_dir: Path) -> str | None:
+    """Why a dump into ``images_dir`` cannot succeed if its file system is full, else None."""
+    try:
+        st = os.statvfs(images_dir)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= FULL_BELOW_BYTES:
+        return None
+    return f"No space left on device: the checkpoint store {images_dir} is full ({free} bytes free)"
 
 
 def remove_images(images_dir: Path, ranks: list[int]) -> None:

@@ -9,6 +9,7 @@ import signal
 
 import structlog
 
+from agent import criu
 from agent.hostinfo import agent_info
 from agent.link import CoordinatorLink
 from agent.orders import Orders
@@ -110,12 +111,16 @@ async def serve(config: Config) -> None:
 
 
 def _warm_up() -> None:
-    """Import what a checkpoint or restart needs (pycriu, the plugins) now, not on the clock of
-    the first one."""
+    """Import what a checkpoint or restart needs (pycriu, the plugins) and have CRIU's kernel
+    probes cached now, not on the clock of the first checkpoint or restart."""
     try:
         load_plugins([])
     except CrctlError as exc:
         log.error("plugins_unavailable", error=str(exc))
+    try:
+        criu.seed_probe_cache(criu.criu_binary(None))
+    except CrctlError as exc:
+        log.error("criu_unavailable", error=str(exc))
 
 
 def run(config: Config) -> None:

@@ -14,7 +14,7 @@ def _missing_prerequisites() -> list[str]:
     global _prerequisites_checked
     if _prerequisites_checked is None:
         _prerequisites_checked = [
-            f"{c.name}: {c.detail} (fix: {c.fix})" for c in run_checks() if not c.ok
+            f"{c.name}: {c.detail} (fix: {c.fix})" for c in run_checks() if c.required and not c.ok
         ]
     return _prerequisites_checked
 

@@ -22,14 +22,15 @@ dies, CRIU sees its socket close, takes it as "no" and rolls back.
 
 Layout: ``_specs`` (what to do), ``_swrk`` (the CRIU process and socket), ``_session`` (the
 hook loop and the handles), ``_start`` (building requests), ``_lock`` (the network lock a dump
-leaves behind). Only ``agent.images`` besides this
-package imports pycriu."""
+leaves behind), ``_probe_cache`` (CRIU's kernel probes kept where CRIU cannot keep them).
+Only ``agent.images`` besides this package imports pycriu."""
 
 from agent.criu._lock import nft_lock_table
+from agent.criu._probe_cache import seed_probe_cache
 from agent.criu._session import HOLD_DUMP, HOLD_RESTORE, HeldDump, HeldRestore
 from agent.criu._specs import DumpResult, DumpSpec, NetworkLock, RestoreResult, RestoreSpec
 from agent.criu._start import dump, restore, start_dump, start_restore
-from agent.criu._swrk import error_lines
+from agent.criu._swrk import criu_binary, error_lines
 
 __all__ = [
     "HOLD_DUMP",
@@ -41,10 +42,12 @@ __all__ = [
     "NetworkLock",
     "RestoreResult",
     "RestoreSpec",
+    "criu_binary",
     "dump",
     "error_lines",
     "nft_lock_table",
     "restore",
+    "seed_probe_cache",
     "start_dump",
     "start_restore",
 ]
