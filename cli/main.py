@@ -12,9 +12,7 @@ from pathlib import Path
 from cli import checkpoint_commands, job_commands, render, restart_commands
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode, exit_code_for
-from crctl import keys, logs
 from crctl.config import KEYS, Config, load_config
-from crctl.doctor import run_checks
 from crctl.errors import CrctlError
 from crctl.v1 import coordinator_pb2
 
@@ -58,7 +56,13 @@ def _load(args: argparse.Namespace) -> Config:
 # --- commands -------------------------------------------------------------------------------
 
 
+# Commands import what only they need: a batch script's `crctl checkpoint` should not pay for
+# ZeroMQ, structlog or the host checks at every start.
+
+
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
+    from crctl.doctor import run_checks
+
     checks = run_checks()
     if args.json:
         render.print_json(
@@ -85,6 +89,7 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_coordinator(args: argparse.Namespace, config: Config) -> int:
     from coordinator.daemon import run
+    from crctl import logs
 
     logs.configure(
         component="coordinator", host=config.host, fmt=config.log_format, level=config.log_level
@@ -95,6 +100,7 @@ def cmd_coordinator(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_agent(args: argparse.Namespace, config: Config) -> int:
     from agent.daemon import run
+    from crctl import logs
 
     logs.configure(
         component="agent", host=config.host, fmt=config.log_format, level=config.log_level
@@ -130,6 +136,8 @@ def cmd_agents(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_keys_init(args: argparse.Namespace, config: Config) -> int:
+    from crctl import keys
+
     directory = args.dir or config.keys_dir
     keys.init_keys(directory, args.agent)
     print(f"keys in {directory}: coordinator + {len(args.agent)} agent(s)")
@@ -213,7 +221,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from testbed.bed import DEFAULT_DIR
+    from testbed import DEFAULT_DIR
 
     daemon_cfg = _config_flags(KEYS)
     client_cfg = _config_flags(CLIENT_KEYS)

@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 
@@ -21,6 +20,8 @@ class AddCommand(Protocol):
 
 
 def to_dict(message: Message) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict  # only --json output needs it
+
     return MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )

@@ -22,9 +22,8 @@ from crctl import keys
 from crctl.errors import CrctlError, PrerequisiteError, UnavailableError
 from crctl.fs import remove_tree
 from crctl.v1 import coordinator_pb2
-from testbed import netns, procs
+from testbed import DEFAULT_DIR, netns, procs
 
-DEFAULT_DIR = Path(os.environ.get("CRCTL_TESTBED_DIR", "/run/crctl-testbed"))
 PREFIX = "crctl"
 BRIDGE = f"{PREFIX}-br0"
 GRPC_ADDRESS = "127.0.0.1:50051"
