@@ -9,13 +9,11 @@ import ipaddress
 import os
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import structlog
 
 from agent import criu, images, netlock
-from agent.idle_worker import IdleWorker
 from agent.ranks import RankProcess, rank_name
 from agent.thaw_guard import ThawGuard
 from crctl.errors import CrctlError
@@ -27,15 +25,6 @@ log = structlog.get_logger()
 LOGS_DIR = "logs"
 # A checkpoint store with less room than this is full for any dump.
 FULL_BELOW_BYTES = 1 << 20
-
-
-def digest_files(checkpoint_dir: Path, rank_dir: Path) -> list[control_pb2.FileDigest]:
-    """sha256 and size of every file of a rank's images, paths relative to the checkpoint."""
-    prefix = rank_dir.relative_to(checkpoint_dir).as_posix()
-    return [
-        control_pb2.FileDigest(path=f"{prefix}/{d.path}", size=d.size, sha256=d.sha256)
-        for d in images.sha256_files(rank_dir)
-    ]
 
 
 def socket_info(socket: images.InetSocket) -> control_pb2.SocketInfo:
@@ -103,13 +92,15 @@ class HostCheckpoint:
     _freeze_started: float = 0.0
     _guard: ThawGuard | None = None
     _sockets: dict[int, list[control_pb2.SocketInfo]] = field(default_factory=dict)
-    _digests: dict[int, IdleWorker[list[control_pb2.FileDigest]]] = field(default_factory=dict)
+    # The connections this host locked for the dump (crctl's lock, not CRIU's; see freeze_and_dump)
+    _locked: frozenset[netlock.Connection] | None = None
     _dump_seconds: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
 
     def __post_init__(self) -> None:
         self._log = log.bind(job=self.job, checkpoint=self.checkpoint)
+        self.lock_table = f"crctl-{self.checkpoint}"
 
     async def ready(self) -> control_pb2.CheckpointVote | None:
         """Start CRIU for every rank, all at once; each waits at pre-dump, before touching its
@@ -141,10 +132,13 @@ class HostCheckpoint:
             # Quiesce every rank of this host at once through its freezer cgroup: constant cost
             # whatever the number of threads, and no signal the application could see.
             self._freeze_started = time.monotonic()
-            self._guard = ThawGuard([p.cgroup for p in self.ranks.values()])
+            self._guard = ThawGuard(
+                [p.cgroup for p in self.ranks.values()], unlock_table=self.lock_table
+            )
             await asyncio.gather(*(p.cgroup.freeze_and_wait() for p in self.ranks.values()))
             if self.finished.is_set():
                 raise CrctlError(f"checkpoint {self.outcome} while preparing")
+            self._lock_connections()
             for dump in self.dumps.values():
                 dump.proceed()
             held = await asyncio.gather(
@@ -156,23 +150,14 @@ class HostCheckpoint:
             if self.finished.is_set():
                 raise CrctlError(f"checkpoint {self.outcome} while preparing")
             self._sockets = {n: self._inspect(n) for n in self.ranks}
+            self._check_locked()
             self.frozen_at = time.monotonic()
             self._dump_seconds = self.frozen_at - self._started
             # Ranks that stop with the checkpoint are checksummed before the vote (the coordinator
-            # records the manifest before it kills them); ranks left running are released first.
-            if self.leave_running:
-                # The images are complete: checksum them while the coordinator gathers the votes,
-                # on CPU time that no rank still dumping wants (promoted at the release).
-                self._digests = {
-                    n: IdleWorker(partial(self._digest, n), name=f"digest-{rank_name(n)}")
-                    for n in self.ranks
-                }
-                images = []
-            else:
-                digests = await asyncio.gather(
-                    *(asyncio.to_thread(self._digest, n) for n in self.ranks)
-                )
-                images = [self._rank_image(n, d) for n, d in zip(self.ranks, digests, strict=True)]
+            # records the manifest before it kills them). Ranks left running are checksummed
+            # after their release: nothing competes with the dumps of other ranks and hosts
+            # while the application stands still.
+            images = [] if self.leave_running else await self._images()
         except (CrctlError, OSError) as exc:
             return await self._vote_no(exc)
         vote.yes = True
@@ -200,6 +185,53 @@ class HostCheckpoint:
             vote.reason = f"{full}; {vote.reason}"
         return vote
 
+    def _lock_connections(self) -> None:
+        """Lock the TCP connections of the frozen ranks, as CRIU would (so that no byte moves
+        while their state is dumped), but in a table of ours: CRIU removes its table before it
+        lets the ranks go, and removing a table waits for the kernel (milliseconds of frozen
+        time); ours is opened in a fraction of a millisecond and removed afterwards."""
+        pids = [pid for p in self.ranks.values() for pid in p.cgroup.pids()]
+        connections = netlock.task_connections(pids)
+        netlock.lock_connections(self.lock_table, connections)
+        self._locked = frozenset(connections)
+
+    def _check_locked(self) -> None:
+        """Refuse a dump holding a TCP connection that was not locked while it was dumped."""
+        locked = {
+            (netlock.wire_address(c.local), c.local_port, netlock.wire_address(c.peer), c.peer_port)
+            for c in self._locked or ()
+        }
+        for number, sockets in self._sockets.items():
+            for s in filter(is_connection, sockets):
+                key = (
+                    netlock.wire_address(s.local_address),
+                    s.local_port,
+                    netlock.wire_address(s.peer_address),
+                    s.peer_port,
+                )
+                if key not in locked:
+                    raise _RankError(
+                        number,
+                        CrctlError(
+                            f"connection {s.local_address}:{s.local_port} -> "
+                            f"{s.peer_address}:{s.peer_port} was dumped without being locked"
+                        ),
+                    )
+
+    def _open_lock(self) -> None:
+        """Let the connections through again (the ranks are still frozen) and remove the table
+        once they run, off the critical path."""
+        if self._locked is None:
+            return
+        self._locked = None
+        try:
+            netlock.open_lock(self.lock_table)
+        except CrctlError as exc:  # then removing it is the way to unlock
+            self._log.error("checkpoint_unlock_failed", error=exc.message)
+            netlock.remove_table(self.lock_table)
+            return
+        netlock.remove_table_soon(self.lock_table)
+
     async def _start_dumps(self) -> list[tuple[int, BaseException]]:
         """One CRIU per rank, started together; each waits at pre-dump. Every CRIU that did
         start is kept in ``self.dumps`` (so an abort rolls it back) even if another failed;
@@ -220,6 +252,7 @@ class HostCheckpoint:
                     leave_running=self.leave_running,
                     freeze_cgroup=process.cgroup.path,
                     wait_at_pre_dump=True,
+                    network_lock=criu.NetworkLock.SKIP,  # this host locks them (see above)
                 )
             )
             self.dumps[number] = dump
@@ -255,8 +288,18 @@ class HostCheckpoint:
             )
         return sockets
 
+    async def _images(self) -> list[control_pb2.RankImage]:
+        """Every rank's manifest entry, its files checksummed in parallel threads."""
+        digests = await asyncio.gather(*(asyncio.to_thread(self._digest, n) for n in self.ranks))
+        return [self._rank_image(n, d) for n, d in zip(self.ranks, digests, strict=True)]
+
     def _digest(self, number: int) -> list[control_pb2.FileDigest]:
-        return digest_files(self.images_dir, self.images_dir / rank_name(number))
+        """The manifest's lines for a rank's images (paths relative to the checkpoint)."""
+        prefix = rank_name(number)
+        return [
+            control_pb2.FileDigest(path=f"{prefix}/{d.path}", size=d.size, sha256=d.sha256)
+            for d in images.sha256_files(self.images_dir / prefix)
+        ]
 
     def _rank_image(
         self, number: int, files: list[control_pb2.FileDigest]
@@ -276,21 +319,26 @@ class HostCheckpoint:
 
     async def commit(self) -> control_pb2.CommitResult:
         result = control_pb2.CommitResult(checkpoint=self.checkpoint, ok=True)
+        if self.leave_running:
+            # The images are written: let the connections through at once, before CRIU lets
+            # the ranks go. Every host gets the commit at the same moment, so all locks are
+            # open before any rank runs again and sends to a peer (a packet dropped by a lock
+            # still closed elsewhere would cost a retransmission timeout, 200 ms or more).
+            self._open_lock()
         outcomes = await asyncio.gather(
             *(d.commit() for d in self.dumps.values()), return_exceptions=True
         )
-        # CRIU leaves the cgroup frozen as it found it: the ranks run again only now.
+        # CRIU leaves the cgroup frozen as it found it: the ranks run again only now. (Ranks
+        # that stopped with the checkpoint are gone; their lock goes with them.)
+        self._open_lock()
         self._thaw()
         # From the freeze to the release: how long the application stood still on this host.
         result.frozen_seconds = time.monotonic() - self._freeze_started
         failures = [str(o) for o in outcomes if isinstance(o, BaseException)]
-        for worker in self._digests.values():
-            worker.promote()
-        if not failures:
+        if not failures and self.leave_running:
             try:
-                for number, worker in self._digests.items():
-                    result.ranks.append(self._rank_image(number, await worker.result()))
-            except OSError as exc:
+                result.ranks.extend(await self._images())
+            except (CrctlError, OSError) as exc:
                 failures.append(f"cannot checksum the images: {exc}")
         if failures:
             result.ok = False
@@ -328,6 +376,7 @@ class HostCheckpoint:
         """Every dump answered "no" (CRIU rolls back) and every rank thawed. Idempotent, so a
         prepare that was still starting dumps or freezing when an abort came can finish it."""
         await asyncio.gather(*(d.abort() for d in self.dumps.values()), return_exceptions=True)
+        self._open_lock()
         self._thaw()
 
     async def abort(self, reason: str) -> None:
@@ -337,8 +386,6 @@ class HostCheckpoint:
             return
         self.outcome = "aborted"
         self.finished.set()
-        for worker in self._digests.values():
-            worker.cancel()
         await self._roll_back()
         self._log.warning("checkpoint_aborted", phase="abort", reason=reason)
 

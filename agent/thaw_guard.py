@@ -19,12 +19,13 @@ from agent.freezer import RankCgroup
 
 GUARD_SECONDS = 20.0
 
-# Run as ``sh -c GUARD guard VERSION SECONDS PATH...`` with the pipe on stdin (sh: it starts
-# in a millisecond, so it takes no CPU from the dump it guards).
+# Run as ``sh -c GUARD guard VERSION SECONDS TABLE PATH...`` with the pipe on stdin (sh: it
+# starts in a millisecond, so it takes no CPU from the dump it guards). TABLE may be empty.
 _GUARD = r"""
-version=$1; seconds=$2; shift 2
+version=$1; seconds=$2; table=$3; shift 3
 read -r word
 [ "$word" = ok ] && exit 0
+[ -n "$table" ] && nft delete table inet "$table" 2>/dev/null
 end=$(( $(date +%s) + ${seconds%.*} ))
 while [ "$(date +%s)" -lt "$end" ]; do
     for path in "$@"; do
@@ -41,7 +42,13 @@ done
 
 
 class ThawGuard:
-    def __init__(self, cgroups: Sequence[RankCgroup], seconds: float = GUARD_SECONDS) -> None:
+    def __init__(
+        self,
+        cgroups: Sequence[RankCgroup],
+        seconds: float = GUARD_SECONDS,
+        *,
+        unlock_table: str = "",
+    ) -> None:
         read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
         version = str(cgroups[0].version) if cgroups else "1"
         try:
@@ -53,6 +60,7 @@ class ThawGuard:
                     "crctl-thaw-guard",
                     version,
                     str(seconds),
+                    unlock_table,
                     *(str(c.path) for c in cgroups),
                 ],
                 stdin=read_fd,

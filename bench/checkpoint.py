@@ -26,10 +26,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from store import add_option, bench_testbed
 
 from cli.client import CoordinatorClient
 from testbed import bed, netns
@@ -99,11 +100,10 @@ def main() -> int:
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--memory-mib", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=7)
+    add_option(parser)
     args = parser.parse_args()
 
-    state = bed.up(args.ranks, bed.DEFAULT_DIR)
-    scratch = Path(tempfile.mkdtemp(prefix="crctl-bench-"))
-    try:
+    with bench_testbed(args.ranks, on_disk=args.store_on_disk) as (state, scratch):
         hosts = list(state.hosts)
         ring = launch_ring(state, "bench", hosts, memory_mib=args.memory_mib)
         ring.wait_for_tokens(10, timeout=60)
@@ -128,9 +128,6 @@ def main() -> int:
             plain_stall.append(ring.longest_stall(since))
         if ring.errors():
             raise SystemExit(f"the ring recorded errors: {ring.errors()}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        bed.down(bed.DEFAULT_DIR)
 
     def median(values: list[float]) -> str:
         return f"{statistics.median(values) * 1000:8.1f} ms"
@@ -140,7 +137,8 @@ def main() -> int:
     stall_ratio = statistics.median(api_stall) / statistics.median(plain_stall)
     print(
         f"\ncheckpoint of a {args.ranks}-rank ring, {args.memory_mib} MiB per rank, "
-        f"median of {args.repeat} (leave-running)"
+        f"median of {args.repeat} (leave-running; store on "
+        f"{'disk' if args.store_on_disk else 'tmpfs'})"
     )
     print(f"{'measure':<48} {'time':>11}")
     print(f"{'crctl checkpoint, API wall time':<48} {median(api)}")

@@ -22,10 +22,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from store import add_option, bench_testbed
 
 from agent import images
 from agent.freezer import V1_ROOT as FREEZER
@@ -122,14 +123,13 @@ def main() -> int:
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--memory-mib", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
+    add_option(parser)
     args = parser.parse_args()
 
-    state = bed.up(2 * args.ranks, bed.DEFAULT_DIR)
-    scratch = Path(tempfile.mkdtemp(prefix="crctl-bench-"))
-    names = list(state.hosts)
-    homes, aways = names[: args.ranks], names[args.ranks :]
     walls, firsts, plains = [], [], []
-    try:
+    with bench_testbed(2 * args.ranks, on_disk=args.store_on_disk) as (state, scratch):
+        names = list(state.hosts)
+        homes, aways = names[: args.ranks], names[args.ranks :]
         ring = launch_ring(state, "bench", homes, memory_mib=args.memory_mib)
         ring.wait_for_tokens(10, timeout=60)
         with CoordinatorClient(state.grpc_address) as client:
@@ -145,9 +145,6 @@ def main() -> int:
                 ring.wait_for_progress(tokens=10, timeout=30)
         if ring.errors():
             raise SystemExit(f"the ring recorded errors: {ring.errors()}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        bed.down(bed.DEFAULT_DIR)
 
     def ms(values: list[float]) -> str:
         return f"{statistics.median(values) * 1000:8.1f} ms"
@@ -156,7 +153,8 @@ def main() -> int:
     first = statistics.median(firsts)
     print(
         f"\nrestart of a {args.ranks}-rank ring onto {args.ranks} other hosts, "
-        f"{args.memory_mib} MiB per rank, median of {args.repeat}"
+        f"{args.memory_mib} MiB per rank, median of {args.repeat} (store on "
+        f"{'disk' if args.store_on_disk else 'tmpfs'})"
     )
     print(f"{'measure':<48} {'time':>11}")
     print(f"{'crctl restart, API wall time':<48} {ms(walls)}")

@@ -173,7 +173,7 @@ def check_freezer() -> Check:
 
 def check_namespaces() -> Check:
     missing = [ns for ns in ("net", "pid", "mnt") if not Path(f"/proc/self/ns/{ns}").exists()]
-    tools = [t for t in ("unshare", "nsenter", "ip") if shutil.which(t) is None]
+    tools = [t for t in ("unshare", "nsenter", "chrt", "ip") if shutil.which(t) is None]
     if missing or tools:
         return Check(
             "namespaces",

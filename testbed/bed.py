@@ -22,7 +22,8 @@ from crctl import keys
 from crctl.errors import CrctlError, PrerequisiteError, UnavailableError
 from crctl.fs import remove_tree
 from crctl.v1 import coordinator_pb2
-from testbed import DEFAULT_DIR, netns, procs
+from testbed import DEFAULT_DIR as DEFAULT_DIR  # re-exported: callers name bed.DEFAULT_DIR
+from testbed import netns, procs
 
 PREFIX = "crctl"
 BRIDGE = f"{PREFIX}-br0"
