@@ -273,9 +273,14 @@ class RestorePipe:
         )
 
     def discard(self) -> None:
-        """The restore failed or was aborted: close both ends."""
+        """The restore failed or was aborted (CRIU killed what it had restored): close both
+        ends and remove the rank's cgroup made for it."""
         self._close_write_end()
         self._pump.close()
+        try:
+            self._cgroup.remove(wait=1.0)
+        except (CrctlError, OSError) as exc:
+            log.warning("restore_cgroup_not_removed", cgroup=str(self._cgroup.path), error=str(exc))
 
 
 def prepare_restore(

@@ -163,6 +163,17 @@ class HostRestore:
         rewired = time.monotonic()
         netlock.lock_connections(self.lock_table, connections)
         self.locked = True
+        # What the restore step needs besides CRIU, made now: each rank's cgroup, and its new
+        # stdout pipe with the process that empties it into the rank's log.
+        for rank in self.ranks:
+            rank.pipe = prepare_restore(
+                self.job,
+                rank_name(rank.rank),
+                stdout_key=rank.image.stdout_pipe,
+                log_path=rank_log(self.work_dir, self.job, rank.rank),
+            )
+            rank.pipe.log_path.parent.mkdir(parents=True, exist_ok=True)
+            (self.root / "logs" / rank_name(rank.rank)).mkdir(parents=True, exist_ok=True)
         self._log.info(
             "restore_prepared",
             phase="prepare",
@@ -193,15 +204,8 @@ class HostRestore:
         """Restore every rank of this host, all at once, and hold them at post-restore."""
 
         async def start(rank: RankRestore) -> None:
-            rank.pipe = prepare_restore(
-                self.job,
-                rank_name(rank.rank),
-                stdout_key=rank.image.stdout_pipe,
-                log_path=rank_log(self.work_dir, self.job, rank.rank),
-            )
-            rank.pipe.log_path.parent.mkdir(parents=True, exist_ok=True)
+            assert rank.pipe is not None
             log_dir = self.root / "logs" / rank_name(rank.rank)
-            log_dir.mkdir(parents=True, exist_ok=True)
             rank.held = await criu.start_restore(
                 criu.RestoreSpec(
                     images_dir=rank.working_dir,
