@@ -159,7 +159,11 @@ def _borrow_fd(pidfd: int, fd: int) -> int:
 def _tcp_connection(fd: int) -> Connection | None:
     """The connection of a borrowed socket descriptor, if it is a TCP socket in any state but
     listen and close."""
-    sock = socket.socket(fileno=fd)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # a kind of socket Python cannot wrap: not TCP
+        os.close(fd)
+        return None
     try:
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.proto != socket.IPPROTO_TCP:
             return None
