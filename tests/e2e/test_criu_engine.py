@@ -99,11 +99,15 @@ class Job:
 
     async def launch(self, rank: str, host: Host, *args: str) -> RankProcess:
         argv = [sys.executable, str(WORKLOAD), *args, "--status", str(self.status_file(rank))]
+        # A cwd per rank, as the agent gives them: CRIU's parasite mounts /proc at
+        # <cwd>/proc.crtools, so two dumps at once in one cwd collide (EEXIST).
+        cwd = self.root / "ranks" / rank
+        cwd.mkdir(parents=True, exist_ok=True)
         process = await ranks.launch(
             self.name,
             rank,
             argv,
-            work_dir=self.root,
+            work_dir=cwd,
             log_path=self.log_file(rank),
             netns=host.netns,
             freezer=self.freezer,
