@@ -20,8 +20,10 @@ import ctypes
 import ipaddress
 import os
 import socket
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -156,9 +158,13 @@ def _borrow_fd(pidfd: int, fd: int) -> int:
     return copy
 
 
-def _tcp_connection(fd: int) -> Connection | None:
-    """The connection of a borrowed socket descriptor, if it is a TCP socket in any state but
-    listen and close."""
+_UNKNOWN_PEER = "unknown peer"
+
+
+def _tcp_connection(fd: int) -> Connection | str | None:
+    """The connection of a borrowed socket descriptor if it is a TCP socket in any state but
+    listen and close; ``_UNKNOWN_PEER`` for one that has no peer address to give yet (a
+    connect in progress: CRIU dumps those too, with the destination it finds)."""
     try:
         sock = socket.socket(fileno=fd)
     except OSError:  # a kind of socket Python cannot wrap: not TCP
@@ -170,18 +176,43 @@ def _tcp_connection(fd: int) -> Connection | None:
         state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
         if state in (_TCP_LISTEN, _TCP_CLOSE):
             return None
-        local, peer = sock.getsockname(), sock.getpeername()
+        local = sock.getsockname()
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            return _UNKNOWN_PEER
     except OSError:
-        return None  # not connected after all
+        return None
     finally:
         sock.close()  # our reference only
     return Connection(wire_address(local[0]), local[1], wire_address(peer[0]), peer[1])
 
 
+def _proc_address(field: str) -> tuple[str, int]:
+    """``/proc/net/tcp{,6}``'s ``ADDR:PORT``: the address as native 32-bit words in hex (the
+    bytes of each packed word are in network order), the port in hex."""
+    words, port = field.split(":")
+    packed = b"".join(struct.pack("=I", int(words[i : i + 8], 16)) for i in range(0, len(words), 8))
+    return wire_address(str(ipaddress.ip_address(packed))), int(port, 16)
+
+
+def _from_proc(pid: int, inodes: set[int]) -> dict[int, Connection]:
+    """The slow way, for the rare sockets that cannot name their peer themselves."""
+    found: dict[int, Connection] = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[9]) in inodes:
+                (local, local_port), (peer, peer_port) = map(_proc_address, fields[1:3])
+                found[int(fields[9])] = Connection(local, local_port, peer, peer_port)
+    return found
+
+
 def task_connections(pids: Iterable[int]) -> list[Connection]:
-    """The TCP connections (any state but listen and close) held by descriptors of ``pids``
-    (which must not change meanwhile: frozen)."""
+    """The TCP connections (any state but listen and close) held by descriptors of ``pids``,
+    which must be in one network namespace and must not change meanwhile (frozen)."""
     found: dict[int, Connection] = {}  # by socket inode: a socket shared by several tasks
+    unknown: dict[int, int] = {}  # socket inode -> a pid holding it
     for pid in pids:
         pidfd = os.pidfd_open(pid)
         try:
@@ -193,11 +224,15 @@ def task_connections(pids: Iterable[int]) -> list[Connection]:
                 if not target.startswith("socket:["):
                     continue
                 inode = int(target[len("socket:[") : -1])
-                if inode in found:
+                if inode in found or inode in unknown:
                     continue
                 connection = _tcp_connection(_borrow_fd(pidfd, int(entry.name)))
-                if connection is not None:
+                if isinstance(connection, Connection):
                     found[inode] = connection
+                elif connection == _UNKNOWN_PEER:
+                    unknown[inode] = pid
         finally:
             os.close(pidfd)
+    if unknown:
+        found.update(_from_proc(next(iter(unknown.values())), set(unknown)))
     return list(found.values())

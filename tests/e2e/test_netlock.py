@@ -61,13 +61,44 @@ def namespace() -> Iterator[str]:
         netns.delete_namespace(name)
 
 
-def test_a_locked_connection_stalls_and_goes_on_once_the_lock_opens(namespace: str) -> None:
-    result = subprocess.run(
-        [*netns.nsenter_prefix(namespace), sys.executable, "-c", SCENARIO],
+CONNECTING = textwrap.dedent(
+    """
+    import os, socket
+    from agent import netlock
+    from crctl import nftables
+
+    # SYNs to port 9 vanish: the connect stays in SYN_SENT, with no peer getpeername can give.
+    rules = ["table inet t {", "chain c {", "type filter hook input priority 0;"]
+    nftables.run(chr(10).join([*rules, "tcp dport 9 drop", "}", "}"]))
+    sock = socket.socket()
+    sock.setblocking(False)
+    assert sock.connect_ex(("127.0.0.1", 9)) != 0
+    local = sock.getsockname()
+    found = netlock.task_connections([os.getpid()])
+    assert found == [netlock.Connection("127.0.0.1", local[1], "127.0.0.1", 9)], found
+    print("ok")
+    """
+)
+
+
+def run_in(namespace: str, code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*netns.nsenter_prefix(namespace), sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_a_connect_in_progress_is_found_with_its_destination(namespace: str) -> None:
+    """CRIU dumps a connecting socket with its destination, so the lock must cover it too."""
+    result = run_in(namespace, CONNECTING)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "ok"
+
+
+def test_a_locked_connection_stalls_and_goes_on_once_the_lock_opens(namespace: str) -> None:
+    result = run_in(namespace, SCENARIO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "ok"
