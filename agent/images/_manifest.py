@@ -3,25 +3,23 @@ differ from a manifest, and regular files that differ from what a dump recorded.
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from agent.images._format import ImageError
 from agent.images._inspect import ImageSummary
-from crctl import digests
-from crctl.digests import FileDigest, sha256_file
 
-__all__ = [
-    "FileDigest",
-    "Problem",
-    "sha256_file",
-    "sha256_files",
-    "verify",
-    "verify_regular_files",
-]
+HASH_CHUNK = 1 << 20
+
+
+class FileDigest(NamedTuple):
+    path: str  # relative to the images folder, with "/" separators
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -34,11 +32,25 @@ class Problem:
         return f"{self.path}: {self.detail}"
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(view):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
 def sha256_files(images_dir: Path) -> list[FileDigest]:
     """Every regular file under ``images_dir`` (recursively, sorted), with size and sha256."""
     if not images_dir.is_dir():
         raise ImageError(f"images folder {images_dir} does not exist", path=images_dir)
-    return digests.sha256_files(images_dir)
+    digests = []
+    for path in sorted(p for p in images_dir.rglob("*") if p.is_file() and not p.is_symlink()):
+        size = path.stat().st_size
+        digests.append(FileDigest(path.relative_to(images_dir).as_posix(), size, sha256_file(path)))
+    return digests
 
 
 def verify(
