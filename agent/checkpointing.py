@@ -196,20 +196,18 @@ class HostCheckpoint:
         self._locked = frozenset(connections)
 
     def _check_locked(self) -> None:
-        """Refuse a dump holding a TCP connection that was not locked while it was dumped."""
-        locked = {
-            (netlock.wire_address(c.local), c.local_port, netlock.wire_address(c.peer), c.peer_port)
-            for c in self._locked or ()
-        }
+        """Refuse a dump holding a TCP connection that was not locked while it was dumped (the
+        lock holds addresses as packets carry them: netlock.task_connections)."""
+        locked = self._locked or frozenset()
         for number, sockets in self._sockets.items():
             for s in filter(is_connection, sockets):
-                key = (
+                dumped = netlock.Connection(
                     netlock.wire_address(s.local_address),
                     s.local_port,
                     netlock.wire_address(s.peer_address),
                     s.peer_port,
                 )
-                if key not in locked:
+                if dumped not in locked:
                     raise _RankError(
                         number,
                         CrctlError(
