@@ -172,10 +172,8 @@ class CheckpointRun:
         prepare.hold_timeout = (
             deadline - self._clock.monotonic() + self._settings.commit_timeout + HOLD_MARGIN
         )
-        try:
-            reply = await self._plane.request(host, order, deadline - self._clock.monotonic())
-        except CrctlError as exc:
-            self._events.put_nowait(b.Vote(host, yes=False, reason=exc.message))
+        reply = await self._ask_for_vote(host, order, deadline)
+        if reply is None:
             return
         if reply.WhichOneof("body") == "ready":
             self._log.debug("checkpoint_ready", agent=host)
@@ -186,12 +184,20 @@ class CheckpointRun:
     async def _freeze(self, host: str, deadline: float) -> None:
         order = control_pb2.CoordinatorMessage()
         order.freeze.checkpoint = self.checkpoint
+        reply = await self._ask_for_vote(host, order, deadline)
+        if reply is not None:
+            await self._take_vote(host, reply)
+
+    async def _ask_for_vote(
+        self, host: str, order: control_pb2.CoordinatorMessage, deadline: float
+    ) -> control_pb2.AgentMessage | None:
+        """The agent's answer to a prepare step, or None when there is none (unreachable,
+        silent past the deadline): that counts as its "no" vote, given here."""
         try:
-            reply = await self._plane.request(host, order, deadline - self._clock.monotonic())
+            return await self._plane.request(host, order, deadline - self._clock.monotonic())
         except CrctlError as exc:
             self._events.put_nowait(b.Vote(host, yes=False, reason=exc.message))
-            return
-        await self._take_vote(host, reply)
+            return None
 
     async def _take_vote(self, host: str, reply: control_pb2.AgentMessage) -> None:
         if reply.WhichOneof("body") != "vote":
