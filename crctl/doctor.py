@@ -129,18 +129,19 @@ def check_nft() -> Check:
     return Check("nft", True, "nftables works (libnftables)")
 
 
-def check_criu_cache() -> Check:
-    """CRIU keeps what it probed of the kernel in /run/criu.kdat, but only on a tmpfs."""
+def run_is_tmpfs() -> bool:
+    """Whether /run is a tmpfs (the last mount there is the one in use): only then does CRIU
+    keep what it probed of the kernel in /run/criu.kdat."""
     try:
-        on_tmpfs = any(
-            fields[1] == "/run" and fields[2] == "tmpfs"
-            for fields in (
-                line.split() for line in Path("/proc/self/mounts").read_text().splitlines()
-            )
-        )
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
-        on_tmpfs = False
-    if on_tmpfs:
+        return False
+    found = [f[2] for f in (line.split() for line in mounts) if len(f) > 2 and f[1] == "/run"]
+    return bool(found) and found[-1] == "tmpfs"
+
+
+def check_criu_cache() -> Check:
+    if run_is_tmpfs():
         return Check("criu-cache", True, "/run is a tmpfs: CRIU caches its kernel probes")
     return Check(
         "criu-cache",

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import structlog
 
+from crctl.doctor import run_is_tmpfs
+
 log = structlog.get_logger()
 
 RUN = Path("/run")
@@ -25,15 +27,6 @@ CACHE = RUN / "criu.kdat"
 STAMP = RUN / "criu.kdat.crctl-stamp"
 LOCK = RUN / "criu.kdat.crctl-lock"
 _SEED = 'mount -t tmpfs crctl-criu-probe /run && "$0" check >/dev/null 2>&1; cat /run/criu.kdat'
-
-
-def _run_is_tmpfs() -> bool:
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return False
-    found = [f[2] for f in (line.split() for line in mounts) if len(f) > 2 and f[1] == str(RUN)]
-    return bool(found) and found[-1] == "tmpfs"
 
 
 def _stamp(criu: str) -> str:
@@ -46,7 +39,7 @@ def _stamp(criu: str) -> str:
 def seed_probe_cache(criu: str) -> str:
     """Make sure CRIU finds its kernel probes cached; what was done: "tmpfs" (CRIU keeps its
     own), "fresh" (ours is current), "seeded", or "failed" (logged; CRIU just probes)."""
-    if _run_is_tmpfs():
+    if run_is_tmpfs():
         return "tmpfs"
     try:
         stamp = _stamp(criu)
