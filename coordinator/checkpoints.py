@@ -252,17 +252,12 @@ class CheckpointRun:
     async def _abort_everywhere(self, hosts: tuple[str, ...], reason: str) -> None:
         await self._phase("aborting", list(hosts))
 
-        async def abort(host: str) -> None:
-            order = control_pb2.CoordinatorMessage()
-            order.abort.checkpoint = self.checkpoint
-            order.abort.reason = reason
-            try:
-                await self._plane.request(host, order, ABORT_TIMEOUT)
-            except CrctlError as exc:
-                # The agent aborts by itself when its hold times out.
-                self._log.warning("checkpoint_abort_unacknowledged", agent=host, error=str(exc))
-
-        await asyncio.gather(*(abort(h) for h in hosts))
+        order = control_pb2.CoordinatorMessage()
+        order.abort.checkpoint = self.checkpoint
+        order.abort.reason = reason
+        for host, exc in (await self._plane.request_all(hosts, order, ABORT_TIMEOUT)).items():
+            # The agent aborts by itself when its hold times out.
+            self._log.warning("checkpoint_abort_unacknowledged", agent=host, error=str(exc))
         self._files.remove(self._files.directory(self.job, self.checkpoint))
 
     async def _finish(self, phase: b.Phase, reason: str) -> None:

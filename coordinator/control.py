@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -17,7 +17,7 @@ import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from crctl import keys
-from crctl.errors import UnavailableError
+from crctl.errors import CrctlError, UnavailableError
 from crctl.v1 import control_pb2
 from crctl.wire import WireError, decode_agent_message, encode
 
@@ -132,6 +132,25 @@ class ControlPlane:
             ) from None
         finally:
             self._pending.pop(correlation, None)
+
+    async def request_all(
+        self, hosts: Sequence[str], message: control_pb2.CoordinatorMessage, timeout: float
+    ) -> dict[str, CrctlError]:
+        """Send the same order to every host at once and wait for all their answers; the hosts
+        that did not answer (unreachable, or silent past ``timeout``), with why. For orders
+        whose answer carries nothing but "done", such as aborts."""
+
+        async def one(host: str) -> CrctlError | None:
+            order = control_pb2.CoordinatorMessage()
+            order.CopyFrom(message)  # each request gets its own correlation id
+            try:
+                await self.request(host, order, timeout)
+            except CrctlError as exc:
+                return exc
+            return None
+
+        answers = await asyncio.gather(*(one(host) for host in hosts))
+        return {host: exc for host, exc in zip(hosts, answers, strict=True) if exc is not None}
 
     async def serve(self) -> None:
         assert self._socket is not None

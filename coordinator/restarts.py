@@ -186,17 +186,13 @@ class RestartRun:
     async def _abort(self, reason: str) -> None:
         await self._step_event("abort", self._placement.hosts)
 
-        async def abort(host: str) -> None:
-            order = control_pb2.CoordinatorMessage()
-            order.restore_step.restore = self.restore
-            order.restore_step.step = "abort"
-            try:
-                await self._plane.request(host, order, ABORT_TIMEOUT)
-            except CrctlError as exc:
-                # the agent gives up by itself when its hold times out
-                self._log.warning("restart_abort_unacknowledged", agent=host, error=str(exc))
-
-        await asyncio.gather(*(abort(h) for h in self._placement.hosts))
+        order = control_pb2.CoordinatorMessage()
+        order.restore_step.restore = self.restore
+        order.restore_step.step = "abort"
+        hosts = self._placement.hosts
+        for host, exc in (await self._plane.request_all(hosts, order, ABORT_TIMEOUT)).items():
+            # the agent gives up by itself when its hold times out
+            self._log.warning("restart_abort_unacknowledged", agent=host, error=str(exc))
         self._log.warning("restart_aborted", reason=reason)
 
 
