@@ -258,25 +258,13 @@ class HostRestore:
             seconds=round(time.monotonic() - started, 4),
         )
         self.finished.set()
-        self._cleanup_later()
+        # The ranks run: the opened lock's table goes in the background (removing one waits
+        # for the kernel), the working copies now.
+        if self.locked:
+            netlock.remove_table_soon(self.lock_table)
+            self.locked = False
+        self._cleanup()
         return adopted
-
-    def _cleanup_later(self) -> None:
-        """Remove the opened lock's table and the working copies once the ranks run: removing
-        a table waits for the kernel (milliseconds), which the ranks need not wait for."""
-
-        def cleanup() -> None:
-            if self.locked:
-                netlock.remove_table(self.lock_table)
-                self.locked = False
-            self._cleanup()
-
-        task = asyncio.get_running_loop().run_in_executor(None, cleanup)
-        task.add_done_callback(self._log_cleanup_failure)
-
-    def _log_cleanup_failure(self, task: asyncio.Future[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error("restore_cleanup_failed", error=str(task.exception()))
 
     async def abort(self, reason: str) -> None:
         """Kill whatever was restored, lift the lock, remove the working copies."""
