@@ -4,6 +4,8 @@ differ from a manifest, and regular files that differ from what a dump recorded.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,8 +14,6 @@ from typing import Literal, NamedTuple
 
 from agent.images._format import ImageError
 from agent.images._inspect import ImageSummary
-
-HASH_CHUNK = 1 << 20
 
 
 class FileDigest(NamedTuple):
@@ -33,13 +33,14 @@ class Problem:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
+    """The file's sha256, read through a mapping of it: no copy into a buffer (a third less
+    time than reading on page images here). Checkpoint images are never truncated in place
+    (retention unlinks them, which a mapping survives)."""
     with path.open("rb", buffering=0) as f:
-        while n := f.readinto(view):
-            digest.update(view[:n])
-    return digest.hexdigest()
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+            return hashlib.sha256(mapped).hexdigest()
 
 
 def sha256_files(images_dir: Path) -> list[FileDigest]:
