@@ -109,6 +109,7 @@ class HostCheckpoint:
         self._started = time.monotonic()
         self._log.info("checkpoint_prepare", phase="prepare", ranks=sorted(self.ranks))
         try:
+            await self._memory_complete()
             for number, exc in await self._start_dumps():
                 raise _RankError(number, exc)
             if self.finished.is_set():
@@ -121,6 +122,14 @@ class HostCheckpoint:
             seconds=round(time.monotonic() - self._started, 4),
         )
         return None
+
+    async def _memory_complete(self) -> None:
+        """Wait for ranks restored lazily to have all their memory: CRIU dumps only the pages
+        present, so one dumped before would lose the rest."""
+        complete = await asyncio.gather(*(p.memory_complete() for p in self.ranks.values()))
+        for number, ok in zip(self.ranks, complete, strict=True):
+            if not ok:
+                raise _RankError(number, CrctlError("its memory was lost at its restore"))
 
     async def freeze_and_dump(self) -> control_pb2.CheckpointVote:
         """Freeze every rank, let CRIU dump them and hold them at post-dump; vote yes with the

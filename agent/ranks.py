@@ -86,11 +86,21 @@ class RankProcess:
         self.pipe_inode = pipe_inode
         self.cgroup = cgroup
         self._pump = pump
+        # A lazily restored rank's memory is still being copied in until this is done (True:
+        # all in; False: the copy failed and the rank was killed). None: all in from the start.
+        self.memory_restored: asyncio.Future[bool] | None = None
 
     @property
     def pid(self) -> int:
         """The rank's root (its PID-namespace init), as a PID of the agent's namespace."""
         return self._process.pid
+
+    async def memory_complete(self) -> bool:
+        """Wait until the rank has all its memory (a dump before would miss pages); False if it
+        never will."""
+        if self.memory_restored is None:
+            return True
+        return await asyncio.shield(self.memory_restored)
 
     @property
     def ns_pid(self) -> int | None:

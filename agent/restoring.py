@@ -37,6 +37,8 @@ class RankRestore:
     working_dir: Path
     context: RestartContext
     pipe: RestorePipe | None = None
+    spec: criu.RestoreSpec | None = None
+    pages: criu.LazyPages | None = None  # a lazy restore's daemon, started in prepare
     held: criu.HeldRestore | None = None
     pid: int = 0
 
@@ -73,6 +75,7 @@ class HostRestore:
     plugins: list[RestartPlugin] = field(default_factory=list)
     locked: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    _tidy: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.restore_id = self.order.restore
@@ -163,8 +166,9 @@ class HostRestore:
         rewired = time.monotonic()
         netlock.lock_connections(self.lock_table, connections)
         self.locked = True
-        # What the restore step needs besides CRIU, made now: each rank's cgroup, and its new
-        # stdout pipe with the process that empties it into the rank's log.
+        # What the restore step needs besides CRIU's restore, made now: each rank's cgroup, its
+        # new stdout pipe with the process that empties it into the rank's log, and for a lazy
+        # restore the daemon that will copy its memory in.
         for rank in self.ranks:
             rank.pipe = prepare_restore(
                 self.job,
@@ -173,15 +177,41 @@ class HostRestore:
                 log_path=rank_log(self.work_dir, self.job, rank.rank),
             )
             rank.pipe.log_path.parent.mkdir(parents=True, exist_ok=True)
-            (self.root / "logs" / rank_name(rank.rank)).mkdir(parents=True, exist_ok=True)
+            rank.spec = criu.RestoreSpec(
+                images_dir=rank.working_dir,
+                work_dir=self.root / "logs" / rank_name(rank.rank),
+                tcp_established=True,
+                inherit_fds=rank.pipe.inherit_fds,
+                lazy_pages=self.order.lazy_pages,
+                wait_at_pre_restore=True,
+            )
+        await self._start_criu()
         self._log.info(
             "restore_prepared",
             phase="prepare",
             ranks=[r.rank for r in self.ranks],
+            lazy_pages=self.order.lazy_pages,
             verify_seconds=round(verified - started, 4),
             copy_and_rewire_seconds=round(rewired - verified, 4),
             lock_seconds=round(time.monotonic() - rewired, 4),
         )
+
+    async def _start_criu(self) -> None:
+        """Start every rank's CRIU restore (and lazy-pages daemon), all at once; each stops at
+        pre-restore, before it creates any task, so that the restore step costs only the
+        restore itself."""
+
+        async def start(rank: RankRestore) -> None:
+            assert rank.spec is not None
+            if rank.spec.lazy_pages:
+                rank.pages = await criu.start_lazy_pages(rank.spec)
+            rank.held = await criu.start_restore(rank.spec, pages=rank.pages)
+            await rank.held.ready()
+
+        started = await asyncio.gather(*(start(r) for r in self.ranks), return_exceptions=True)
+        for rank, outcome in zip(self.ranks, started, strict=True):
+            if isinstance(outcome, BaseException):
+                raise RankFailure(rank.rank, str(outcome))
 
     async def _verify(self, checkpoint_dir: Path, rank: int, image: control_pb2.RankImage) -> None:
         prefix = rank_name(rank) + "/"
@@ -202,23 +232,9 @@ class HostRestore:
 
     async def restore(self) -> dict[int, int]:
         """Restore every rank of this host, all at once, and hold them at post-restore."""
-
-        async def start(rank: RankRestore) -> None:
-            assert rank.pipe is not None
-            log_dir = self.root / "logs" / rank_name(rank.rank)
-            rank.held = await criu.start_restore(
-                criu.RestoreSpec(
-                    images_dir=rank.working_dir,
-                    work_dir=log_dir,
-                    tcp_established=True,
-                    inherit_fds=rank.pipe.inherit_fds,
-                )
-            )
-
-        started = await asyncio.gather(*(start(r) for r in self.ranks), return_exceptions=True)
-        for rank, outcome in zip(self.ranks, started, strict=True):
-            if isinstance(outcome, BaseException):
-                raise RankFailure(rank.rank, str(outcome))
+        for rank in self.ranks:
+            assert rank.held is not None
+            rank.held.proceed()
         results = await asyncio.gather(
             *(r.held.held() for r in self.ranks if r.held is not None), return_exceptions=True
         )
@@ -243,6 +259,7 @@ class HostRestore:
         started = time.monotonic()
         await asyncio.gather(*(r.held.release() for r in self.ranks if r.held is not None))
         adopted = []
+        fills = []
         for rank in self.ranks:
             assert rank.pipe is not None
             process = rank.pipe.adopt(rank.pid)
@@ -251,6 +268,9 @@ class HostRestore:
             if process.cgroup.exists() and process.cgroup.is_frozen():
                 process.cgroup.thaw()
                 self._log.warning("restored_rank_was_frozen", rank=rank.rank)
+            fill = self._watch_pages(rank, process)
+            process.memory_restored = fill
+            fills.append(fill)
             adopted.append((rank.rank, process))
         self._log.info(
             "restore_released",
@@ -259,12 +279,33 @@ class HostRestore:
         )
         self.finished.set()
         # The ranks run: the opened lock's table goes in the background (removing one waits
-        # for the kernel), the working copies now.
+        # for the kernel), the working copies once the ranks' memory is all in (at once unless
+        # the restore is lazy: its daemons read the page images until then).
         if self.locked:
             netlock.remove_table_soon(self.lock_table)
             self.locked = False
-        self._cleanup()
+        self._tidy = asyncio.create_task(self._cleanup_after(fills), name=f"tidy-{self.restore_id}")
         return adopted
+
+    def _watch_pages(self, rank: RankRestore, process: RankProcess) -> asyncio.Task[bool]:
+        """Whether the rank got all its memory; a rank whose lazy-pages daemon failed is
+        killed at once (the kernel would give it zeros for the pages still missing)."""
+
+        async def watch() -> bool:
+            assert rank.held is not None
+            try:
+                await rank.held.pages_in()
+            except CrctlError as exc:
+                self._log.error("restored_rank_memory_lost", rank=rank.rank, error=exc.message)
+                process.kill()
+                return False
+            return True
+
+        return asyncio.create_task(watch(), name=f"pages-{self.restore_id}-{rank.rank}")
+
+    async def _cleanup_after(self, fills: list[asyncio.Task[bool]]) -> None:
+        await asyncio.gather(*fills, return_exceptions=True)
+        self._cleanup()
 
     async def abort(self, reason: str) -> None:
         """Kill whatever was restored, lift the lock, remove the working copies."""
@@ -274,6 +315,9 @@ class HostRestore:
         await asyncio.gather(
             *(r.held.abort() for r in self.ranks if r.held is not None), return_exceptions=True
         )
+        for rank in self.ranks:
+            if rank.pages is not None:
+                rank.pages.kill()  # a daemon no restore came to waits forever
         for rank in self.ranks:
             if rank.pipe is not None:
                 rank.pipe.discard()

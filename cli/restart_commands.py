@@ -23,6 +23,7 @@ def cmd_restart(args: argparse.Namespace, config: Config) -> int:
         plugins=args.plugin,
         plugin_options=key_values(args.plugin_option, "--plugin-option"),
         timeout_seconds=args.timeout,
+        eager_pages=args.eager_pages,
     )
     outcome = None
     with CoordinatorClient(config.grpc_address) as client:
@@ -69,6 +70,12 @@ def register(add: render.AddCommand) -> None:
         default="",
         metavar="H1,H2,...",
         help="new hosts in rank order (fewer hosts than ranks: wraps around)",
+    )
+    p.add_argument(
+        "--eager-pages",
+        action="store_true",
+        help="restore every rank's memory before it runs (default: ranks run at once and "
+        "their memory is copied in behind them, on hosts whose kernel can)",
     )
     p.add_argument(
         "--plugin",

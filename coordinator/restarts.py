@@ -28,6 +28,7 @@ from coordinator.placement import Placement, plan_restart
 from coordinator.progress import ProgressFeed
 from coordinator.store import CheckpointRecord, Store
 from crctl.clock import new_id
+from crctl.doctor import LAZY_PAGES
 from crctl.errors import ConflictError, CrctlError, NotFoundError
 from crctl.v1 import control_pb2, coordinator_pb2
 
@@ -56,6 +57,7 @@ class RestartRun:
         addresses: Mapping[str, Sequence[str]],
         plugins: Sequence[str],
         plugin_options: Mapping[str, str],
+        lazy_hosts: frozenset[str],
         step_timeout: float,
         plane: ControlPlane,
         store: Store,
@@ -68,6 +70,7 @@ class RestartRun:
         self._addresses = addresses
         self._plugins = list(plugins)
         self._options = dict(plugin_options)
+        self._lazy_hosts = lazy_hosts
         self._timeout = step_timeout
         self._plane = plane
         self._store = store
@@ -107,6 +110,7 @@ class RestartRun:
             prepare.host_addresses.setdefault(image.host, ",".join(image.host_addresses))
         prepare.plugins.extend(self._plugins)
         prepare.plugin_options.update(self._options)
+        prepare.lazy_pages = host in self._lazy_hosts
         prepare.hold_timeout = self._timeout * len(STEPS) + 10.0
         return order
 
@@ -237,10 +241,13 @@ class RestartService:
         candidates = set(request.host_map.values()) | set(request.hosts)
         candidates |= {image.host for image in manifest.ranks}
         addresses = {}
+        lazy = set()
         for host in sorted(candidates):
             agent = self._jobs.agent(host)
             if agent is not None:
                 addresses[host] = list(agent.addresses)
+                if LAZY_PAGES in agent.capabilities and not request.eager_pages:
+                    lazy.add(host)
         placement = plan_restart(
             list(manifest.ranks),
             host_map=dict(request.host_map),
@@ -260,6 +267,7 @@ class RestartService:
             addresses={h: addresses[h] for h in placement.hosts},
             plugins=list(request.plugins),
             plugin_options=dict(request.plugin_options),
+            lazy_hosts=frozenset(lazy),
             step_timeout=request.timeout_seconds or self._step_timeout,
             plane=self._plane,
             store=self._store,

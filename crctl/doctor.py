@@ -14,6 +14,8 @@ from pathlib import Path
 from crctl import nftables
 
 MIN_CRIU = (4, 2)
+# The check (and so the agent capability) that lets a host restore ranks lazily (post-copy).
+LAZY_PAGES = "lazy-pages"
 # Capability bits (linux/capability.h) the checkpoint path needs when not plain root.
 _CAPS = {
     "CAP_NET_ADMIN": 12,
@@ -153,6 +155,22 @@ def check_criu_cache() -> Check:
     )
 
 
+def check_lazy_pages() -> Check:
+    if shutil.which("criu") is None:
+        return Check(LAZY_PAGES, False, "criu is not installed", "run deploy/install-criu.sh")
+    result = _run("criu", "check", "--feature", "uffd-noncoop")
+    if result.returncode == 0:
+        return Check(LAZY_PAGES, True, "userfaultfd: restored ranks run while memory follows")
+    return Check(
+        LAZY_PAGES,
+        False,
+        "the kernel's userfaultfd cannot serve CRIU's lazy restore: restarts restore all "
+        "memory before the ranks run",
+        "use a kernel with CONFIG_USERFAULTFD (and uffd non-cooperative events)",
+        required=False,
+    )
+
+
 def check_freezer() -> Check:
     v1 = Path("/sys/fs/cgroup/freezer")
     if (
@@ -200,6 +218,7 @@ ALL_CHECKS: tuple[Callable[[], Check], ...] = (
     check_pycriu,
     check_nft,
     check_criu_cache,
+    check_lazy_pages,
     check_freezer,
     check_namespaces,
 )

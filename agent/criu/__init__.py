@@ -20,16 +20,24 @@ without ``held()`` means "do not hold": the hook is answered as soon as it comes
 handle is an async context manager: leaving the block without a decision aborts; if the agent
 dies, CRIU sees its socket close, takes it as "no" and rolls back.
 
+A restore with ``lazy_pages`` creates the tasks without their memory, which a ``criu
+lazy-pages`` daemon (:func:`start_lazy_pages`) copies in while they run; ``pages_in()`` says when
+all is in, or that the daemon failed (the tasks must then die). ``wait_at_pre_dump`` /
+``wait_at_pre_restore`` make CRIU wait at its first hook, before it touches any task, until
+``proceed()``: its start-up then happens ahead of the step that matters.
+
 Layout: ``_specs`` (what to do), ``_swrk`` (the CRIU process and socket), ``_session`` (the
-hook loop and the handles), ``_start`` (building requests), ``_lock`` (the network lock a dump
-leaves behind), ``_probe_cache`` (CRIU's kernel probes kept where CRIU cannot keep them).
+hook loop and the handles), ``_start`` (building requests), ``_lazy_pages`` (the post-copy
+daemon), ``_lock`` (the network lock a dump leaves behind), ``_probe_cache`` (CRIU's kernel
+probes kept where CRIU cannot keep them).
 Only ``agent.images`` besides this package imports pycriu."""
 
+from agent.criu._lazy_pages import LazyPages
 from agent.criu._lock import nft_lock_table
 from agent.criu._probe_cache import seed_probe_cache
 from agent.criu._session import HOLD_DUMP, HOLD_RESTORE, HeldDump, HeldRestore
 from agent.criu._specs import DumpResult, DumpSpec, NetworkLock, RestoreResult, RestoreSpec
-from agent.criu._start import dump, restore, start_dump, start_restore
+from agent.criu._start import dump, restore, start_dump, start_lazy_pages, start_restore
 from agent.criu._swrk import criu_binary, error_lines
 
 __all__ = [
@@ -39,6 +47,7 @@ __all__ = [
     "DumpSpec",
     "HeldDump",
     "HeldRestore",
+    "LazyPages",
     "NetworkLock",
     "RestoreResult",
     "RestoreSpec",
@@ -49,5 +58,6 @@ __all__ = [
     "restore",
     "seed_probe_cache",
     "start_dump",
+    "start_lazy_pages",
     "start_restore",
 ]

@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 import structlog
 from pycriu import rpc_pb2 as rpc
 
+from agent.criu._lazy_pages import LazyPages
 from agent.criu._lock import nft_lock_table
 from agent.criu._specs import DumpResult, DumpSpec, RestoreResult, RestoreSpec
 from agent.criu._swrk import Swrk, error_lines, harmless
@@ -26,6 +27,7 @@ log = structlog.get_logger()
 HOLD_DUMP = "post-dump"
 GATE_DUMP = "pre-dump"
 HOLD_RESTORE = "post-restore"
+GATE_RESTORE = "pre-restore"
 _ABORT_KILL_AFTER = 30.0
 _ROOT_EXIT_WAIT = 5.0
 
@@ -161,8 +163,16 @@ class HeldSession:
     async def _held(self) -> int | None:
         return await asyncio.shield(self._reached)
 
-    async def _reached_gate(self) -> None:
+    async def ready(self) -> None:
+        """Return once CRIU waits at its gate (HeldDump: pre-dump, HeldRestore: pre-restore),
+        having done all it does before touching any task: its start, kernel probing, reading
+        the images; CriuError if it failed before."""
         await asyncio.shield(self._at_gate)
+
+    def proceed(self) -> None:
+        """Let CRIU go on from its gate: a dump seizes (and, with ``freeze_cgroup``, freezes)
+        the tasks and dumps them; a restore creates the tasks."""
+        self._open_gate(True)
 
     def _open_gate(self, ok: bool) -> None:
         if not self._gate_open.done():
@@ -232,16 +242,6 @@ class HeldDump(HeldSession):
         if spec.wait_at_pre_dump:
             self.gate = GATE_DUMP
 
-    async def ready(self) -> None:
-        """Return once CRIU waits at pre-dump, having done everything that does not touch the
-        tasks (its start, kernel probing); CriuError if it failed before."""
-        await self._reached_gate()
-
-    def proceed(self) -> None:
-        """Let CRIU go on from pre-dump: seize (and, with ``freeze_cgroup``, freeze) the tasks
-        and dump them."""
-        self._open_gate(True)
-
     async def held(self) -> None:
         """Return once CRIU holds at post-dump; CriuError if it failed before."""
         await self._held()
@@ -268,15 +268,22 @@ class HeldDump(HeldSession):
 
 
 class HeldRestore(HeldSession):
-    """A restore that holds at ``post-restore`` (tree created, not resumed, network locked)."""
+    """A restore that holds at ``post-restore`` (tree created, not resumed, network locked);
+    with ``spec.wait_at_pre_restore`` it first waits at ``pre-restore`` (images read, no task
+    created yet) until :meth:`proceed`."""
 
     kind = "restore"
     hold = HOLD_RESTORE
 
-    def __init__(self, swrk: Swrk, spec: RestoreSpec, log_path: Path) -> None:
+    def __init__(
+        self, swrk: Swrk, spec: RestoreSpec, log_path: Path, pages: LazyPages | None = None
+    ) -> None:
         super().__init__(swrk, log_path, str(spec.images_dir))
         self.spec = spec
         self._root: PinnedProcess | None = None
+        self.pages = pages
+        if spec.wait_at_pre_restore:
+            self.gate = GATE_RESTORE
 
     def _saw_pid(self, pid: int) -> None:
         # The root is named at setup-namespaces and post-restore. Pin it at once (it exists and
@@ -287,6 +294,8 @@ class HeldRestore(HeldSession):
                 self._root = PinnedProcess(pid)
 
     async def _finished(self) -> None:
+        if self.pages is not None and not self._succeeded():
+            self.pages.kill()  # it may wait for a restore that will never call
         root, self._root = self._root, None
         if root is None:
             return
@@ -325,6 +334,12 @@ class HeldRestore(HeldSession):
             log_path=self.log_path,
             seconds=time.monotonic() - self._started,
         )
+
+    async def pages_in(self) -> None:
+        """Return once the restored tasks have all their memory (at once unless the restore
+        was lazy); CriuError if the lazy-pages daemon failed: the tasks must not go on."""
+        if self.pages is not None:
+            await self.pages.filled()
 
     async def abort(self, *, kill_after: float | None = _ABORT_KILL_AFTER) -> None:
         """Make CRIU give up: it SIGKILLs the restored tree (the init of its PID namespace);

@@ -60,6 +60,12 @@ class RestoreSpec:
     # dump's), whatever the request says; agent.images.skip_criu_network_lock changes it there.
     # CRIU inherit_fd: key (e.g. "pipe:[1234]") -> fd in this process, handed to CRIU.
     inherit_fds: Mapping[str, int] = field(default_factory=dict)
+    # Post-copy: create the tasks without their private anonymous memory, which a
+    # ``criu lazy-pages`` daemon copies in while they run (see agent.criu._lazy_pages).
+    lazy_pages: bool = False
+    # Stop at CRIU's pre-restore hook until HeldRestore.proceed(): CRIU's start-up and reading
+    # of the images then happen before the caller's restore step; no task exists yet.
+    wait_at_pre_restore: bool = False
     netns: Path | None = None
     external: tuple[str, ...] = ()
     criu_path: str | None = None

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import structlog
 from pycriu import rpc_pb2 as rpc
 
+from agent.criu._lazy_pages import LazyPages
 from agent.criu._session import HeldDump, HeldRestore, HeldSession
 from agent.criu._specs import DumpResult, DumpSpec, RestoreResult, RestoreSpec
 from agent.criu._swrk import Swrk, criu_binary
@@ -107,9 +108,24 @@ async def start_dump(spec: DumpSpec) -> HeldDump:
     return session
 
 
-async def start_restore(spec: RestoreSpec) -> HeldRestore:
+async def start_lazy_pages(spec: RestoreSpec) -> LazyPages:
+    """Start the lazy-pages daemon a restore of ``spec`` (with ``lazy_pages``) will use; it
+    listens until the restore comes (ahead of time: its start is then off the restore's path)."""
+    work_dir = spec.work_dir or spec.images_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return await LazyPages.start(
+        criu=criu_binary(spec.criu_path),
+        images_dir=spec.images_dir,
+        work_dir=work_dir,
+        log_level=spec.log_level,
+        netns=spec.netns,
+    )
+
+
+async def start_restore(spec: RestoreSpec, *, pages: LazyPages | None = None) -> HeldRestore:
     """Start CRIU restoring ``spec.images_dir``; it will hold at ``post-restore``. The root is
-    created as our child (``rst_sibling``), so it never stays a child of CRIU."""
+    created as our child (``rst_sibling``), so it never stays a child of CRIU. A lazy restore
+    uses ``pages`` (from :func:`start_lazy_pages`) or starts its daemon first."""
     criu = criu_binary(spec.criu_path)
     work_dir = spec.work_dir or spec.images_dir
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -117,27 +133,38 @@ async def start_restore(spec: RestoreSpec) -> HeldRestore:
     def fill(opts: Any) -> None:
         opts.tcp_established = spec.tcp_established
         opts.rst_sibling = True
+        opts.lazy_pages = spec.lazy_pages
         for key, fd in spec.inherit_fds.items():
             opts.inherit_fd.add(key=key, fd=fd)
         opts.external.extend(spec.external)
 
-    session = await _start(
-        criu=criu,
-        netns=spec.netns,
-        req_type=rpc.RESTORE,
-        images_dir=spec.images_dir,
-        work_dir=work_dir,
-        log_file=spec.log_file,
-        log_level=spec.log_level,
-        pass_fds=tuple(spec.inherit_fds.values()),
-        fill=fill,
-        make=lambda swrk, log_path: HeldRestore(swrk, spec, log_path),
-    )
+    if spec.lazy_pages and pages is None:
+        pages = await start_lazy_pages(spec)
+    elif not spec.lazy_pages and pages is not None:
+        raise ValueError("a lazy-pages daemon was given for a restore that is not lazy")
+    try:
+        session = await _start(
+            criu=criu,
+            netns=spec.netns,
+            req_type=rpc.RESTORE,
+            images_dir=spec.images_dir,
+            work_dir=work_dir,
+            log_file=spec.log_file,
+            log_level=spec.log_level,
+            pass_fds=tuple(spec.inherit_fds.values()),
+            fill=fill,
+            make=lambda swrk, log_path: HeldRestore(swrk, spec, log_path, pages),
+        )
+    except BaseException:
+        if pages is not None:
+            pages.kill()
+        raise
     log.info(
         "criu_restore_started",
         images_dir=str(spec.images_dir),
         criu_pid=session.criu_pid,
         inherit=sorted(spec.inherit_fds),
+        lazy_pages_pid=pages.pid if pages is not None else None,
     )
     return session
 

@@ -258,7 +258,7 @@ class RestoreRank(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., image: _Optional[_Union[RankImage, _Mapping]] = ...) -> None: ...
 
 class PrepareRestore(_message.Message):
-    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections")
+    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections", "lazy_pages")
     class AddressMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +299,7 @@ class PrepareRestore(_message.Message):
     PLUGIN_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     HOLD_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     CLOSE_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
     job: str
     restore: str
     checkpoint: str
@@ -311,7 +312,8 @@ class PrepareRestore(_message.Message):
     plugin_options: _containers.ScalarMap[str, str]
     hold_timeout: float
     close_connections: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ...) -> None: ...
+    lazy_pages: bool
+    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ..., lazy_pages: _Optional[bool] = ...) -> None: ...
 
 class RestoreStep(_message.Message):
     __slots__ = ("restore", "step")

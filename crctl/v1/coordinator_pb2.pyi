@@ -254,7 +254,7 @@ class ListCheckpointsResponse(_message.Message):
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
 
 class RestartRequest(_message.Message):
-    __slots__ = ("job", "checkpoint", "host_map", "hosts", "plugins", "plugin_options", "timeout_seconds")
+    __slots__ = ("job", "checkpoint", "host_map", "hosts", "plugins", "plugin_options", "timeout_seconds", "eager_pages")
     class HostMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +276,7 @@ class RestartRequest(_message.Message):
     PLUGINS_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EAGER_PAGES_FIELD_NUMBER: _ClassVar[int]
     job: str
     checkpoint: str
     host_map: _containers.ScalarMap[str, str]
@@ -283,7 +284,8 @@ class RestartRequest(_message.Message):
     plugins: _containers.RepeatedScalarFieldContainer[str]
     plugin_options: _containers.ScalarMap[str, str]
     timeout_seconds: float
-    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., host_map: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    eager_pages: bool
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., host_map: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., timeout_seconds: _Optional[float] = ..., eager_pages: _Optional[bool] = ...) -> None: ...
 
 class RestartEvent(_message.Message):
     __slots__ = ("step", "outcome")

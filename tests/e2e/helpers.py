@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -43,7 +45,10 @@ def running_ring(state: Any, request: Any, hosts: list[str]) -> Iterator[Any]:
     """A ring job named after the test, on ``hosts``; killed afterwards."""
     from testbed.ringjob import launch_ring
 
-    job = f"ring-{request.node.name.removeprefix('test_')[:40]}".replace("_", "-")
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower()).strip("-")
+    if len(name) > 40:  # parametrized tests differ at the end: keep that difference
+        name = f"{name[:32]}-{hashlib.sha1(name.encode()).hexdigest()[:7]}"
+    job = f"ring-{name}"
     # an earlier test may have restarted a daemon: start from every agent connected
     wait_for(
         lambda: all(s == "alive" for s in agent_states().values()),

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -594,6 +595,99 @@ def test_aborted_restore_kills_and_reaps_the_restored_tree(
 
             again = await job.restore("ticker", ticker, job.root / "img", b)
             await progress_beyond(job.status_file("ticker"), dumped_at + 40)
+            assert not again.exited
+        finally:
+            await job.aclose()
+
+    run(scenario())
+
+
+async def dumped_ticker(job: Job, host: Host, memory_mib: int) -> tuple[RankProcess, int]:
+    """A ticker holding ``memory_mib`` MiB of patterned memory, dumped (and so killed) after a
+    full check of that memory; returns it and its count at the dump."""
+    ticker = await job.launch("ticker", host, "ticker", "--memory-mib", str(memory_mib))
+    await progress_beyond(job.status_file("ticker"), memory_mib + 5)
+    await criu.dump(dump_spec(ticker, host, job.root / "img"))
+    await ticker.wait()
+    return ticker, await assert_still(job.status_file("ticker"))
+
+
+def lazy_spec(job: Job, host: Host, pipe: ranks.RestorePipe) -> criu.RestoreSpec:
+    return criu.RestoreSpec(
+        images_dir=job.root / "img",
+        work_dir=job.root / "rst-lazy",
+        inherit_fds=pipe.inherit_fds,
+        netns=host.netns,
+        lazy_pages=True,
+    )
+
+
+def test_lazy_restore_runs_the_rank_while_its_memory_follows(
+    hosts: tuple[Host, Host], job: Job
+) -> None:
+    """A lazy restore (post-copy): CRIU creates the rank without its memory and a lazy-pages
+    daemon copies it in; the rank runs on and finds every byte of its 48 MiB as it wrote it
+    (it checks all of it, again and again); the daemon exits once every page is in."""
+    a, b = hosts
+
+    async def scenario() -> None:
+        try:
+            ticker, dumped_at = await dumped_ticker(job, a, 48)
+            pipe = ranks.prepare_restore(
+                job.name,
+                "ticker",
+                stdout_key=ticker.stdout_key,
+                log_path=ticker.log_path,
+                freezer=job.freezer,
+            )
+            held = await criu.start_restore(lazy_spec(job, b, pipe))
+            daemon = held.pages
+            assert daemon is not None
+            pid = await held.held()
+            job.track(pipe.adopt(pid))
+            assert not daemon.done, "the daemon is gone before the rank has its memory"
+            await held.release()
+            await asyncio.wait_for(held.pages_in(), 30)
+            assert daemon.done
+            passes = status(job.status_file("ticker"))["memory_passes"]
+            await progress_beyond(job.status_file("ticker"), dumped_at + 2 * 48 + 5)
+            assert status(job.status_file("ticker"))["memory_passes"] >= passes + 2
+        finally:
+            await job.aclose()
+
+    run(scenario())
+
+
+def test_a_lazy_restore_whose_daemon_dies_reports_it(hosts: tuple[Host, Host], job: Job) -> None:
+    """The lazy-pages daemon killed while the restored rank is held: pages_in() raises (the
+    caller must not let the rank run: the kernel would give it zeros for the missing pages);
+    the aborted restore leaves nothing behind and the images restore lazily again."""
+    a, b = hosts
+
+    async def scenario() -> None:
+        try:
+            ticker, dumped_at = await dumped_ticker(job, a, 48)
+            pipe = ranks.prepare_restore(
+                job.name,
+                "ticker",
+                stdout_key=ticker.stdout_key,
+                log_path=ticker.log_path,
+                freezer=job.freezer,
+            )
+            held = await criu.start_restore(lazy_spec(job, b, pipe))
+            pid = await held.held()
+            job.started.append(procs.ProcessRef(pid, procs.start_ticks(pid) or 0))
+            assert held.pages is not None
+            os.kill(held.pages.pid, signal.SIGKILL)
+            with pytest.raises(CriuError, match=r"lazy-pages .* failed"):
+                await asyncio.wait_for(held.pages_in(), 10)
+            await held.abort()
+            pipe.discard()
+            assert not Path(f"/proc/{pid}").exists(), "the aborted restore left its root behind"
+
+            shutil.rmtree(job.root / "rst-lazy")
+            again = await job.restore("ticker", ticker, job.root / "img", b)
+            await progress_beyond(job.status_file("ticker"), dumped_at + 48 + 5)
             assert not again.exited
         finally:
             await job.aclose()

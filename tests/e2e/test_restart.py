@@ -68,27 +68,55 @@ def assert_nothing_left(state: bed.State, job: str, hosts: list[str]) -> None:
     for host in hosts:
         tables = bed.exec_in_host(state, host, ["nft", "list", "tables"]).stdout
         assert "crctl-" not in tables, f"a restore lock is left on {host}: {tables}"
-        restores = Path(state.directory) / "agents" / host / "restores"
-        left = (
-            sorted(str(p.relative_to(restores)) for p in restores.rglob("*"))
-            if (restores.exists())
-            else []
-        )
+        left = working_copies(state, host)
         assert left == [], f"working copies left on {host}: {left}"
+    assert lazy_pages_daemons(state) == []
     cgroups = Path("/sys/fs/cgroup/freezer/crctl") / job
     pids = [p for f in cgroups.glob("*/cgroup.procs") for p in f.read_text().split()]
     assert pids == [], f"processes left in {job}'s cgroups: {pids}"
 
 
+def lazy_pages_daemons(state: bed.State) -> list[str]:
+    """CRIU lazy-pages daemons still running for this testbed's agents."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv[1:2] == ["lazy-pages"] and any(a.startswith(state.directory) for a in argv):
+            found.append(f"{entry.name}: {' '.join(argv)}")
+    return found
+
+
+def working_copies(state: bed.State, host: str) -> list[str]:
+    restores = Path(state.directory) / "agents" / host / "restores"
+    return sorted(str(p.relative_to(restores)) for p in restores.rglob("*"))
+
+
+def restored_lazily(state: bed.State, host: str) -> list[bool]:
+    """What each restore on ``host`` chose, from its agent's log."""
+    log_path = Path(state.directory) / "logs" / f"{bed.agent_process(host)}.log"
+    events = [
+        json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
+    ]
+    return [e["lazy_pages"] for e in events if e.get("event") == "restore_prepared"]
+
+
+@pytest.mark.parametrize("pages", ["lazy", "eager"])
 def test_a_ring_moves_to_new_hosts_and_counts_on_over_the_new_addresses(
-    testbed6: bed.State, ring: RingJob
+    testbed6: bed.State, ring: RingJob, pages: str
 ) -> None:
+    """By default the ranks run as soon as they are restored and their memory follows
+    (post-copy); --eager-pages restores it all first. Either way the ring counts on."""
     checkpoint_and_stop(ring)
     stopped_at = [s["last_sequence"] for s in ring.statuses()]
 
-    code, outcome, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
+    extra = ["--eager-pages"] if pages == "eager" else []
+    code, outcome, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6", *extra)
 
     assert code == 0, stderr
+    assert restored_lazily(testbed6, "h4")[-1] is (pages == "lazy")
     assert outcome["restarted"] is True
     assert ranks_by_host(ring.job) == {0: "h4", 1: "h5", 2: "h6"}
     ring.wait_for_progress(tokens=30)
@@ -98,6 +126,13 @@ def test_a_ring_moves_to_new_hosts_and_counts_on_over_the_new_addresses(
     assert socket_addresses(ring) == set(addresses(testbed6, ["h4", "h5", "h6"]))
     established = bed.exec_in_host(testbed6, "h4", ["ss", "-tn", "state", "established"]).stdout
     assert f"{testbed6.hosts['h4'].address}:{RING_PORT}" in established
+    # every page is in by now: the daemons are gone, and so are the working copies
+    wait_for(lambda: not lazy_pages_daemons(testbed6), timeout=10, what="lazy-pages daemons gone")
+    wait_for(
+        lambda: not any(working_copies(testbed6, h) for h in ("h4", "h5", "h6")),
+        timeout=10,
+        what="working copies removed",
+    )
 
 
 def test_restart_packed_onto_two_hosts(testbed6: bed.State, ring: RingJob) -> None:

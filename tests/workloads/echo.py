@@ -5,7 +5,7 @@ prints a progress line on stdout now and then.
 
     echo.py server --status FILE --bind ADDR --port PORT
     echo.py client --status FILE --connect ADDR --port PORT [--interval S]
-    echo.py ticker --status FILE [--interval S]
+    echo.py ticker --status FILE [--interval S] [--memory-mib N]
 
 Status: {"role", "pid", "count", "errors": [...], "updated"}; "count" is connections accepted
 (server), replies checked (client) or ticks (ticker). A client error (a wrong or missing reply,
@@ -121,10 +121,33 @@ def client(args: argparse.Namespace, status: Status) -> int:
         time.sleep(args.interval)
 
 
+PATTERN_CHUNK = 1 << 20
+
+
+def _pattern(index: int) -> bytes:
+    """The content of memory chunk ``index``: different in every chunk and every page."""
+    page = bytes((index * 7 + i) & 0xFF for i in range(256)) * 16
+    return page * (PATTERN_CHUNK // len(page))
+
+
 def ticker(args: argparse.Namespace, status: Status) -> int:
+    """Ticks; with --memory-mib also holds that much memory, filled with a known pattern, and
+    checks one chunk of it per tick (all of it every --memory-mib ticks): "memory_passes"
+    counts the full checks, a chunk that differs is recorded as an error."""
+    chunks = args.memory_mib
+    memory = bytearray(b"".join(_pattern(i) for i in range(chunks)))
+    status.data["memory_passes"] = 0
     tick = 0
     while True:
         tick += 1
+        if chunks:
+            index = tick % chunks
+            start = index * PATTERN_CHUNK
+            if memory[start : start + PATTERN_CHUNK] != _pattern(index):
+                status.error(f"memory chunk {index} differs from what was written")
+                return 1
+            if index == chunks - 1:
+                status.data["memory_passes"] += 1
         status.bump()
         if tick % PRINT_EVERY == 0:
             print(f"progress {tick}", flush=True)
@@ -139,6 +162,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connect", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7000)
     parser.add_argument("--interval", type=float, default=0.005)
+    parser.add_argument("--memory-mib", type=int, default=0, help="ticker: memory to check")
     args = parser.parse_args(argv)
     status = Status(args.status, args.role)
     roles = {"server": serve, "client": client, "ticker": ticker}

@@ -1,0 +1,106 @@
+"""CRIU's lazy-pages daemon for one restore: the tasks run while their memory is copied in.
+
+With ``RestoreSpec.lazy_pages`` CRIU creates the tasks without their private anonymous memory;
+its restorer hands each task's userfaultfd to a ``criu lazy-pages`` daemon started beforehand in
+the same work dir (they meet at ``<work dir>/lazy-pages.socket``). The daemon serves a page
+when a task touches it, copies all the others in the background, and exits 0 once every page
+is in. Until then the tasks depend on it: were it to die, the kernel would hand out the missing
+pages as zeros. :meth:`LazyPages.filled` reports how it ended, so that the caller kills the
+tasks when it failed; a dump must wait for it too (CRIU dumps only the pages present)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+from agent.criu._swrk import error_lines
+from crctl.errors import CriuError
+
+log = structlog.get_logger()
+
+SOCKET_NAME = "lazy-pages.socket"
+LOG_NAME = "lazy-pages.log"
+_LISTEN_TIMEOUT = 10.0
+_POLL_SECONDS = 0.001
+
+
+class LazyPages:
+    """One running ``criu lazy-pages`` daemon."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, images_dir: Path, log_path: Path) -> None:
+        self._proc = proc
+        self.images_dir = images_dir
+        self.log_path = log_path
+        self._started = time.monotonic()
+
+    @classmethod
+    async def start(
+        cls, *, criu: str, images_dir: Path, work_dir: Path, log_level: int, netns: Path | None
+    ) -> LazyPages:
+        """Start the daemon and return once it listens for the restore. It runs in a session of
+        its own, with no pipe to us: it must outlive the agent, which the tasks depend on less."""
+        prefix = ["nsenter", f"--net={netns}", "--"] if netns is not None else []
+        proc = await asyncio.create_subprocess_exec(
+            *prefix,
+            criu,
+            "lazy-pages",
+            "--images-dir",
+            str(images_dir),
+            "--work-dir",
+            str(work_dir),
+            "--log-file",
+            LOG_NAME,
+            f"-v{log_level}",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        daemon = cls(proc, images_dir, work_dir / LOG_NAME)
+        with contextlib.suppress(OSError):  # the OOM killer must not pick what the tasks need
+            Path(f"/proc/{proc.pid}/oom_score_adj").write_text("-1000")
+        socket_path = work_dir / SOCKET_NAME
+        deadline = time.monotonic() + _LISTEN_TIMEOUT
+        while not socket_path.exists():
+            if proc.returncode is not None or time.monotonic() > deadline:
+                daemon.kill()
+                raise daemon._error(await proc.wait())
+            await asyncio.sleep(_POLL_SECONDS)
+        return daemon
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def done(self) -> bool:
+        return self._proc.returncode is not None
+
+    def _error(self, code: int | None) -> CriuError:
+        lines = error_lines(self.log_path)
+        reason = "; ".join(lines) if lines else f"exit status {code}"
+        return CriuError(
+            f"criu lazy-pages for {self.images_dir} failed: {reason} (log {self.log_path})",
+            phase="restore",
+        )
+
+    async def filled(self) -> None:
+        """Return once every page is in; CriuError if the daemon failed (or was killed)."""
+        code = await self._proc.wait()
+        if code != 0:
+            raise self._error(code)
+        log.debug(
+            "criu_lazy_pages_filled",
+            images_dir=str(self.images_dir),
+            seconds=round(time.monotonic() - self._started, 4),
+        )
+
+    def kill(self) -> None:
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGKILL)
