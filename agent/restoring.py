@@ -103,15 +103,42 @@ class HostRestore:
     # --- prepare ---
 
     async def prepare(self) -> None:
-        """Verify, copy, rewire (plugins), check ports and files, then lock this host."""
+        """Verify, copy, rewire (plugins), check ports and files, lock this host, and start
+        CRIU waiting at pre-restore. Before it creates any task CRIU reads every image but the
+        memory pages, so the page images (nearly all the bytes) are checked against the
+        manifest while the rest goes on; the prepare succeeds, and so the restore step can be
+        ordered, only once every image matched."""
         started = time.monotonic()
         self.plugins = load_plugins(list(self.order.plugins))
-        moves = self._moves()
         checkpoint_dir = Path(self.order.checkpoint_dir)
-        await asyncio.gather(
-            *(self._verify(checkpoint_dir, entry.rank, entry.image) for entry in self.order.ranks)
+        await self._verify(checkpoint_dir, pages=False)
+        pages = asyncio.ensure_future(self._verify(checkpoint_dir, pages=True))
+        try:
+            connections = await self._make_working_copies(checkpoint_dir)
+            rewired = time.monotonic()
+            netlock.lock_connections(self.lock_table, connections)
+            self.locked = True
+            self._prepare_ranks()
+            await self._start_criu()
+            criu_waiting = time.monotonic()
+        except BaseException:
+            pages.cancel()  # its thread finishes on its own; nothing waits for it
+            raise
+        await pages
+        self._log.info(
+            "restore_prepared",
+            phase="prepare",
+            ranks=[r.rank for r in self.ranks],
+            lazy_pages=self.order.lazy_pages,
+            copy_and_rewire_seconds=round(rewired - started, 4),
+            lock_and_criu_seconds=round(criu_waiting - rewired, 4),
+            verified_seconds=round(time.monotonic() - started, 4),
         )
-        verified = time.monotonic()
+
+    async def _make_working_copies(self, checkpoint_dir: Path) -> list[netlock.Connection]:
+        """Each rank's working copy, rewired by the plugins, its files and ports checked;
+        returns the TCP connections to lock."""
+        moves = self._moves()
         self.root.mkdir(parents=True, exist_ok=True)
         close = set(self.order.close_connections)
         connections: list[netlock.Connection] = []
@@ -163,12 +190,11 @@ class HostRestore:
                         f"taken on {self.host}",
                     )
             connections.extend(_connections(summary))
-        rewired = time.monotonic()
-        netlock.lock_connections(self.lock_table, connections)
-        self.locked = True
-        # What the restore step needs besides CRIU's restore, made now: each rank's cgroup, its
-        # new stdout pipe with the process that empties it into the rank's log, and for a lazy
-        # restore the daemon that will copy its memory in.
+        return connections
+
+    def _prepare_ranks(self) -> None:
+        """What the restore needs besides CRIU: each rank's cgroup, its new stdout pipe with the
+        process that empties it into the rank's log, and CRIU's restore spec."""
         for rank in self.ranks:
             rank.pipe = prepare_restore(
                 self.job,
@@ -185,16 +211,6 @@ class HostRestore:
                 lazy_pages=self.order.lazy_pages,
                 wait_at_pre_restore=True,
             )
-        await self._start_criu()
-        self._log.info(
-            "restore_prepared",
-            phase="prepare",
-            ranks=[r.rank for r in self.ranks],
-            lazy_pages=self.order.lazy_pages,
-            verify_seconds=round(verified - started, 4),
-            copy_and_rewire_seconds=round(rewired - verified, 4),
-            lock_seconds=round(time.monotonic() - rewired, 4),
-        )
 
     async def _start_criu(self) -> None:
         """Start every rank's CRIU restore (and lazy-pages daemon), all at once; each stops at
@@ -213,10 +229,24 @@ class HostRestore:
             if isinstance(outcome, BaseException):
                 raise RankFailure(rank.rank, str(outcome))
 
-    async def _verify(self, checkpoint_dir: Path, rank: int, image: control_pb2.RankImage) -> None:
+    async def _verify(self, checkpoint_dir: Path, *, pages: bool) -> None:
+        """Every rank's image files against the manifest: the memory page images, or all the
+        others."""
+        await asyncio.gather(
+            *(
+                self._verify_rank(checkpoint_dir, entry.rank, entry.image, pages=pages)
+                for entry in self.order.ranks
+            )
+        )
+
+    async def _verify_rank(
+        self, checkpoint_dir: Path, rank: int, image: control_pb2.RankImage, *, pages: bool
+    ) -> None:
         prefix = rank_name(rank) + "/"
         expected = [
-            images.FileDigest(f.path.removeprefix(prefix), f.size, f.sha256) for f in image.files
+            images.FileDigest(f.path.removeprefix(prefix), f.size, f.sha256)
+            for f in image.files
+            if images.is_page_image(f.path) == pages
         ]
         problems = await asyncio.to_thread(
             images.verify, checkpoint_dir / rank_name(rank), expected

@@ -39,6 +39,7 @@ from agent.images._inspect import (
 from agent.images._manifest import (
     FileDigest,
     Problem,
+    is_page_image,
     sha256_file,
     sha256_files,
     verify,
@@ -77,6 +78,7 @@ __all__ = [
     "close_connections",
     "external_connections",
     "inspect",
+    "is_page_image",
     "make_working_copy",
     "rewrite_socket_addresses",
     "sha256_file",

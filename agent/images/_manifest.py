@@ -32,6 +32,12 @@ class Problem:
         return f"{self.path}: {self.detail}"
 
 
+def is_page_image(path: str) -> bool:
+    """Whether an image file holds memory pages (``pages-<id>.img``): a restore reads those
+    only when it fills the memory of tasks it has created, after everything else."""
+    return Path(path).name.startswith("pages-")
+
+
 def sha256_file(path: Path) -> str:
     """The file's sha256, read through a mapping of it: no copy into a buffer (a third less
     time than reading on page images here). Checkpoint images are never truncated in place

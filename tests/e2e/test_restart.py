@@ -198,18 +198,21 @@ def test_a_target_host_whose_agent_is_down_is_refused_before_anything_runs(
     ring.wait_for_progress(tokens=20)
 
 
+@pytest.mark.parametrize("image", ["pages-1.img", "files.img"])
 def test_a_corrupted_image_is_refused_by_checksum_naming_the_file(
-    testbed6: bed.State, ring: RingJob
+    testbed6: bed.State, ring: RingJob, image: str
 ) -> None:
+    """A memory page image (checked while CRIU starts, before it may create any task) or any
+    other image (checked before CRIU starts)."""
     outcome = checkpoint_and_stop(ring)
     directory = Path(crctl_json("checkpoints", ring.job)[0]["directory"])
-    victim = directory / "rank-1" / "pages-1.img"
+    victim = directory / "rank-1" / image
     original = victim.read_bytes()
     victim.write_bytes(bytes([original[0] ^ 0xFF]) + original[1:])
     try:
         code, failed, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
         assert code == 1
-        assert "rank-1/pages-1.img" in stderr and "sha256" in stderr
+        assert f"rank-1/{image}" in stderr and "sha256" in stderr
         assert failed["failed_rank"] == 1 and failed["failed_host"] == "h5"
         assert_nothing_left(testbed6, ring.job, ["h4", "h5", "h6"])
     finally:
