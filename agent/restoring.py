@@ -142,11 +142,21 @@ class HostRestore:
         self.root.mkdir(parents=True, exist_ok=True)
         close = set(self.order.close_connections)
         connections: list[netlock.Connection] = []
+        ends = images.connection_ends(
+            checkpoint_dir / rank_name(r.rank) for r in (*self.order.ranks, *self.order.peer_ranks)
+        )
         for entry in self.order.ranks:
             source = checkpoint_dir / rank_name(entry.rank)
             working = self.root / rank_name(entry.rank)
             images.make_working_copy(source, working)
             images.skip_criu_network_lock(working)  # this host's own lock (below) covers it
+            handed = images.hand_over_in_flight(working, source, ends)
+            if handed:
+                self._log.info(
+                    "restore_in_flight_handed_over",
+                    rank=entry.rank,
+                    connections=[str(h) for h in handed],
+                )
             context = RestartContext(
                 job=self.job,
                 checkpoint=self.order.checkpoint,
@@ -231,11 +241,13 @@ class HostRestore:
 
     async def _verify(self, checkpoint_dir: Path, *, pages: bool) -> None:
         """Every rank's image files against the manifest: the memory page images, or all the
-        others."""
+        others (also those of the ranks at the other end of their connections, which are read
+        to hand over the bytes in flight)."""
+        entries = self.order.ranks if pages else [*self.order.ranks, *self.order.peer_ranks]
         await asyncio.gather(
             *(
                 self._verify_rank(checkpoint_dir, entry.rank, entry.image, pages=pages)
-                for entry in self.order.ranks
+                for entry in entries
             )
         )
 

@@ -161,3 +161,26 @@ def _mapped_local(
     raise ConflictError(
         f"{new_host} has no address of the family of {local} (rank {image.rank}, from {image.host})"
     )
+
+
+def connected_ranks(
+    images: Sequence[control_pb2.RankImage], ranks: Sequence[int]
+) -> list[control_pb2.RankImage]:
+    """The other ranks at the far end of an established TCP connection of one of ``ranks`` (as
+    the manifest recorded them, with their dump-time addresses)."""
+    wanted = {
+        connection_key(s.peer_address, s.peer_port, s.local_address, s.local_port)
+        for image in images
+        if image.rank in ranks
+        for s in image.sockets
+        if s.proto == "tcp" and s.state == "established" and s.peer_address
+    }
+    return [
+        image
+        for image in images
+        if image.rank not in ranks
+        and any(
+            connection_key(s.local_address, s.local_port, s.peer_address, s.peer_port) in wanted
+            for s in image.sockets
+        )
+    ]

@@ -24,7 +24,7 @@ from google.protobuf.json_format import Parse
 
 from coordinator.control import ControlPlane
 from coordinator.jobs import JobService
-from coordinator.placement import Placement, plan_restart
+from coordinator.placement import Placement, connected_ranks, plan_restart
 from coordinator.progress import ProgressFeed
 from coordinator.store import CheckpointRecord, Store
 from crctl.clock import new_id
@@ -102,6 +102,9 @@ class RestartRun:
             if self._placement.rank_hosts[image.rank] == host:
                 prepare.ranks.add(rank=image.rank, image=image)
                 prepare.close_connections.extend(self._placement.close.get(image.rank, []))
+        here = [r.rank for r in prepare.ranks]
+        for image in connected_ranks(self._manifest.ranks, here):
+            prepare.peer_ranks.add(rank=image.rank, image=image)
         prepare.address_map.update(self._placement.address_map)
         prepare.host_map.update(self._placement.host_map)
         for name, addresses in self._addresses.items():
@@ -140,6 +143,8 @@ class RestartRun:
         )
         failures = [r for r in results if isinstance(r, StepFailure)]
         if failures:
+            # A rank's images are read on its own host and where its peers go: name its own.
+            failures.sort(key=lambda f: self._placement.rank_hosts.get(f.rank) != f.host)
             raise failures[0]
         for result in results:
             if isinstance(result, BaseException):

@@ -6,7 +6,8 @@ and sha256 manifests.
 Besides :mod:`agent.criu`, this is the only package that imports pycriu. Layout: ``_format``
 (loading and atomically replacing one image, address words), ``_inspect`` (what a dump holds),
 ``_working_copy`` (the copy a restore may rewrite), ``_sockets`` (rewriting socket entries),
-``_manifest`` (sha256 manifests and checks).
+``_inflight`` (TCP bytes in flight at the checkpoint handed to their receiver), ``_manifest``
+(sha256 manifests and checks).
 
 What CRIU 4.x writes, as found on CRIU 4.1.1 and 4.2.1:
 
@@ -22,12 +23,22 @@ What CRIU 4.x writes, as found on CRIU 4.1.1 and 4.2.1:
   executable, libraries), the cwd and root directories and devices are ``REG`` entries too.
 * ``fdinfo-<n>.img`` maps the tasks' descriptors to file ids; ``remap-fpath.img`` marks files
   that were deleted while open (``GHOST``: their contents are in the images).
-* ``tcp-stream-<ino>.img`` holds sequence numbers, windows and queued data: no addresses.
+* ``tcp-stream-<ino>.img`` holds sequence numbers, windows and queued data: no addresses. Its
+  ``TcpStreamEntry`` is followed by the receive queue's bytes (``inq_len``, ending just before
+  ``inq_seq``, the next byte expected) then the send queue's (``outq_len``, ending at
+  ``outq_seq``; its last ``unsq_len`` bytes were never sent).
   Tasks in the host's network namespace have no ``netdev`` / ``ifaddr`` / ``route`` images,
   so the socket entries in ``files.img`` are the only addresses to rewrite.
 """
 
 from agent.images._format import FILES_IMG, INVENTORY_IMG, REMAP_IMG, ImageError
+from agent.images._inflight import (
+    HandedOver,
+    Queues,
+    connection_ends,
+    hand_over_in_flight,
+    settle,
+)
 from agent.images._inspect import (
     Endpoint,
     ImageFile,
@@ -68,19 +79,24 @@ __all__ = [
     "CopyReport",
     "Endpoint",
     "FileDigest",
+    "HandedOver",
     "ImageError",
     "ImageFile",
     "ImageSummary",
     "InetSocket",
     "Problem",
+    "Queues",
     "RegularFile",
     "RewriteReport",
     "close_connections",
+    "connection_ends",
     "external_connections",
+    "hand_over_in_flight",
     "inspect",
     "is_page_image",
     "make_working_copy",
     "rewrite_socket_addresses",
+    "settle",
     "sha256_file",
     "sha256_files",
     "skip_criu_network_lock",

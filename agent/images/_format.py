@@ -118,6 +118,38 @@ def load(path: Path, magic: str) -> list[Any]:
     return messages
 
 
+def load_with_payload(path: Path, magic: str) -> tuple[Any, bytes]:
+    """The one entry of a ``magic`` image that carries raw bytes after it (``TCP_STREAM``: the
+    socket's receive then send queue), and those bytes."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(
+            f"cannot read {path.name}: {exc.strerror}", path=path, errno=exc.errno
+        ) from exc
+    handler = criu_images.handlers.get(magic)
+    header = _header(magic)
+    offset = _WORD.size * len(header)
+    try:
+        found = tuple(_WORD.unpack_from(raw, i * _WORD.size)[0] for i in range(len(header)))
+        (size,) = _WORD.unpack_from(raw, offset)
+        if found != header or handler is None:
+            raise ImageError(f"{path.name} is not a {magic} image", path=path)
+        body = raw[offset + _WORD.size : offset + _WORD.size + size]
+        if size < 0 or len(body) != size:
+            raise ImageError(f"{path.name} is truncated", path=path)
+        message = handler.payload.FromString(body)
+    except ImageError:
+        raise
+    except Exception as exc:  # struct.error, protobuf's DecodeError
+        raise ImageError(
+            f"{path.name} is corrupt ({type(exc).__name__}: {exc})", path=path
+        ) from exc
+    if message.SerializeToString() != body:
+        raise ImageError(f"{path.name} does not encode back to the same bytes", path=path)
+    return message, raw[offset + _WORD.size + size :]
+
+
 def _split(raw: bytes, path: Path) -> tuple[tuple[int, ...], list[bytes]]:
     """An image's magic words (the common or service magic first, when present, then the
     image's own) and its entries' bytes: each entry is a 32-bit size and that many bytes."""
@@ -147,12 +179,13 @@ def _encode(header: tuple[int, ...], messages: Iterable[Any]) -> bytes:
     return b"".join(parts)
 
 
-def replace(path: Path, magic: str, entries: list[Any]) -> None:
+def replace(path: Path, magic: str, entries: list[Any], payload: bytes = b"") -> None:
     """Write a new ``path`` beside the old one and rename it into place (keeping its mode): the
-    old file, which may be hard-linked into a checkpoint, is never written through."""
+    old file, which may be hard-linked into a checkpoint, is never written through.
+    ``payload``: the raw bytes some images carry after their entry (load_with_payload)."""
     header = _header(magic)
     try:
-        data = _encode(header, entries)
+        data = _encode(header, entries) + payload
     except Exception as exc:
         raise ImageError(
             f"cannot encode {path.name} ({type(exc).__name__}: {exc})", path=path

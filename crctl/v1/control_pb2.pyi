@@ -258,7 +258,7 @@ class RestoreRank(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., image: _Optional[_Union[RankImage, _Mapping]] = ...) -> None: ...
 
 class PrepareRestore(_message.Message):
-    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections", "lazy_pages")
+    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections", "lazy_pages", "peer_ranks")
     class AddressMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +300,7 @@ class PrepareRestore(_message.Message):
     HOLD_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     CLOSE_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
+    PEER_RANKS_FIELD_NUMBER: _ClassVar[int]
     job: str
     restore: str
     checkpoint: str
@@ -313,7 +314,8 @@ class PrepareRestore(_message.Message):
     hold_timeout: float
     close_connections: _containers.RepeatedScalarFieldContainer[str]
     lazy_pages: bool
-    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ..., lazy_pages: _Optional[bool] = ...) -> None: ...
+    peer_ranks: _containers.RepeatedCompositeFieldContainer[RestoreRank]
+    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ..., lazy_pages: _Optional[bool] = ..., peer_ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ...) -> None: ...
 
 class RestoreStep(_message.Message):
     __slots__ = ("restore", "step")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from agent import criu, ranks, reaper
+from agent import criu, images, ranks, reaper
 from agent.freezer import FreezerHierarchy
 from agent.ranks import RankProcess
 from agent.reaper import PinnedProcess
@@ -511,6 +511,97 @@ def test_killed_pair_restored_in_place_continues_and_keeps_logging(
             assert restored["client"].kill()
             assert await restored["client"].wait() == -signal.SIGKILL
         finally:
+            await job.aclose()
+
+    run(scenario())
+
+
+def nft_in_host(host: Host, script: str) -> None:
+    subprocess.run(
+        [*netns.nsenter_prefix(host.namespace), "nft", "-f", "-"],
+        input=script,
+        text=True,
+        check=True,
+    )
+
+
+def test_bytes_in_flight_at_the_dump_are_handed_to_the_receiver(
+    hosts: tuple[Host, Host], job: Job
+) -> None:
+    """The server's host drops what the server sends while both run on: its reply to the
+    client's last request stays unsent, the acknowledgement of that request is lost, so each
+    end holds bytes its peer has or should have. Then both are dumped. In working copies the
+    reply moves into the client's receive queue, and both send queues drop what the other end
+    now has (nothing left to send again); restored from them, the pair goes on with every reply
+    checked (a request or reply lost or delivered twice would show)."""
+    a, b = hosts
+    table = f"crtest{os.getpid()}"
+
+    async def scenario() -> None:
+        try:
+            server, client = await start_pair(job, a, b)
+            nft_in_host(
+                a,
+                f"table inet {table} {{ chain out {{ type filter hook output priority 0; "
+                f"tcp sport {PORT} drop; }}; }}",
+            )
+            stuck_at = await assert_still(job.status_file("client"), 0.3)
+            dumps = [
+                await criu.start_dump(dump_spec(server, a, job.root / "img-server")),
+                await criu.start_dump(dump_spec(client, b, job.root / "img-client")),
+            ]
+            await asyncio.gather(*(d.held() for d in dumps))
+            await asyncio.gather(*(d.commit() for d in dumps))
+            await asyncio.gather(server.wait(), client.wait())
+            nft_in_host(a, f"delete table inet {table}")
+            for process in (server, client):
+                process.cgroup.remove()
+
+            originals = {side: job.root / f"img-{side}" for side in ("server", "client")}
+            ends = images.connection_ends(originals.values())
+            handed = {}
+            for side, original in originals.items():
+                images.make_working_copy(original, job.root / f"wc-{side}")
+                handed[side] = images.hand_over_in_flight(job.root / f"wc-{side}", original, ends)
+            line = len(f"{stuck_at + 1} {'x' * 32}\n")
+            # the server's reply (its send was refused: never sent) and the client's request
+            # (received, its acknowledgement lost)
+            assert [(h.received, h.dropped) for h in handed["server"]] == [(0, line)]
+            assert [(h.received, h.dropped) for h in handed["client"]] == [(line, line)]
+
+            pipes = {
+                side: ranks.prepare_restore(
+                    job.name,
+                    side,
+                    stdout_key=process.stdout_key,
+                    log_path=process.log_path,
+                    freezer=job.freezer,
+                )
+                for side, process in (("server", server), ("client", client))
+            }
+            restores = {
+                side: await criu.start_restore(
+                    criu.RestoreSpec(
+                        images_dir=job.root / f"wc-{side}",
+                        work_dir=job.root / f"rst-{side}",
+                        inherit_fds=pipes[side].inherit_fds,
+                        netns=host.netns,
+                    )
+                )
+                for side, host in (("server", a), ("client", b))
+            }
+            for side, pid in zip(
+                restores, await asyncio.gather(*(r.held() for r in restores.values())), strict=True
+            ):
+                job.track(pipes[side].adopt(pid))
+            await asyncio.gather(*(r.release() for r in restores.values()))
+            await progress_beyond(job.status_file("client"), stuck_at + 50)
+        finally:
+            subprocess.run(
+                [*netns.nsenter_prefix(a.namespace), "nft", "delete", "table", "inet", table],
+                capture_output=True,
+                check=False,
+            )
             await job.aclose()
 
     run(scenario())
