@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -241,24 +242,35 @@ class HostRestore:
 
     async def _verify(self, checkpoint_dir: Path, *, pages: bool) -> None:
         """Every rank's image files against the manifest: the memory page images, or all the
-        others (also those of the ranks at the other end of their connections, which are read
-        to hand over the bytes in flight)."""
-        entries = self.order.ranks if pages else [*self.order.ranks, *self.order.peer_ranks]
-        await asyncio.gather(
-            *(
-                self._verify_rank(checkpoint_dir, entry.rank, entry.image, pages=pages)
-                for entry in entries
+        others, and then also those the hand-over of bytes in flight reads of the ranks at the
+        other end of their connections."""
+        checks = [
+            self._verify_rank(
+                checkpoint_dir, entry.rank, entry.image, lambda p: images.is_page_image(p) == pages
             )
-        )
+            for entry in self.order.ranks
+        ]
+        if not pages:
+            checks.extend(
+                self._verify_rank(
+                    checkpoint_dir, entry.rank, entry.image, images.read_for_hand_over
+                )
+                for entry in self.order.peer_ranks
+            )
+        await asyncio.gather(*checks)
 
     async def _verify_rank(
-        self, checkpoint_dir: Path, rank: int, image: control_pb2.RankImage, *, pages: bool
+        self,
+        checkpoint_dir: Path,
+        rank: int,
+        image: control_pb2.RankImage,
+        which: Callable[[str], bool],
     ) -> None:
         prefix = rank_name(rank) + "/"
         expected = [
             images.FileDigest(f.path.removeprefix(prefix), f.size, f.sha256)
             for f in image.files
-            if images.is_page_image(f.path) == pages
+            if which(f.path)
         ]
         problems = await asyncio.to_thread(
             images.verify, checkpoint_dir / rank_name(rank), expected

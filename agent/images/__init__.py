@@ -37,6 +37,7 @@ from agent.images._inflight import (
     Queues,
     connection_ends,
     hand_over_in_flight,
+    read_for_hand_over,
     settle,
 )
 from agent.images._inspect import (
@@ -95,6 +96,7 @@ __all__ = [
     "inspect",
     "is_page_image",
     "make_working_copy",
+    "read_for_hand_over",
     "rewrite_socket_addresses",
     "settle",
     "sha256_file",

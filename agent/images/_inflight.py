@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from agent.images._format import ImageError, load_with_payload
+from agent.images._format import FILES_IMG, REMAP_IMG, ImageError, load_with_payload
 from agent.images._format import replace as replace_image
 from agent.images._inspect import Endpoint, InetSocket, inspect
 
@@ -95,6 +95,13 @@ def settle(end: Queues, peer: Queues) -> Queues | None:
     )
 
 
+def read_for_hand_over(path: str) -> bool:
+    """Whether the hand-over reads this image file of a peer rank (to find its connections and
+    their queues): the others need not be checked for it."""
+    name = Path(path).name
+    return name in (FILES_IMG, REMAP_IMG) or name.startswith(("fdinfo-", "tcp-stream-"))
+
+
 def _stream_path(images_dir: Path, sock: InetSocket) -> Path:
     return images_dir / f"tcp-stream-{sock.ino:x}.img"
 
@@ -142,11 +149,13 @@ def connection_ends(images_dirs: Iterable[Path]) -> Ends:
 
 def hand_over_in_flight(working: Path, original: Path, ends: Ends) -> list[HandedOver]:
     """Deliver the bytes in flight on every connection of the rank dumped in ``original`` whose
-    other end is among ``ends`` (connection_ends of the checkpoint's folders that matter: this
-    one and its peers'), in its working copy ``working``: the tcp-stream images are rewritten
-    there, the originals only read. Returns the connection ends that changed."""
+    other end is among ``ends`` (connection_ends of the checkpoint's folders that matter:
+    ``original`` among them, and its peers'), in its working copy ``working``: the tcp-stream
+    images are rewritten there, the originals only read. Returns the connection ends that
+    changed."""
     changed = []
-    for sock in _connections(original):
+    mine_here = [sock for images_dir, sock in ends.values() if images_dir == original]
+    for sock in mine_here:
         assert sock.peer is not None
         other = ends.get((sock.peer, sock.local))
         if other is None:
