@@ -75,6 +75,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._orders.recover()
+        await self._orders.finish_earlier_restores()
         self._link.connect()
         watcher = asyncio.create_task(self._link.watch())
         loop = asyncio.get_running_loop()

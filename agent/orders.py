@@ -18,7 +18,7 @@ from agent import ranks as rank_runtime
 from agent.checkpointing import HostCheckpoint, remove_images
 from agent.freezer import FreezerHierarchy
 from agent.ranks import RankProcess, rank_log, rank_name, rank_number
-from agent.restoring import HostRestore, RankFailure
+from agent.restoring import HostRestore, RankFailure, finish_earlier_restores
 from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
 
@@ -142,6 +142,10 @@ class Orders:
                 log.warning("rank_not_adopted", job=job, rank=rank, pid=pid, error=str(exc))
                 continue
             self.adopt(job, rank, process)
+
+    async def finish_earlier_restores(self) -> None:
+        """After an agent restart, before serving: see restoring.finish_earlier_restores."""
+        await finish_earlier_restores(self._work_dir, self.ranks)
 
     def running(self) -> list[control_pb2.RankRef]:
         return [

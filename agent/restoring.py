@@ -4,9 +4,10 @@ the images, lock the host, restore and hold the ranks, unlock, release — or un
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,13 +15,23 @@ import structlog
 
 from agent import criu, images, netlock
 from agent.plugin_runner import load_plugins, run_hook
-from agent.ranks import RankProcess, RestorePipe, prepare_restore, rank_log, rank_name
+from agent.ranks import (
+    RankProcess,
+    RestorePipe,
+    prepare_restore,
+    rank_log,
+    rank_name,
+    rank_number,
+)
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
 from crctl.plugins import HostMove, RestartContext, RestartPlugin
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
+
+# In each restore's folder: which job it restores (read by an agent restarted meanwhile).
+RESTORE_RECORD = "restore.json"
 
 
 class RankFailure(CrctlError):
@@ -141,6 +152,7 @@ class HostRestore:
         returns the TCP connections to lock."""
         moves = self._moves()
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / RESTORE_RECORD).write_text(json.dumps({"job": self.job}))
         close = set(self.order.close_connections)
         connections: list[netlock.Connection] = []
         ends = images.connection_ends(
@@ -383,6 +395,45 @@ class HostRestore:
 
     def _cleanup(self) -> None:
         remove_tree(self.root)  # CRIU may have left its cgroup yard mounted in there
+
+
+def restore_job(root: Path) -> str | None:
+    """The job a restore folder (``<work dir>/restores/<restore>``) was made for."""
+    try:
+        job = json.loads((root / RESTORE_RECORD).read_text()).get("job")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return job if isinstance(job, str) else None
+
+
+async def finish_earlier_restores(
+    work_dir: Path, ranks: Mapping[tuple[str, int], RankProcess]
+) -> None:
+    """After an agent restart: ranks the previous agent restored lazily may still be getting
+    their memory from their lazy-pages daemons, which outlive agents. Wait for those to finish
+    (a checkpoint meanwhile would dump ranks missing pages: the caller serves nothing until
+    then), kill a rank whose daemon failed, and remove the previous agent's working copies."""
+    restores = work_dir / "restores"
+    if not restores.is_dir():
+        return
+
+    async def finish(images_dir: Path, pid: int) -> None:
+        root = images_dir.parent
+        job, rank = restore_job(root), rank_number(images_dir.name)
+        log.warning("restored_memory_still_coming", job=job, rank=rank, daemon_pid=pid)
+        log_path = root / "logs" / images_dir.name / criu.LAZY_PAGES_LOG
+        try:
+            await criu.outlived(pid, images_dir, log_path)
+        except CrctlError as exc:
+            log.error("restored_rank_memory_lost", job=job, rank=rank, error=exc.message)
+            process = ranks.get((job, rank)) if job is not None and rank is not None else None
+            if process is not None:
+                process.kill()
+
+    daemons = criu.running_daemons(restores)
+    await asyncio.gather(*(finish(d, pid) for d, pid in daemons.items()))
+    for root in restores.iterdir():
+        remove_tree(root)
 
 
 def _with_pid(context: RestartContext, pid: int) -> RestartContext:

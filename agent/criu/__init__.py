@@ -32,7 +32,7 @@ daemon), ``_lock`` (the network lock a dump leaves behind), ``_probe_cache`` (CR
 probes kept where CRIU cannot keep them).
 Only ``agent.images`` besides this package imports pycriu."""
 
-from agent.criu._lazy_pages import LazyPages
+from agent.criu._lazy_pages import LAZY_PAGES_LOG, LazyPages, outlived, running_daemons
 from agent.criu._lock import nft_lock_table
 from agent.criu._probe_cache import seed_probe_cache
 from agent.criu._session import HOLD_DUMP, HOLD_RESTORE, HeldDump, HeldRestore
@@ -43,6 +43,7 @@ from agent.criu._swrk import criu_binary, error_lines
 __all__ = [
     "HOLD_DUMP",
     "HOLD_RESTORE",
+    "LAZY_PAGES_LOG",
     "DumpResult",
     "DumpSpec",
     "HeldDump",
@@ -55,7 +56,9 @@ __all__ = [
     "dump",
     "error_lines",
     "nft_lock_table",
+    "outlived",
     "restore",
+    "running_daemons",
     "seed_probe_cache",
     "start_dump",
     "start_lazy_pages",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from crctl.errors import CriuError
 log = structlog.get_logger()
 
 SOCKET_NAME = "lazy-pages.socket"
-LOG_NAME = "lazy-pages.log"
+LAZY_PAGES_LOG = "lazy-pages.log"
 _LISTEN_TIMEOUT = 10.0
 _POLL_SECONDS = 0.001
 
@@ -54,14 +55,14 @@ class LazyPages:
             "--work-dir",
             str(work_dir),
             "--log-file",
-            LOG_NAME,
+            LAZY_PAGES_LOG,
             f"-v{log_level}",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )
-        daemon = cls(proc, images_dir, work_dir / LOG_NAME)
+        daemon = cls(proc, images_dir, work_dir / LAZY_PAGES_LOG)
         with contextlib.suppress(OSError):  # the OOM killer must not pick what the tasks need
             Path(f"/proc/{proc.pid}/oom_score_adj").write_text("-1000")
         socket_path = work_dir / SOCKET_NAME
@@ -104,3 +105,51 @@ class LazyPages:
         if self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGKILL)
+
+
+def running_daemons(images_under: Path) -> dict[Path, int]:
+    """``criu lazy-pages`` daemons still filling memory from images under ``images_under`` (an
+    agent's restores, after that agent restarted): images folder -> PID."""
+    found: dict[Path, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv[1:2] != ["lazy-pages"] or "--images-dir" not in argv[:-1]:
+            continue
+        images_dir = Path(argv[argv.index("--images-dir") + 1])
+        if images_dir.is_relative_to(images_under):
+            found[images_dir] = int(entry.name)
+    return found
+
+
+async def outlived(pid: int, images_dir: Path, log_path: Path) -> None:
+    """Wait for a daemon started by an earlier agent (not our child: its exit status is not
+    ours to collect) to exit; CriuError if its log shows it failed."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = None
+    if pidfd is not None:
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:  # a pidfd reads as ready once its process has exited
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, readable)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+    lines = error_lines(log_path)
+    if lines:
+        raise CriuError(
+            f"criu lazy-pages for {images_dir} failed: {'; '.join(lines)} (log {log_path})",
+            phase="restore",
+        )

@@ -15,15 +15,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from agent import criu, images, ranks, reaper
+from agent import criu, images, ranks, reaper, restoring
 from agent.freezer import FreezerHierarchy
 from agent.ranks import RankProcess
 from agent.reaper import PinnedProcess
@@ -781,6 +782,60 @@ def test_a_lazy_restore_whose_daemon_dies_reports_it(hosts: tuple[Host, Host], j
             await progress_beyond(job.status_file("ticker"), dumped_at + 48 + 5)
             assert not again.exited
         finally:
+            await job.aclose()
+
+    run(scenario())
+
+
+def test_an_agent_restarted_meanwhile_waits_for_earlier_lazy_pages_daemons(
+    hosts: tuple[Host, Host], job: Job
+) -> None:
+    """A restarted agent finds the lazy-pages daemon a previous agent left filling a rank's
+    memory (found by its command line, not ours to reap) and waits for it before serving; the
+    daemon fails (its log says why), so the rank it served is killed; the previous agent's
+    working copies go."""
+    a, _ = hosts
+
+    class Rank:
+        killed = 0
+
+        def kill(self) -> bool:
+            self.killed += 1
+            return True
+
+    async def scenario() -> None:
+        daemon = None
+        try:
+            await dumped_ticker(job, a, 8)
+            work = job.root / "agent"
+            root = work / "restores" / "rst-earlier"
+            shutil.copytree(job.root / "img", root / "rank-3")
+            (root / restoring.RESTORE_RECORD).write_text(json.dumps({"job": job.name}))
+            daemon = await criu.start_lazy_pages(
+                criu.RestoreSpec(
+                    images_dir=root / "rank-3", work_dir=root / "logs" / "rank-3", lazy_pages=True
+                )
+            )
+            rank = Rank()
+            waiting = asyncio.create_task(
+                restoring.finish_earlier_restores(work, {(job.name, 3): cast(Any, rank)})
+            )
+            await asyncio.sleep(0.3)
+            assert not waiting.done(), "the agent did not wait for the daemon"
+            short = Path(tempfile.mkdtemp(prefix="crt-")) / "logs"  # socket paths are short
+            short.symlink_to(root / "logs" / "rank-3")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bad:
+                bad.connect(str(short / "lazy-pages.socket"))
+                bad.send(b"\x01")  # not a PID: the daemon logs an error
+            shutil.rmtree(short.parent)
+            await asyncio.sleep(0.2)
+            daemon.kill()
+            await asyncio.wait_for(waiting, 10)
+            assert rank.killed == 1
+            assert list((work / "restores").iterdir()) == []
+        finally:
+            if daemon is not None:
+                daemon.kill()
             await job.aclose()
 
     run(scenario())
