@@ -26,6 +26,8 @@ log = structlog.get_logger()
 
 SOCKET_NAME = "lazy-pages.socket"
 LAZY_PAGES_LOG = "lazy-pages.log"
+# Its debug level logs every page copied (thousands of lines per 64 MiB, while the ranks run).
+_MAX_LOG_LEVEL = 3
 _LISTEN_TIMEOUT = 10.0
 _POLL_SECONDS = 0.001
 
@@ -56,7 +58,7 @@ class LazyPages:
             str(work_dir),
             "--log-file",
             LAZY_PAGES_LOG,
-            f"-v{log_level}",
+            f"-v{min(log_level, _MAX_LOG_LEVEL)}",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
