@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agent import criu
 from testbed import bed, netns
 from testbed.ringjob import RING_PORT, RingJob
 
@@ -70,23 +71,15 @@ def assert_nothing_left(state: bed.State, job: str, hosts: list[str]) -> None:
         assert "crctl-" not in tables, f"a restore lock is left on {host}: {tables}"
         left = working_copies(state, host)
         assert left == [], f"working copies left on {host}: {left}"
-    assert lazy_pages_daemons(state) == []
+    assert lazy_pages_daemons(state) == {}
     cgroups = Path("/sys/fs/cgroup/freezer/crctl") / job
     pids = [p for f in cgroups.glob("*/cgroup.procs") for p in f.read_text().split()]
     assert pids == [], f"processes left in {job}'s cgroups: {pids}"
 
 
-def lazy_pages_daemons(state: bed.State) -> list[str]:
+def lazy_pages_daemons(state: bed.State) -> dict[Path, int]:
     """CRIU lazy-pages daemons still running for this testbed's agents."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if argv[1:2] == ["lazy-pages"] and any(a.startswith(state.directory) for a in argv):
-            found.append(f"{entry.name}: {' '.join(argv)}")
-    return found
+    return criu.running_daemons(Path(state.directory))
 
 
 def working_copies(state: bed.State, host: str) -> list[str]:
