@@ -420,15 +420,19 @@ async def finish_earlier_restores(
     async def finish(images_dir: Path, pid: int) -> None:
         root = images_dir.parent
         job, rank = restore_job(root), rank_number(images_dir.name)
+        process = ranks.get((job, rank)) if job is not None and rank is not None else None
+        if process is None or process.exited:
+            # its restore never got to release the rank: it waits for a restore to come
+            log.warning("lazy_pages_daemon_orphaned", job=job, rank=rank, daemon_pid=pid)
+            criu.kill_outlived(pid)
+            return
         log.warning("restored_memory_still_coming", job=job, rank=rank, daemon_pid=pid)
         log_path = root / "logs" / images_dir.name / criu.LAZY_PAGES_LOG
         try:
             await criu.outlived(pid, images_dir, log_path)
         except CrctlError as exc:
             log.error("restored_rank_memory_lost", job=job, rank=rank, error=exc.message)
-            process = ranks.get((job, rank)) if job is not None and rank is not None else None
-            if process is not None:
-                process.kill()
+            process.kill()
 
     daemons = criu.running_daemons(restores)
     await asyncio.gather(*(finish(d, pid) for d, pid in daemons.items()))

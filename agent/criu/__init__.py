@@ -32,7 +32,13 @@ daemon), ``_lock`` (the network lock a dump leaves behind), ``_probe_cache`` (CR
 probes kept where CRIU cannot keep them).
 Only ``agent.images`` besides this package imports pycriu."""
 
-from agent.criu._lazy_pages import LAZY_PAGES_LOG, LazyPages, outlived, running_daemons
+from agent.criu._lazy_pages import (
+    LAZY_PAGES_LOG,
+    LazyPages,
+    kill_outlived,
+    outlived,
+    running_daemons,
+)
 from agent.criu._lock import nft_lock_table
 from agent.criu._probe_cache import seed_probe_cache
 from agent.criu._session import HOLD_DUMP, HOLD_RESTORE, HeldDump, HeldRestore
@@ -55,6 +61,7 @@ __all__ = [
     "criu_binary",
     "dump",
     "error_lines",
+    "kill_outlived",
     "nft_lock_table",
     "outlived",
     "restore",

@@ -155,3 +155,17 @@ async def outlived(pid: int, images_dir: Path, log_path: Path) -> None:
             f"criu lazy-pages for {images_dir} failed: {'; '.join(lines)} (log {log_path})",
             phase="restore",
         )
+
+
+def kill_outlived(pid: int) -> None:
+    """SIGKILL a daemon started by an earlier agent (through a pidfd: never a recycled PID)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)

@@ -790,38 +790,45 @@ def test_a_lazy_restore_whose_daemon_dies_reports_it(hosts: tuple[Host, Host], j
 def test_an_agent_restarted_meanwhile_waits_for_earlier_lazy_pages_daemons(
     hosts: tuple[Host, Host], job: Job
 ) -> None:
-    """A restarted agent finds the lazy-pages daemon a previous agent left filling a rank's
-    memory (found by its command line, not ours to reap) and waits for it before serving; the
-    daemon fails (its log says why), so the rank it served is killed; the previous agent's
+    """A restarted agent finds the lazy-pages daemons a previous agent left (by their command
+    lines: they are not its children). One serves a rank that runs: the agent waits for it
+    before serving; it fails (its log says why), so that rank is killed. The other serves no
+    running rank (its restore never released one): it is killed at once. The previous agent's
     working copies go."""
     a, _ = hosts
 
     class Rank:
         killed = 0
+        exited = False
 
         def kill(self) -> bool:
             self.killed += 1
             return True
 
     async def scenario() -> None:
-        daemon = None
+        daemons: dict[int, criu.LazyPages] = {}
         try:
             await dumped_ticker(job, a, 8)
             work = job.root / "agent"
             root = work / "restores" / "rst-earlier"
-            shutil.copytree(job.root / "img", root / "rank-3")
+            (root / "logs").mkdir(parents=True)
             (root / restoring.RESTORE_RECORD).write_text(json.dumps({"job": job.name}))
-            daemon = await criu.start_lazy_pages(
-                criu.RestoreSpec(
-                    images_dir=root / "rank-3", work_dir=root / "logs" / "rank-3", lazy_pages=True
+            for number in (3, 4):
+                shutil.copytree(job.root / "img", root / f"rank-{number}")
+                daemons[number] = await criu.start_lazy_pages(
+                    criu.RestoreSpec(
+                        images_dir=root / f"rank-{number}",
+                        work_dir=root / "logs" / f"rank-{number}",
+                        lazy_pages=True,
+                    )
                 )
-            )
             rank = Rank()
             waiting = asyncio.create_task(
                 restoring.finish_earlier_restores(work, {(job.name, 3): cast(Any, rank)})
             )
             await asyncio.sleep(0.3)
-            assert not waiting.done(), "the agent did not wait for the daemon"
+            assert not waiting.done(), "the agent did not wait for the daemon of a running rank"
+            assert daemons[4].done, "the daemon serving no rank was left waiting"
             short = Path(tempfile.mkdtemp(prefix="crt-")) / "logs"  # socket paths are short
             short.symlink_to(root / "logs" / "rank-3")
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bad:
@@ -829,12 +836,12 @@ def test_an_agent_restarted_meanwhile_waits_for_earlier_lazy_pages_daemons(
                 bad.send(b"\x01")  # not a PID: the daemon logs an error
             shutil.rmtree(short.parent)
             await asyncio.sleep(0.2)
-            daemon.kill()
+            daemons[3].kill()
             await asyncio.wait_for(waiting, 10)
             assert rank.killed == 1
             assert list((work / "restores").iterdir()) == []
         finally:
-            if daemon is not None:
+            for daemon in daemons.values():
                 daemon.kill()
             await job.aclose()
 
