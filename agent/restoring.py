@@ -88,6 +88,7 @@ class HostRestore:
     locked: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     _tidy: asyncio.Task[None] | None = None
+    _peer_folders: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.restore_id = self.order.restore
@@ -123,6 +124,7 @@ class HostRestore:
         started = time.monotonic()
         self.plugins = load_plugins(list(self.order.plugins))
         checkpoint_dir = Path(self.order.checkpoint_dir)
+        self._peer_folders = self._peer_dirs(checkpoint_dir)
         await self._verify(checkpoint_dir, pages=False)
         pages = asyncio.ensure_future(self._verify(checkpoint_dir, pages=True))
         try:
@@ -156,7 +158,7 @@ class HostRestore:
         close = set(self.order.close_connections)
         connections: list[netlock.Connection] = []
         ends = images.connection_ends(
-            checkpoint_dir / rank_name(r.rank) for r in (*self.order.ranks, *self.order.peer_ranks)
+            [checkpoint_dir / rank_name(r.rank) for r in self.order.ranks] + self._peer_folders
         )
         for entry in self.order.ranks:
             source = checkpoint_dir / rank_name(entry.rank)
@@ -263,13 +265,27 @@ class HostRestore:
             for entry in self.order.ranks
         ]
         if not pages:
+            present = set(self._peer_folders)
             checks.extend(
                 self._verify_rank(
                     checkpoint_dir, entry.rank, entry.image, images.read_for_hand_over
                 )
                 for entry in self.order.peer_ranks
+                if checkpoint_dir / rank_name(entry.rank) in present
             )
         await asyncio.gather(*checks)
+
+    def _peer_dirs(self, checkpoint_dir: Path) -> list[Path]:
+        """The image folders of the connected ranks elsewhere that this host can read (a store
+        that holds only this host's ranks leaves their bytes in flight to retransmission)."""
+        found = []
+        for entry in self.order.peer_ranks:
+            folder = checkpoint_dir / rank_name(entry.rank)
+            if folder.is_dir():
+                found.append(folder)
+            else:
+                self._log.warning("restore_peer_images_missing", rank=entry.rank, path=str(folder))
+        return found
 
     async def _verify_rank(
         self,
