@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -116,14 +116,18 @@ class Job:
         )
         return self.track(process)
 
+    def restore_pipe(self, rank: str, old: RankProcess) -> ranks.RestorePipe:
+        """A fresh stdout pipe for a restore of ``old``, into the same log."""
+        return ranks.prepare_restore(
+            self.name, rank, stdout_key=old.stdout_key, log_path=old.log_path, freezer=self.freezer
+        )
+
     async def restore(
         self, rank: str, old: RankProcess, images: Path, host: Host, *, hold: bool = True
     ) -> RankProcess:
         """Restore a rank with a fresh stdout pipe into the same log, adopted at post-restore
         then released (or a plain restore when ``hold`` is False)."""
-        pipe = ranks.prepare_restore(
-            self.name, rank, stdout_key=old.stdout_key, log_path=old.log_path, freezer=self.freezer
-        )
+        pipe = self.restore_pipe(rank, old)
         spec = criu.RestoreSpec(
             images_dir=images,
             work_dir=self.root / f"restore-{rank}",
@@ -264,6 +268,37 @@ async def start_pair(job: Job, a: Host, b: Host) -> tuple[RankProcess, RankProce
     client = await job.launch("client", b, "client", "--connect", a.address, "--port", str(PORT))
     await progress_beyond(job.status_file("client"), 50)
     return server, client
+
+
+async def restore_pair_held(
+    job: Job,
+    server: RankProcess,
+    client: RankProcess,
+    a: Host,
+    b: Host,
+    images: Callable[[str], Path],
+) -> tuple[dict[str, criu.HeldRestore], dict[str, RankProcess]]:
+    """Restore both ends of the pair (server on host a, client on host b) from ``images(side)``
+    with fresh stdout pipes, held at post-restore and adopted; the caller releases them."""
+    pipes = {
+        side: job.restore_pipe(side, p) for side, p in (("server", server), ("client", client))
+    }
+    restores = {
+        side: await criu.start_restore(
+            criu.RestoreSpec(
+                images_dir=images(side),
+                work_dir=job.root / f"rst-{side}",
+                inherit_fds=pipes[side].inherit_fds,
+                netns=host.netns,
+            )
+        )
+        for side, host in (("server", a), ("client", b))
+    }
+    pids = await asyncio.gather(*(r.held() for r in restores.values()))
+    restored = {
+        side: job.track(pipes[side].adopt(pid)) for side, pid in zip(restores, pids, strict=True)
+    }
+    return restores, restored
 
 
 def dump_spec(process: RankProcess, host: Host, images: Path, **kw: Any) -> criu.DumpSpec:
@@ -459,41 +494,9 @@ def test_killed_pair_restored_in_place_continues_and_keeps_logging(
             for process in (server, client):  # as the agent does once a rank has exited
                 process.cgroup.remove()
 
-            pipes = {
-                "server": ranks.prepare_restore(
-                    job.name,
-                    "server",
-                    stdout_key=server.stdout_key,
-                    log_path=server.log_path,
-                    freezer=job.freezer,
-                ),
-                "client": ranks.prepare_restore(
-                    job.name,
-                    "client",
-                    stdout_key=client.stdout_key,
-                    log_path=client.log_path,
-                    freezer=job.freezer,
-                ),
-            }
-            restores = {
-                side: await criu.start_restore(
-                    criu.RestoreSpec(
-                        images_dir=job.root / f"img-{side}",
-                        work_dir=job.root / f"rst-{side}",
-                        inherit_fds=pipes[side].inherit_fds,
-                        netns=host.netns,
-                    )
-                )
-                for side, host in (("server", a), ("client", b))
-            }
-            pids = dict(
-                zip(
-                    restores,
-                    await asyncio.gather(*(r.held() for r in restores.values())),
-                    strict=True,
-                )
+            restores, restored = await restore_pair_held(
+                job, server, client, a, b, lambda side: job.root / f"img-{side}"
             )
-            restored = {side: job.track(pipes[side].adopt(pid)) for side, pid in pids.items()}
             await assert_still(job.status_file("client"))
             await asyncio.gather(*(r.release() for r in restores.values()))
 
@@ -570,31 +573,9 @@ def test_bytes_in_flight_at_the_dump_are_handed_to_the_receiver(
             assert [(h.received, h.dropped) for h in handed["server"]] == [(0, line)]
             assert [(h.received, h.dropped) for h in handed["client"]] == [(line, line)]
 
-            pipes = {
-                side: ranks.prepare_restore(
-                    job.name,
-                    side,
-                    stdout_key=process.stdout_key,
-                    log_path=process.log_path,
-                    freezer=job.freezer,
-                )
-                for side, process in (("server", server), ("client", client))
-            }
-            restores = {
-                side: await criu.start_restore(
-                    criu.RestoreSpec(
-                        images_dir=job.root / f"wc-{side}",
-                        work_dir=job.root / f"rst-{side}",
-                        inherit_fds=pipes[side].inherit_fds,
-                        netns=host.netns,
-                    )
-                )
-                for side, host in (("server", a), ("client", b))
-            }
-            for side, pid in zip(
-                restores, await asyncio.gather(*(r.held() for r in restores.values())), strict=True
-            ):
-                job.track(pipes[side].adopt(pid))
+            restores, _ = await restore_pair_held(
+                job, server, client, a, b, lambda side: job.root / f"wc-{side}"
+            )
             await asyncio.gather(*(r.release() for r in restores.values()))
             await progress_beyond(job.status_file("client"), stuck_at + 50)
         finally:
@@ -659,13 +640,7 @@ def test_aborted_restore_kills_and_reaps_the_restored_tree(
             await ticker.wait()
             dumped_at = await assert_still(job.status_file("ticker"))
 
-            pipe = ranks.prepare_restore(
-                job.name,
-                "ticker",
-                stdout_key=ticker.stdout_key,
-                log_path=ticker.log_path,
-                freezer=job.freezer,
-            )
+            pipe = job.restore_pipe("ticker", ticker)
             held = await criu.start_restore(
                 criu.RestoreSpec(
                     images_dir=job.root / "img",
@@ -725,13 +700,7 @@ def test_lazy_restore_runs_the_rank_while_its_memory_follows(
     async def scenario() -> None:
         try:
             ticker, dumped_at = await dumped_ticker(job, a, 48)
-            pipe = ranks.prepare_restore(
-                job.name,
-                "ticker",
-                stdout_key=ticker.stdout_key,
-                log_path=ticker.log_path,
-                freezer=job.freezer,
-            )
+            pipe = job.restore_pipe("ticker", ticker)
             held = await criu.start_restore(lazy_spec(job, b, pipe))
             daemon = held.pages
             assert daemon is not None
@@ -759,13 +728,7 @@ def test_a_lazy_restore_whose_daemon_dies_reports_it(hosts: tuple[Host, Host], j
     async def scenario() -> None:
         try:
             ticker, dumped_at = await dumped_ticker(job, a, 48)
-            pipe = ranks.prepare_restore(
-                job.name,
-                "ticker",
-                stdout_key=ticker.stdout_key,
-                log_path=ticker.log_path,
-                freezer=job.freezer,
-            )
+            pipe = job.restore_pipe("ticker", ticker)
             held = await criu.start_restore(lazy_spec(job, b, pipe))
             pid = await held.held()
             job.started.append(procs.ProcessRef(pid, procs.start_ticks(pid) or 0))
