@@ -86,16 +86,20 @@ def _payload(magic: str, path: Path) -> Any:
     return handler.payload
 
 
-def load(path: Path, magic: str) -> list[Any]:
-    """The entries of one image as protobuf messages, refused unless they encode back to the
-    very same bytes: that catches truncation, and fields pycriu's protobuf would drop on a
-    rewrite."""
+def _read(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ImageError(
             f"cannot read {path.name}: {exc.strerror}", path=path, errno=exc.errno
         ) from exc
+
+
+def load(path: Path, magic: str) -> list[Any]:
+    """The entries of one image as protobuf messages, refused unless they encode back to the
+    very same bytes: that catches truncation, and fields pycriu's protobuf would drop on a
+    rewrite."""
+    raw = _read(path)
     payload = _payload(magic, path)
     try:
         header, entries = _split(raw, path)
@@ -121,12 +125,7 @@ def load(path: Path, magic: str) -> list[Any]:
 def load_with_payload(path: Path, magic: str) -> tuple[Any, bytes]:
     """The one entry of a ``magic`` image that carries raw bytes after it (``TCP_STREAM``: the
     socket's receive then send queue), and those bytes."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(
-            f"cannot read {path.name}: {exc.strerror}", path=path, errno=exc.errno
-        ) from exc
+    raw = _read(path)
     handler = criu_images.handlers.get(magic)
     header = _header(magic)
     offset = _WORD.size * len(header)
