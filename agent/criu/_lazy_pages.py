@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from agent.criu._swrk import error_lines
+from agent.reaper import PinnedProcess
 from crctl.errors import CriuError
 
 log = structlog.get_logger()
@@ -131,24 +131,8 @@ def running_daemons(images_under: Path) -> dict[Path, int]:
 async def outlived(pid: int, images_dir: Path, log_path: Path) -> None:
     """Wait for a daemon started by an earlier agent (not our child: its exit status is not
     ours to collect) to exit; CriuError if its log shows it failed."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        pidfd = None
-    if pidfd is not None:
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:  # a pidfd reads as ready once its process has exited
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, readable)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        await PinnedProcess(pid).wait()
     lines = error_lines(log_path)
     if lines:
         raise CriuError(
@@ -159,13 +143,7 @@ async def outlived(pid: int, images_dir: Path, log_path: Path) -> None:
 
 def kill_outlived(pid: int) -> None:
     """SIGKILL a daemon started by an earlier agent (through a pidfd: never a recycled PID)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    finally:
-        os.close(pidfd)
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        daemon = PinnedProcess(pid)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.close()
