@@ -230,7 +230,7 @@ class HostRestore:
             rank.pipe.log_path.parent.mkdir(parents=True, exist_ok=True)
             rank.spec = criu.RestoreSpec(
                 images_dir=rank.working_dir,
-                work_dir=self.root / "logs" / rank_name(rank.rank),
+                work_dir=criu_work_dir(self.root, rank_name(rank.rank)),
                 tcp_established=True,
                 inherit_fds=rank.pipe.inherit_fds,
                 lazy_pages=self.order.lazy_pages,
@@ -413,6 +413,11 @@ class HostRestore:
         remove_tree(self.root)  # CRIU may have left its cgroup yard mounted in there
 
 
+def criu_work_dir(root: Path, rank: str) -> Path:
+    """Where a rank's CRIU restore and lazy-pages daemon work and log, in a restore folder."""
+    return root / "logs" / rank
+
+
 def restore_job(root: Path) -> str | None:
     """The job a restore folder (``<work dir>/restores/<restore>``) was made for."""
     try:
@@ -443,7 +448,7 @@ async def finish_earlier_restores(
             criu.kill_outlived(pid)
             return
         log.warning("restored_memory_still_coming", job=job, rank=rank, daemon_pid=pid)
-        log_path = root / "logs" / images_dir.name / criu.LAZY_PAGES_LOG
+        log_path = criu_work_dir(root, images_dir.name) / criu.LAZY_PAGES_LOG
         try:
             await criu.outlived(pid, images_dir, log_path)
         except CrctlError as exc:
