@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -24,12 +25,10 @@ from crctl.errors import CriuError
 
 log = structlog.get_logger()
 
-SOCKET_NAME = "lazy-pages.socket"
 LAZY_PAGES_LOG = "lazy-pages.log"
 # Its debug level logs every page copied (thousands of lines per 64 MiB, while the ranks run).
 _MAX_LOG_LEVEL = 3
 _LISTEN_TIMEOUT = 10.0
-_POLL_SECONDS = 0.001
 
 
 class LazyPages:
@@ -46,34 +45,48 @@ class LazyPages:
         cls, *, criu: str, images_dir: Path, work_dir: Path, log_level: int, netns: Path | None
     ) -> LazyPages:
         """Start the daemon and return once it listens for the restore. It runs in a session of
-        its own, with no pipe to us: it must outlive the agent, which the tasks depend on less."""
+        its own, with no pipe to us once it is ready: it must outlive the agent, which the tasks
+        depend on less.
+
+        Readiness is CRIU's own ``--status-fd`` byte, written after ``listen()``: the socket
+        file appears at ``bind()``, a moment earlier, and a restore connecting in between is
+        refused ("connect to lazy-pages.socket failed: Connection refused")."""
         prefix = ["nsenter", f"--net={netns}", "--"] if netns is not None else []
-        proc = await asyncio.create_subprocess_exec(
-            *prefix,
-            criu,
-            "lazy-pages",
-            "--images-dir",
-            str(images_dir),
-            "--work-dir",
-            str(work_dir),
-            "--log-file",
-            LAZY_PAGES_LOG,
-            f"-v{min(log_level, _MAX_LOG_LEVEL)}",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *prefix,
+                criu,
+                "lazy-pages",
+                "--images-dir",
+                str(images_dir),
+                "--work-dir",
+                str(work_dir),
+                "--log-file",
+                LAZY_PAGES_LOG,
+                f"-v{min(log_level, _MAX_LOG_LEVEL)}",
+                "--status-fd",
+                str(ready_write),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(ready_write,),
+            )
+        finally:
+            os.close(ready_write)  # the daemon holds the only write end now
         daemon = cls(proc, images_dir, work_dir / LAZY_PAGES_LOG)
         with contextlib.suppress(OSError):  # the OOM killer must not pick what the tasks need
             Path(f"/proc/{proc.pid}/oom_score_adj").write_text("-1000")
-        socket_path = work_dir / SOCKET_NAME
-        deadline = time.monotonic() + _LISTEN_TIMEOUT
-        while not socket_path.exists():
-            if proc.returncode is not None or time.monotonic() > deadline:
-                daemon.kill()
-                raise daemon._error(await proc.wait())
-            await asyncio.sleep(_POLL_SECONDS)
+        try:
+            listening = await asyncio.wait_for(_read_status(ready_read), _LISTEN_TIMEOUT)
+        except TimeoutError:
+            listening = False
+        finally:
+            os.close(ready_read)
+        if not listening:  # it exited (EOF on the pipe) or hung before listening
+            daemon.kill()
+            raise daemon._error(await proc.wait())
         return daemon
 
     @property
@@ -107,6 +120,24 @@ class LazyPages:
         if self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGKILL)
+
+
+async def _read_status(fd: int) -> bool:
+    """Whether CRIU wrote its readiness byte to the status pipe ``fd`` (False: it closed the
+    pipe without, i.e. it exited first)."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(fd)
+    return os.read(fd, 1) == b"\0"
 
 
 def running_daemons(images_under: Path) -> dict[Path, int]:
