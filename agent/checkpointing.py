@@ -17,7 +17,6 @@ from agent import criu, images, netlock
 from agent.ranks import RankProcess, rank_name
 from agent.thaw_guard import ThawGuard
 from crctl.errors import CrctlError
-from crctl.fs import remove_tree
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
@@ -407,8 +406,3 @@ def store_full(images_dir: Path) -> str | None:
     if free >= FULL_BELOW_BYTES:
         return None
     return f"No space left on device: the checkpoint store {images_dir} is full ({free} bytes free)"
-
-
-def remove_images(images_dir: Path, ranks: list[int]) -> None:
-    for number in ranks:
-        remove_tree(images_dir / rank_name(number))

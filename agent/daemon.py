@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Protocol
 
 import structlog
 
 from agent import criu
+from agent.engine import HostEngine
 from agent.hostinfo import agent_info
 from agent.link import CoordinatorLink
 from agent.orders import Orders
@@ -21,18 +23,40 @@ from crctl.v1 import control_pb2
 log = structlog.get_logger()
 
 
+class Link(Protocol):
+    """The agent's end of the control plane (agent.link.CoordinatorLink over CurveZMQ)."""
+
+    def connect(self) -> None: ...
+
+    async def send(self, message: control_pb2.AgentMessage) -> bool: ...
+
+    async def receive(self, timeout: float) -> control_pb2.CoordinatorMessage | None: ...
+
+    async def watch(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Agent:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        link: Link | None = None,
+        info: control_pb2.AgentInfo | None = None,
+        engine: HostEngine | None = None,
+    ) -> None:
         self._config = config
-        self._link = CoordinatorLink(
+        self._link: Link = link or CoordinatorLink(
             config.control_endpoint, config.keys_dir, config.agent_key_name(), config.host
         )
-        self._info = agent_info(config.host)
+        self._info = info or agent_info(config.host)
         self._orders = Orders(
             host=config.host,
             addresses=list(self._info.addresses),
             work_dir=config.agent_work_dir,
             send=self._link.send,
+            engine=engine,
         )
         self._interval = config.heartbeat_interval
         self._registered = False
@@ -42,6 +66,7 @@ class Agent:
         message = control_pb2.AgentMessage()
         message.register.info.CopyFrom(self._info)
         message.register.info.ranks.extend(self._orders.running())
+        message.register.info.awaiting_decision.extend(self._orders.checkpoints.awaiting())
         if await self._link.send(message):
             log.info("agent_registering", addresses=list(self._info.addresses))
 
@@ -50,6 +75,7 @@ class Agent:
         message = control_pb2.AgentMessage()
         message.heartbeat.host = self._config.host
         message.heartbeat.sequence = self._sequence
+        message.heartbeat.awaiting_decision.extend(self._orders.checkpoints.awaiting())
         await self._link.send(message)
 
     def _on_message(self, message: control_pb2.CoordinatorMessage) -> bool:
@@ -92,8 +118,10 @@ class Agent:
                 message = await self._link.receive(timeout=max(0.0, next_beat - loop.time()))
                 if message is not None and self._on_message(message):
                     await self._register()
-        finally:
+            # A clean stop (SIGTERM) undoes what is under way; a cancelled (killed) agent
+            # leaves everything to the next one, as a dead process would.
             await self._orders.close()
+        finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

@@ -8,18 +8,19 @@ published as ``CheckpointEvent``s that any number of API callers can follow."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from coordinator import barrier as b
-from coordinator.control import ControlPlane
+from coordinator.control import Plane, request_all
 from coordinator.jobs import JobService
 from coordinator.progress import ProgressFeed
 from coordinator.storage import CheckpointStore
 from coordinator.store import CheckpointRecord, Store
+from crctl import failpoints
 from crctl.clock import Clock, new_id
 from crctl.errors import ConfigError, ConflictError, CrctlError
 from crctl.v1 import control_pb2, coordinator_pb2
@@ -48,7 +49,7 @@ class CheckpointRun:
         job_addresses: list[str],
         external: str,
         settings: CheckpointSettings,
-        plane: ControlPlane,
+        plane: Plane,
         store: Store,
         files: CheckpointStore,
         clock: Clock,
@@ -82,6 +83,7 @@ class CheckpointRun:
         self._started = 0.0
         self.outcome: coordinator_pb2.CheckpointOutcome | None = None
         self._recorded: coordinator_pb2.Manifest | None = None
+        self._lost: set[str] = set()  # hosts whose agent went silent during the run
 
     # --- following progress ---
 
@@ -102,6 +104,7 @@ class CheckpointRun:
     # --- events from outside ---
 
     def agent_lost(self, host: str) -> None:
+        self._lost.add(host)
         self._events.put_nowait(b.AgentLost(host))
 
     # --- the run ---
@@ -134,18 +137,26 @@ class CheckpointRun:
                     await self._phase("readying", list(hosts))
                     for host in hosts:
                         self._spawn(self._prepare(host, deadline))
+                    await failpoints.reached("coordinator.checkpoint.readying")
                 case b.SendFreeze(hosts=hosts, deadline=deadline):
                     await self._phase("preparing", list(hosts))
                     for host in hosts:
                         self._spawn(self._freeze(host, deadline))
+                    await failpoints.reached("coordinator.checkpoint.freezing")
                 case b.ArmTimer(deadline=deadline):
                     self._spawn(self._timer(deadline))
                 case b.RecordCommit():
+                    await failpoints.reached("coordinator.checkpoint.held")
                     self._record_commit()
+                    # the decision is durable; no agent has heard it yet
+                    await failpoints.reached("coordinator.checkpoint.recorded")
                 case b.SendCommit(hosts=hosts, deadline=deadline):
+                    if self.record.leave_running:
+                        await failpoints.reached("coordinator.checkpoint.held")
                     await self._phase("committing", list(hosts))
                     for host in hosts:
                         self._spawn(self._commit(host, deadline))
+                    await failpoints.reached("coordinator.checkpoint.releasing")
                 case b.RecordAbort(reason=reason, failed_host=failed_host):
                     self._store.abort_checkpoint(
                         self.checkpoint, reason, failed_host or "", self._clock.now()
@@ -232,7 +243,13 @@ class CheckpointRun:
         self._recorded = manifest
         directory = self._files.directory(self.job, self.checkpoint)
         text = self._files.write_manifest(directory, manifest)
-        self._store.commit_checkpoint(self.checkpoint, self.job, text, self._clock.now())
+        self._store.commit_checkpoint(
+            self.checkpoint,
+            self.job,
+            text,
+            self._clock.now(),
+            ranks_stop=not self.record.leave_running,
+        )
         self._log.info("checkpoint_recorded", phase="commit")
 
     async def _commit(self, host: str, deadline: float) -> None:
@@ -243,10 +260,21 @@ class CheckpointRun:
         except CrctlError as exc:
             self._events.put_nowait(b.CommitAck(host, ok=False, reason=exc.message))
             return
+        if reply.WhichOneof("body") != "commit_result":
+            reason = reply.order_failed.reason or "unexpected reply to commit"
+            self._events.put_nowait(b.CommitAck(host, ok=False, reason=reason))
+            return
         result = reply.commit_result
         self._frozen[host] = result.frozen_seconds
         if result.ranks:
             self._images[host] = list(result.ranks)
+        elif result.ok and self.record.leave_running:
+            # Released ranks' manifest comes with the release; without it there is nothing
+            # to record for this host, so no checkpoint.
+            self._events.put_nowait(
+                b.CommitAck(host, ok=False, reason=f"{host} released its ranks without a manifest")
+            )
+            return
         self._events.put_nowait(b.CommitAck(host, ok=result.ok, reason=result.reason))
 
     async def _abort_everywhere(self, hosts: tuple[str, ...], reason: str) -> None:
@@ -255,8 +283,11 @@ class CheckpointRun:
         order = control_pb2.CoordinatorMessage()
         order.abort.checkpoint = self.checkpoint
         order.abort.reason = reason
-        for host, exc in (await self._plane.request_all(hosts, order, ABORT_TIMEOUT)).items():
-            # The agent aborts by itself when its hold times out.
+        # A lost agent is not waited for: its host resumes its ranks when its hold ends, and
+        # hears the abort when it asks (see CheckpointService.resolve).
+        reachable = [h for h in hosts if h not in self._lost]
+        unanswered = await request_all(self._plane, reachable, order, ABORT_TIMEOUT)
+        for host, exc in unanswered.items():
             self._log.warning("checkpoint_abort_unacknowledged", agent=host, error=str(exc))
         self._files.remove(self._files.directory(self.job, self.checkpoint))
 
@@ -265,8 +296,6 @@ class CheckpointRun:
         if committed:
             if reason:
                 self._store.finish_checkpoint(self.checkpoint, reason)
-            if not self.record.leave_running:
-                self._store.set_job_ranks_state(self.job, "checkpointed")
             self._apply_retention()
         outcome = coordinator_pb2.CheckpointOutcome(
             checkpoint=self.checkpoint,
@@ -305,7 +334,7 @@ class CheckpointService:
         *,
         store: Store,
         jobs: JobService,
-        plane: ControlPlane,
+        plane: Plane,
         files: CheckpointStore,
         clock: Clock,
         settings: CheckpointSettings,
@@ -317,9 +346,13 @@ class CheckpointService:
         self._clock = clock
         self._settings = settings
         self._running: dict[str, CheckpointRun] = {}  # job -> its running checkpoint
+        self._delivering: set[tuple[str, str]] = set()  # (host, checkpoint) being told
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def recover(self) -> None:
-        """After a restart: a checkpoint left preparing was never decided; it is not valid."""
+        """After a restart: a checkpoint left preparing was never decided; it is not valid
+        (presumed abort). Hosts still holding it, or in doubt about it, hear so when they list it
+        in their heartbeats (``resolve``), as they do for every checkpoint they await."""
         for record in self._store.checkpoints(state="preparing"):
             self._store.abort_checkpoint(
                 record.checkpoint,
@@ -333,6 +366,58 @@ class CheckpointService:
     def agent_lost(self, host: str) -> None:
         for run in self._running.values():
             run.agent_lost(host)
+
+    def resolve(self, host: str, awaiting: Sequence[str]) -> None:
+        """An agent listed checkpoints it prepared and has no decision for. Each one no run of
+        this coordinator is deciding gets the decision from the durable record, sent again as
+        often as the agent asks: commit if committed, else abort (an unknown checkpoint was
+        never committed). The agent applies it idempotently."""
+        live = {run.checkpoint for run in self._running.values()}
+        for checkpoint in awaiting:
+            if checkpoint in live or (host, checkpoint) in self._delivering:
+                continue
+            record = self._store.checkpoint(checkpoint)
+            commit = record is not None and record.state == "committed"
+            self._delivering.add((host, checkpoint))
+            task = asyncio.create_task(
+                self._deliver(host, checkpoint, commit=commit, job=record.job if record else ""),
+                name=f"decision-{checkpoint}-{host}",
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, host: str, checkpoint: str, *, commit: bool, job: str) -> None:
+        decision = "commit" if commit else "abort"
+        order = control_pb2.CoordinatorMessage()
+        if commit:
+            order.commit.checkpoint = checkpoint
+        else:
+            order.abort.checkpoint = checkpoint
+            order.abort.reason = "not committed (the coordinator's record)"
+        try:
+            reply = await self._plane.request(host, order, self._settings.commit_timeout)
+        except CrctlError as exc:
+            log.warning(
+                "checkpoint_decision_undelivered",
+                job=job,
+                checkpoint=checkpoint,
+                agent=host,
+                decision=decision,
+                error=exc.message,
+            )
+            return
+        finally:
+            self._delivering.discard((host, checkpoint))
+        ok = not commit or reply.commit_result.ok
+        log.info(
+            "checkpoint_decision_delivered",
+            job=job,
+            checkpoint=checkpoint,
+            agent=host,
+            decision=decision,
+            ok=ok,
+            reason=reply.commit_result.reason if commit else "",
+        )
 
     def start(
         self,

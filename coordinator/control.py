@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 import zmq
@@ -53,6 +54,39 @@ class _NamedAuthenticator(AsyncioAuthenticator):
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         return self._names.get(zmq.utils.z85.encode(client_public_key), "")
+
+
+class Plane(Protocol):
+    """What the coordinator's services need of the control plane: orders to agents and their
+    answers. :class:`ControlPlane` is the ZeroMQ one; the in-process test tier has its own."""
+
+    async def send(
+        self, host: str, message: control_pb2.CoordinatorMessage, *, wait: float = ...
+    ) -> None: ...
+
+    async def request(
+        self, host: str, message: control_pb2.CoordinatorMessage, timeout: float
+    ) -> control_pb2.AgentMessage: ...
+
+
+async def request_all(
+    plane: Plane, hosts: Sequence[str], message: control_pb2.CoordinatorMessage, timeout: float
+) -> dict[str, CrctlError]:
+    """Send the same order to every host at once and wait for all their answers; the hosts
+    that did not answer (unreachable, or silent past ``timeout``), with why. For orders whose
+    answer carries nothing but "done", such as aborts."""
+
+    async def one(host: str) -> CrctlError | None:
+        order = control_pb2.CoordinatorMessage()
+        order.CopyFrom(message)  # each request gets its own correlation id
+        try:
+            await plane.request(host, order, timeout)
+        except CrctlError as exc:
+            return exc
+        return None
+
+    answers = await asyncio.gather(*(one(host) for host in hosts))
+    return {host: exc for host, exc in zip(hosts, answers, strict=True) if exc is not None}
 
 
 class ControlPlane:
@@ -132,25 +166,6 @@ class ControlPlane:
             ) from None
         finally:
             self._pending.pop(correlation, None)
-
-    async def request_all(
-        self, hosts: Sequence[str], message: control_pb2.CoordinatorMessage, timeout: float
-    ) -> dict[str, CrctlError]:
-        """Send the same order to every host at once and wait for all their answers; the hosts
-        that did not answer (unreachable, or silent past ``timeout``), with why. For orders
-        whose answer carries nothing but "done", such as aborts."""
-
-        async def one(host: str) -> CrctlError | None:
-            order = control_pb2.CoordinatorMessage()
-            order.CopyFrom(message)  # each request gets its own correlation id
-            try:
-                await self.request(host, order, timeout)
-            except CrctlError as exc:
-                return exc
-            return None
-
-        answers = await asyncio.gather(*(one(host) for host in hosts))
-        return {host: exc for host, exc in zip(hosts, answers, strict=True) if exc is not None}
 
     async def serve(self) -> None:
         assert self._socket is not None

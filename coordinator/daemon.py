@@ -4,30 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import dataclass
 
 import structlog
 
 from coordinator.api import create_server
 from coordinator.checkpoints import CheckpointService, CheckpointSettings
-from coordinator.control import ControlPlane
+from coordinator.control import ControlPlane, Plane
 from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
 from coordinator.service import CoordinatorService
 from coordinator.storage import CheckpointStore
 from coordinator.store import Store
-from crctl.clock import SystemClock
+from crctl.clock import Clock, SystemClock
 from crctl.config import Config
 from crctl.errors import CrctlError
 
 log = structlog.get_logger()
 
 
-async def serve(config: Config) -> None:
-    clock = SystemClock()
+@dataclass(frozen=True)
+class Coordinator:
+    """The coordinator's services, wired; the transport around them is the caller's."""
+
+    store: Store
+    registry: AgentRegistry
+    service: CoordinatorService
+
+
+def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
+    """Open the durable state and wire the services over ``plane``; recover what an earlier
+    coordinator left unfinished (checkpoints never decided, restarts under way). Needs a
+    running event loop (recovery goes on in the background)."""
     store = Store(config.state_db)
     registry = AgentRegistry(store, clock, lost_after=config.agent_lost_after)
-    plane = ControlPlane(config.control_endpoint, config.keys_dir)
     jobs = JobService(store, registry, plane, clock)
     checkpoints = CheckpointService(
         store=store,
@@ -41,13 +52,31 @@ async def serve(config: Config) -> None:
             retain=config.retain_checkpoints,
         ),
     )
-    checkpoints.recover()
     restarts = RestartService(
-        store=store, jobs=jobs, plane=plane, step_timeout=config.checkpoint_timeout
+        store=store,
+        jobs=jobs,
+        plane=plane,
+        clock=clock,
+        step_timeout=config.checkpoint_timeout,
+        recovery_wait=2 * config.agent_lost_after,
     )
+    checkpoints.recover()
+    restarts.recover()
     service = CoordinatorService(
         registry, jobs, checkpoints, restarts, heartbeat_interval=config.heartbeat_interval
     )
+    return Coordinator(store=store, registry=registry, service=service)
+
+
+def sweep_period(config: Config) -> float:
+    return min(config.heartbeat_interval, config.agent_lost_after) / 2
+
+
+async def serve(config: Config) -> None:
+    clock = SystemClock()
+    plane = ControlPlane(config.control_endpoint, config.keys_dir)
+    coordinator = build(config, plane, clock)
+    store, registry, service = coordinator.store, coordinator.registry, coordinator.service
     plane.set_handler(service.on_agent_message)
     plane.start()
     server, port = await create_server(service, config.grpc_address)
@@ -67,7 +96,7 @@ async def serve(config: Config) -> None:
     tasks = [
         asyncio.create_task(plane.serve(), name="control"),
         asyncio.create_task(
-            service.run_sweeper(min(config.heartbeat_interval, config.agent_lost_after) / 2),
+            service.run_sweeper(sweep_period(config)),
             name="sweeper",
         ),
     ]

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
-from coordinator.control import ControlPlane
+from coordinator.control import Plane
 from coordinator.registry import ALIVE, AgentRegistry
 from coordinator.store import AgentRecord, JobRecord, RankRecord, Store
 from crctl.clock import Clock
@@ -31,9 +31,7 @@ def validate_job_name(job: str) -> None:
 
 
 class JobService:
-    def __init__(
-        self, store: Store, registry: AgentRegistry, plane: ControlPlane, clock: Clock
-    ) -> None:
+    def __init__(self, store: Store, registry: AgentRegistry, plane: Plane, clock: Clock) -> None:
         self._store = store
         self._registry = registry
         self._plane = plane

@@ -5,6 +5,7 @@ per tick, not one per heartbeat); registrations and alive/lost transitions are w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from coordinator.store import AgentRecord, Store
@@ -29,6 +30,9 @@ class AgentRegistry:
         self._lost_after = lost_after
         self._agents: dict[str, AgentRecord] = {a.host: a for a in store.agents()}
         self._dirty: set[str] = set()
+        # What each agent said in its last heartbeat it awaits a decision for (not persisted:
+        # agents say it again every heartbeat).
+        self._awaiting: dict[str, tuple[str, ...]] = {}
         # Silence while the coordinator itself was down is not the agents' fault: nobody is
         # judged lost before lost_after has passed since this registry started.
         self._started = clock.now()
@@ -50,16 +54,18 @@ class AgentRegistry:
         )
         self._store.upsert_agent(record)
         self._agents[info.host] = record
+        self._awaiting[info.host] = tuple(info.awaiting_decision)
         self._dirty.discard(info.host)
         return record, previous is not None and previous.state == LOST
 
     def knows(self, host: str) -> bool:
         return host in self._agents
 
-    def heartbeat(self, host: str) -> Transition | None:
+    def heartbeat(self, host: str, awaiting: Sequence[str] = ()) -> Transition | None:
         """Note a heartbeat from a known host. Returns a Transition when the agent was lost and is
         alive again (written at once), None otherwise."""
         record = self._agents[host]
+        self._awaiting[host] = tuple(awaiting)
         now = self._clock.now()
         self._agents[host] = replace(record, state=ALIVE, last_heartbeat=now)
         if record.state == LOST:
@@ -91,3 +97,7 @@ class AgentRegistry:
 
     def get(self, host: str) -> AgentRecord | None:
         return self._agents.get(host)
+
+    def awaiting(self) -> dict[str, tuple[str, ...]]:
+        """Host -> the checkpoints it last said it awaits a decision for."""
+        return {h: a for h, a in self._awaiting.items() if a}

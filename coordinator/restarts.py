@@ -8,26 +8,35 @@ Steps, each with its own deadline, each on every target host before the next beg
 3. ``unlock``: every host lifts its lock (before any rank runs: FINDINGS 11);
 4. ``release``: agents let the ranks run.
 
-Any failure or missed deadline aborts: every host kills what it restored, removes its lock and
-its working copies; the job is reported not running, naming the host, rank and reason; the
-checkpoint is untouched and stays restartable."""
+Any failure, lost agent or missed deadline aborts: every host kills what it restored, removes
+its lock and its working copies; the job is reported not running, naming the host, rank and
+reason; the checkpoint is untouched and stays restartable.
+
+Restarts are durable: each is recorded when it starts, with the last step every host completed.
+A coordinator that starts and finds one unfinished rolls it forward when every host had
+unlocked (all ranks restored and held: only the release was left), asking each host to release
+(a host answers a release it already did with its ranks' PIDs); otherwise, or if any host
+cannot release, it rolls it back everywhere. Agents undo a restore held past its deadline by
+themselves, so a coordinator that never returns leaves nothing held."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
 from google.protobuf.json_format import Parse
 
-from coordinator.control import ControlPlane
+from coordinator.control import Plane, request_all
 from coordinator.jobs import JobService
 from coordinator.placement import Placement, connected_ranks, plan_restart
 from coordinator.progress import ProgressFeed
-from coordinator.store import CheckpointRecord, Store
-from crctl.clock import new_id
+from coordinator.registry import ALIVE
+from coordinator.store import CheckpointRecord, RestartRecord, Store
+from crctl import failpoints
+from crctl.clock import Clock, new_id
 from crctl.doctor import LAZY_PAGES
 from crctl.errors import ConflictError, CrctlError, NotFoundError
 from crctl.v1 import control_pb2, coordinator_pb2
@@ -35,6 +44,9 @@ from crctl.v1 import control_pb2, coordinator_pb2
 log = structlog.get_logger()
 
 STEPS = ("prepare", "restore", "unlock", "release")
+# Once every host has unlocked, every rank is restored and held: a restart found unfinished
+# then is rolled forward (released), before it rolled back.
+ROLL_FORWARD_AFTER = "unlock"
 ABORT_TIMEOUT = 30.0
 
 
@@ -59,8 +71,9 @@ class RestartRun:
         plugin_options: Mapping[str, str],
         lazy_hosts: frozenset[str],
         step_timeout: float,
-        plane: ControlPlane,
+        plane: Plane,
         store: Store,
+        clock: Clock,
     ) -> None:
         self.restore = restore
         self.job = job
@@ -74,6 +87,8 @@ class RestartRun:
         self._timeout = step_timeout
         self._plane = plane
         self._store = store
+        self._clock = clock
+        self._lost = {host: asyncio.Event() for host in placement.hosts}
         self._feed: ProgressFeed[coordinator_pb2.RestartEvent] = ProgressFeed(
             lambda event: event.WhichOneof("event") == "outcome"
         )
@@ -82,6 +97,12 @@ class RestartRun:
 
     def follow(self) -> AsyncIterator[coordinator_pb2.RestartEvent]:
         return self._feed.follow()
+
+    def agent_lost(self, host: str) -> None:
+        """A target host went silent: the step under way fails at once (no deadline wait)."""
+        lost = self._lost.get(host)
+        if lost is not None:
+            lost.set()
 
     async def _step_event(self, step: str, hosts: Sequence[str]) -> None:
         self._log.info("restart_step", phase=step, hosts=list(hosts))
@@ -124,8 +145,20 @@ class RestartRun:
             order = control_pb2.CoordinatorMessage()
             order.restore_step.restore = self.restore
             order.restore_step.step = step
+        lost = self._lost[host]
+        if lost.is_set():
+            raise StepFailure(host, -1, f"the agent on {host} was lost")
+        asked = asyncio.ensure_future(self._plane.request(host, order, self._timeout))
+        silence = asyncio.ensure_future(lost.wait())
         try:
-            reply = await self._plane.request(host, order, self._timeout)
+            await asyncio.wait({asked, silence}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            silence.cancel()
+        if not asked.done():
+            asked.cancel()
+            raise StepFailure(host, -1, f"the agent on {host} was lost during {step}")
+        try:
+            reply = asked.result()
         except CrctlError as exc:
             raise StepFailure(host, -1, exc.message) from None
         if reply.WhichOneof("body") != "restore_result":
@@ -138,6 +171,7 @@ class RestartRun:
     async def _everywhere(self, step: str) -> list[control_pb2.RestoreResult]:
         hosts = self._placement.hosts
         await self._step_event(step, hosts)
+        await failpoints.reached(f"coordinator.restart.{step}")
         results = await asyncio.gather(
             *(self._on_host(h, step) for h in hosts), return_exceptions=True
         )
@@ -152,7 +186,7 @@ class RestartRun:
         return [r for r in results if isinstance(r, control_pb2.RestoreResult)]
 
     async def run(self) -> coordinator_pb2.RestartOutcome:
-        started = time.monotonic()
+        started = self._clock.monotonic()
         outcome = coordinator_pb2.RestartOutcome(
             restore=self.restore, checkpoint=self._checkpoint.checkpoint
         )
@@ -162,13 +196,8 @@ class RestartRun:
             for step in STEPS:
                 for result in await self._everywhere(step):
                     pids.update({p.rank: p.pid for p in result.pids})
-            self._store.move_ranks(
-                self.job,
-                {
-                    rank: (host, pids.get(rank, 0))
-                    for rank, host in self._placement.rank_hosts.items()
-                },
-            )
+                self._store.restart_step_done(self.restore, step)
+            self._store.finish_restart(self.restore, now=self._clock.now(), pids=pids)
             outcome.restarted = True
         except StepFailure as failure:
             outcome.reason = failure.reason
@@ -180,7 +209,7 @@ class RestartRun:
             outcome.reason = f"coordinator error: {exc!r}"
             outcome.failed_rank = -1
             await self._abort(outcome.reason)
-        outcome.duration_seconds = time.monotonic() - started
+        outcome.duration_seconds = self._clock.monotonic() - started
         job = self._store.job(self.job)
         if job is not None:
             for rank in job.ranks:
@@ -195,24 +224,130 @@ class RestartRun:
     async def _abort(self, reason: str) -> None:
         await self._step_event("abort", self._placement.hosts)
 
-        order = control_pb2.CoordinatorMessage()
-        order.restore_step.restore = self.restore
-        order.restore_step.step = "abort"
-        hosts = self._placement.hosts
-        for host, exc in (await self._plane.request_all(hosts, order, ABORT_TIMEOUT)).items():
-            # the agent gives up by itself when its hold times out
-            self._log.warning("restart_abort_unacknowledged", agent=host, error=str(exc))
+        # A lost host is not waited for: it gives up by itself when its hold times out.
+        hosts = [h for h in self._placement.hosts if not self._lost[h].is_set()]
+        await abort_restore(self._plane, self.restore, hosts, self._log)
+        self._store.finish_restart(self.restore, now=self._clock.now(), reason=reason)
         self._log.warning("restart_aborted", reason=reason)
+
+
+def _restore_step_order(restore: str, step: str) -> control_pb2.CoordinatorMessage:
+    order = control_pb2.CoordinatorMessage()
+    order.restore_step.restore = restore
+    order.restore_step.step = step
+    return order
+
+
+async def abort_restore(
+    plane: Plane, restore: str, hosts: Sequence[str], logger: structlog.typing.FilteringBoundLogger
+) -> None:
+    order = _restore_step_order(restore, "abort")
+    for host, exc in (await request_all(plane, hosts, order, ABORT_TIMEOUT)).items():
+        # the agent gives up by itself when its hold times out
+        logger.warning("restart_abort_unacknowledged", agent=host, error=str(exc))
 
 
 class RestartService:
     def __init__(
-        self, *, store: Store, jobs: JobService, plane: ControlPlane, step_timeout: float
+        self,
+        *,
+        store: Store,
+        jobs: JobService,
+        plane: Plane,
+        clock: Clock,
+        step_timeout: float,
+        recovery_wait: float,
     ) -> None:
         self._store = store
         self._jobs = jobs
         self._plane = plane
+        self._clock = clock
         self._step_timeout = step_timeout
+        self._recovery_wait = recovery_wait
+        self._running: dict[str, RestartRun] = {}  # restore id -> its run
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def agent_lost(self, host: str) -> None:
+        for run in self._running.values():
+            run.agent_lost(host)
+
+    # --- after a coordinator restart ---
+
+    def recover(self) -> None:
+        """Finish every restart an earlier coordinator left unfinished (in the background: the
+        target agents are reconnecting); its job takes no other operation meanwhile."""
+        for record in self._store.restarts(state="running"):
+            self._jobs.claim(record.job, f"recovery of restart {record.restore}")
+            task = asyncio.create_task(self._recover(record), name=f"recover-{record.restore}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._release_job, record.job))
+
+    def _release_job(self, job: str, _: asyncio.Task[None]) -> None:
+        self._jobs.release(job)
+
+    async def _targets_alive(self, hosts: Sequence[str]) -> list[str]:
+        """Wait (up to the recovery wait) for every target agent to be back; the ones that are."""
+        deadline = self._clock.monotonic() + self._recovery_wait
+
+        def alive() -> list[str]:
+            found = [self._jobs.agent(h) for h in hosts]
+            return [a.host for a in found if a is not None and a.state == ALIVE]
+
+        while len(alive()) < len(hosts) and self._clock.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return alive()
+
+    async def _recover(self, record: RestartRecord) -> None:
+        logger = log.bind(job=record.job, checkpoint=record.checkpoint, restore=record.restore)
+        hosts = record.hosts
+        alive = await self._targets_alive(hosts)
+        forward = (
+            STEPS.index(record.step) >= STEPS.index(ROLL_FORWARD_AFTER) if record.step else False
+        )
+        if forward and len(alive) == len(hosts):
+            pids = await self._release_all(record, hosts, logger)
+            if pids is not None:
+                self._store.finish_restart(record.restore, now=self._clock.now(), pids=pids)
+                logger.warning("restart_recovered", phase="release", outcome="restarted")
+                return
+        await abort_restore(self._plane, record.restore, alive, logger)
+        reason = "the coordinator restarted before the restart finished; rolled back"
+        self._store.finish_restart(record.restore, now=self._clock.now(), reason=reason)
+        logger.warning(
+            "restart_recovered",
+            phase="abort",
+            outcome="aborted",
+            step_done=record.step,
+            unreachable=sorted(set(hosts) - set(alive)),
+        )
+
+    async def _release_all(
+        self,
+        record: RestartRecord,
+        hosts: Sequence[str],
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> dict[int, int] | None:
+        """Every host released (the ranks' PIDs), or None if one could not."""
+
+        async def release(host: str) -> control_pb2.AgentMessage | CrctlError:
+            try:
+                return await self._plane.request(
+                    host, _restore_step_order(record.restore, "release"), self._step_timeout
+                )
+            except CrctlError as exc:
+                return exc
+
+        pids: dict[int, int] = {}
+        for host, reply in zip(hosts, await asyncio.gather(*map(release, hosts)), strict=True):
+            if isinstance(reply, CrctlError) or not reply.restore_result.ok:
+                why = (
+                    reply.message if isinstance(reply, CrctlError) else reply.restore_result.reason
+                )
+                logger.warning("restart_release_failed", agent=host, reason=why or "no answer")
+                return None
+            pids.update({p.rank: p.pid for p in reply.restore_result.pids})
+        return pids
 
     def _checkpoint(
         self, job: str, checkpoint: str
@@ -263,6 +398,19 @@ class RestartService:
             self._jobs.require_alive(host, job)
         restore = new_id("rst")
         self._jobs.claim(job, f"restart {restore}")
+        self._store.begin_restart(
+            RestartRecord(
+                restore=restore,
+                job=job,
+                checkpoint=checkpoint.checkpoint,
+                state="running",
+                placement=dict(placement.rank_hosts),
+                step="",
+                started_at=self._clock.now(),
+                finished_at=None,
+                reason="",
+            )
+        )
         run = RestartRun(
             restore=restore,
             job=job,
@@ -276,7 +424,14 @@ class RestartService:
             step_timeout=request.timeout_seconds or self._step_timeout,
             plane=self._plane,
             store=self._store,
+            clock=self._clock,
         )
+        self._running[restore] = run
         task = asyncio.create_task(run.run(), name=f"restart-{restore}")
-        task.add_done_callback(lambda _: self._jobs.release(job))
+
+        def finished(_: asyncio.Task[coordinator_pb2.RestartOutcome]) -> None:
+            self._running.pop(restore, None)
+            self._jobs.release(job)
+
+        task.add_done_callback(finished)
         return run

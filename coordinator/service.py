@@ -40,7 +40,7 @@ class CoordinatorService:
         if kind == "register":
             return self._on_register(host, message.register.info)
         if kind == "heartbeat":
-            return self._on_heartbeat(host)
+            return self._on_heartbeat(host, message.heartbeat)
         if kind == "rank_exited":
             self.jobs.on_rank_exited(host, message.rank_exited)
             return None
@@ -59,6 +59,7 @@ class CoordinatorService:
             return reply
         record, revived = self._registry.register(info)
         self.jobs.reconcile(host, list(info.ranks))
+        self.checkpoints.resolve(host, list(info.awaiting_decision))
         log.info(
             "agent_registered",
             agent=host,
@@ -70,22 +71,29 @@ class CoordinatorService:
         reply.register_ack.heartbeat_interval = self._heartbeat_interval
         return reply
 
-    def _on_heartbeat(self, host: str) -> control_pb2.CoordinatorMessage:
+    def _on_heartbeat(
+        self, host: str, heartbeat: control_pb2.Heartbeat
+    ) -> control_pb2.CoordinatorMessage:
         reply = control_pb2.CoordinatorMessage()
         if not self._registry.knows(host):
             reply.heartbeat_ack.known = False
             return reply
-        transition = self._registry.heartbeat(host)
+        transition = self._registry.heartbeat(host, list(heartbeat.awaiting_decision))
         if transition is not None:
             log.info("agent_alive", agent=host, silent_for=round(transition.silent_for, 3))
+        self.checkpoints.resolve(host, list(heartbeat.awaiting_decision))
         reply.heartbeat_ack.known = True
         return reply
 
     def sweep(self) -> None:
+        """Agents silent for too long are lost: a checkpoint or restart that needs one fails
+        now instead of at its deadline."""
         for transition in self._registry.sweep():
             log.warning(
                 "agent_lost", agent=transition.host, silent_for=round(transition.silent_for, 3)
             )
+            self.checkpoints.agent_lost(transition.host)
+            self.restarts.agent_lost(transition.host)
 
     async def run_sweeper(self, period: float) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""The coordinator's durable state in SQLite: agents, jobs, ranks, checkpoints.
+"""The coordinator's durable state in SQLite: agents, jobs, ranks, checkpoints, restarts.
 
 Writes are transactional and fsync'd (WAL, synchronous=FULL), so a coordinator killed with
 SIGKILL and started again knows everything it had acknowledged."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crctl.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: restarts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -60,6 +60,17 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     reason TEXT NOT NULL DEFAULT '',
     failed_host TEXT NOT NULL DEFAULT '',
     manifest TEXT                     -- the manifest (JSON), also written last to directory
+);
+CREATE TABLE IF NOT EXISTS restarts (
+    restore TEXT PRIMARY KEY,
+    job TEXT NOT NULL REFERENCES jobs(job),
+    checkpoint TEXT NOT NULL,
+    state TEXT NOT NULL,              -- running | restarted | aborted
+    placement TEXT NOT NULL,          -- JSON {rank: target host}
+    step TEXT NOT NULL DEFAULT '',    -- the last step every target host completed
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    reason TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -112,6 +123,23 @@ class CheckpointRecord:
     manifest: str | None
 
 
+@dataclass(frozen=True)
+class RestartRecord:
+    restore: str
+    job: str
+    checkpoint: str
+    state: str  # running | restarted | aborted
+    placement: dict[int, str]  # rank -> target host
+    step: str  # the last step every target host completed ('' before the first)
+    started_at: float
+    finished_at: float | None
+    reason: str
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted(set(self.placement.values()))
+
+
 _CHECKPOINT_COLUMNS = (
     "checkpoint, job, request_id, state, leave_running, directory, started_at, finished_at, "
     "reason, failed_host, manifest"
@@ -142,8 +170,10 @@ class Store:
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open state database {path}: {exc}") from None
         with self._transaction() as db:
+            # A database of an earlier version got the tables it lacked above.
             db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
 
@@ -261,16 +291,6 @@ class Store:
             )
             self._refresh_job_state(db, job)
 
-    def move_ranks(self, job: str, placements: dict[int, tuple[str, int]]) -> None:
-        """Ranks restarted: each runs again, on its (new) host with its new PID."""
-        with self._transaction() as db:
-            db.executemany(
-                "UPDATE ranks SET host = ?, pid = ?, state = 'running', exit_status = NULL "
-                "WHERE job = ? AND rank = ?",
-                [(host, pid, job, rank) for rank, (host, pid) in placements.items()],
-            )
-            self._refresh_job_state(db, job)
-
     @staticmethod
     def _refresh_job_state(db: sqlite3.Connection, job: str) -> None:
         db.execute(
@@ -329,8 +349,12 @@ class Store:
                 ),
             )
 
-    def commit_checkpoint(self, checkpoint: str, job: str, manifest: str, now: float) -> None:
-        """Mark committed and make it the job's latest, in one transaction."""
+    def commit_checkpoint(
+        self, checkpoint: str, job: str, manifest: str, now: float, *, ranks_stop: bool
+    ) -> None:
+        """Mark committed and make it the job's latest, in one transaction; with
+        ``ranks_stop`` the job's running ranks are 'checkpointed' in it too (they end with the
+        checkpoint, whether or not the coordinator lives to see them do it)."""
         with self._transaction() as db:
             db.execute(
                 """UPDATE checkpoints SET state = 'committed', finished_at = ?, manifest = ?
@@ -338,6 +362,12 @@ class Store:
                 (now, manifest, checkpoint),
             )
             db.execute("UPDATE jobs SET latest_checkpoint = ? WHERE job = ?", (checkpoint, job))
+            if ranks_stop:
+                db.execute(
+                    "UPDATE ranks SET state = 'checkpointed' WHERE job = ? AND state = 'running'",
+                    (job,),
+                )
+                self._refresh_job_state(db, job)
 
     def finish_checkpoint(self, checkpoint: str, reason: str) -> None:
         """Attach the final reason (e.g. hosts that did not acknowledge the commit)."""
@@ -388,3 +418,86 @@ class Store:
             params,
         ).fetchall()
         return [_checkpoint(r) for r in rows]
+
+    # --- restarts ---------------------------------------------------------------------------
+
+    def begin_restart(self, record: RestartRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """INSERT INTO restarts(restore, job, checkpoint, state, placement, step,
+                                        started_at, finished_at, reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    record.restore,
+                    record.job,
+                    record.checkpoint,
+                    record.state,
+                    json.dumps({str(r): h for r, h in record.placement.items()}),
+                    record.step,
+                    record.started_at,
+                    record.finished_at,
+                    record.reason,
+                ),
+            )
+
+    def restart_step_done(self, restore: str, step: str) -> None:
+        """Every target host completed ``step``."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE restarts SET step = ? WHERE restore = ? AND state = 'running'",
+                (step, restore),
+            )
+
+    def finish_restart(
+        self,
+        restore: str,
+        *,
+        now: float,
+        reason: str = "",
+        pids: dict[int, int] | None = None,
+    ) -> None:
+        """The restart ended: with ``pids`` it restarted, and every rank runs again on its
+        target host with its new PID (in the same transaction); without, it was aborted."""
+        restarted = pids is not None
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT job, placement FROM restarts WHERE restore = ? AND state = 'running'",
+                (restore,),
+            ).fetchone()
+            if row is None:
+                return
+            db.execute(
+                "UPDATE restarts SET state = ?, finished_at = ?, reason = ? WHERE restore = ?",
+                ("restarted" if restarted else "aborted", now, reason, restore),
+            )
+            if pids is None:
+                return
+            job, placement = row[0], json.loads(row[1])
+            db.executemany(
+                "UPDATE ranks SET host = ?, pid = ?, state = 'running', exit_status = NULL "
+                "WHERE job = ? AND rank = ?",
+                [(host, pids.get(int(r), 0), job, int(r)) for r, host in placement.items()],
+            )
+            self._refresh_job_state(db, job)
+
+    def restarts(self, state: str | None = None) -> list[RestartRecord]:
+        where, params = ("WHERE state = ?", (state,)) if state is not None else ("", ())
+        rows = self._db.execute(
+            "SELECT restore, job, checkpoint, state, placement, step, started_at, finished_at, "
+            f"reason FROM restarts {where} ORDER BY started_at",
+            params,
+        ).fetchall()
+        return [
+            RestartRecord(
+                restore=r[0],
+                job=r[1],
+                checkpoint=r[2],
+                state=r[3],
+                placement={int(k): v for k, v in json.loads(r[4]).items()},
+                step=r[5],
+                started_at=r[6],
+                finished_at=r[7],
+                reason=r[8],
+            )
+            for r in rows
+        ]

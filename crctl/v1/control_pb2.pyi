@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentInfo(_message.Message):
-    __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid", "ranks")
+    __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid", "ranks", "awaiting_decision")
     HOST_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class AgentInfo(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_DECISION_FIELD_NUMBER: _ClassVar[int]
     host: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
     criu_version: str
@@ -22,7 +23,8 @@ class AgentInfo(_message.Message):
     agent_version: str
     pid: int
     ranks: _containers.RepeatedCompositeFieldContainer[RankRef]
-    def __init__(self, host: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., criu_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., pid: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankRef, _Mapping]]] = ...) -> None: ...
+    awaiting_decision: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., criu_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., pid: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankRef, _Mapping]]] = ..., awaiting_decision: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RankRef(_message.Message):
     __slots__ = ("job", "rank", "pid")
@@ -41,12 +43,14 @@ class Register(_message.Message):
     def __init__(self, info: _Optional[_Union[AgentInfo, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("host", "sequence")
+    __slots__ = ("host", "sequence", "awaiting_decision")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_DECISION_FIELD_NUMBER: _ClassVar[int]
     host: str
     sequence: int
-    def __init__(self, host: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    awaiting_decision: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host: _Optional[str] = ..., sequence: _Optional[int] = ..., awaiting_decision: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterAck(_message.Message):
     __slots__ = ("accepted", "reason", "heartbeat_interval")

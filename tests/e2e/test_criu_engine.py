@@ -838,7 +838,8 @@ def test_restore_failing_after_fork_raises_and_leaves_no_zombie(
             deadline = time.monotonic() + 3 * reaper.ORPHAN_SCAN_INTERVAL + 1
             while our_zombies() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert our_zombies() == []
+            left = our_zombies()
+            assert left == [], [Path(f"/proc/{pid}/comm").read_text().strip() for pid in left]
             assert not server.exited
         finally:
             await job.aclose()

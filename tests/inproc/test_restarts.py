@@ -1,0 +1,153 @@
+"""The restart protocol in the in-process tier: durable restarts that a new coordinator rolls
+forward or back, lost agents that fail a step at once, repeated orders, held ranks given up
+by their agents when the coordinator is gone."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.inproc.cluster import LOST_AFTER, Cluster, cluster_test
+
+JOB = "ring"
+HOSTS = ["h1", "h2"]
+MOVE = {"h1": "h3", "h2": "h4"}
+
+
+async def stopped_job(cluster: Cluster) -> str:
+    await cluster.launch(JOB, HOSTS)
+    outcome = await cluster.checkpoint(JOB)
+    assert outcome.committed, outcome.reason
+    return outcome.checkpoint
+
+
+def restarts(cluster: Cluster, state: str | None = None) -> list[str]:
+    return [r.restore for r in cluster.coordinator.store.restarts(state)]  # type: ignore[union-attr]
+
+
+@cluster_test(hosts=4)
+async def test_a_restart_is_recorded_from_start_to_finish(cluster: Cluster) -> None:
+    await stopped_job(cluster)
+    outcome = await cluster.restart(JOB, host_map=MOVE)
+    assert outcome.restarted, outcome.reason
+    assert restarts(cluster, "restarted") == [outcome.restore]
+    assert {r.host for r in cluster.job(JOB).ranks} == {"h3", "h4"}
+    assert sorted(cluster.running(JOB)) == [0, 1]
+
+
+async def kill_coordinator_after(cluster: Cluster, step: str) -> str:
+    """Start a restart and kill the coordinator once every host completed ``step`` (the
+    orders of the next step are held back until then)."""
+    following = {"prepare": "restore", "restore": "unlock", "unlock": "release"}[step]
+    held = cluster.network.fault(
+        "to_agent",
+        "restore_step",
+        "drop",
+        times=100,
+        where=lambda order: order.step == following,
+    )
+    run_started = asyncio.ensure_future(cluster.restart(JOB, host_map=MOVE))
+    store = cluster.coordinator.store  # type: ignore[union-attr]
+    await cluster.until(
+        lambda: any(r.step == step for r in store.restarts("running")), f"{step} done"
+    )
+    restore = store.restarts("running")[0].restore
+    await cluster.kill_coordinator()
+    run_started.cancel()
+    await asyncio.gather(run_started, return_exceptions=True)
+    cluster.network.faults.remove(held)
+    return restore
+
+
+@cluster_test(hosts=4)
+async def test_a_coordinator_dead_after_every_host_unlocked_rolls_the_restart_forward(
+    cluster: Cluster,
+) -> None:
+    await stopped_job(cluster)
+    cluster.fake["h3"].delays["release"] = 1.0  # h4 releases, h3 is still at it
+    restore = await kill_coordinator_after(cluster, "unlock")
+    cluster.fake["h3"].delays.clear()
+    await cluster.start_coordinator()
+    await cluster.until(lambda: restarts(cluster, "running") == [], "the restart recovered")
+    assert restarts(cluster, "restarted") == [restore]
+    job = cluster.job(JOB)
+    assert {r.host for r in job.ranks} == {"h3", "h4"}
+    assert [r.state for r in job.ranks] == ["running", "running"]
+    running = cluster.running(JOB)
+    assert sorted(running) == [0, 1]
+    assert {r.rank: r.pid for r in job.ranks} == {n: p.pid for n, p in running.items()}
+
+
+@cluster_test(hosts=4)
+async def test_a_coordinator_dead_before_every_host_unlocked_rolls_the_restart_back(
+    cluster: Cluster,
+) -> None:
+    checkpoint = await stopped_job(cluster)
+    restore = await kill_coordinator_after(cluster, "restore")  # held, not unlocked
+    await cluster.start_coordinator()
+    await cluster.until(lambda: restarts(cluster, "running") == [], "the restart recovered")
+    assert restarts(cluster, "aborted") == [restore]
+    assert cluster.live(JOB) == [], "what was restored is gone"
+    job = cluster.job(JOB)
+    assert [r.state for r in job.ranks] == ["checkpointed", "checkpointed"]
+    assert job.latest_checkpoint == checkpoint
+    outcome = await cluster.restart(JOB, host_map=MOVE)
+    assert outcome.restarted, outcome.reason
+
+
+@cluster_test(hosts=4)
+async def test_held_ranks_die_with_their_hold_when_the_coordinator_never_returns(
+    cluster: Cluster,
+) -> None:
+    await stopped_job(cluster)
+    await kill_coordinator_after(cluster, "restore")  # restored, held, locked
+    assert len(cluster.live(JOB)) == 2 and cluster.fake["h3"].locks
+    await asyncio.sleep(10 * 4 + 20)  # every restore's hold (4 steps x the step timeout + 10)
+    assert cluster.live(JOB) == [], "held ranks were killed by their agents"
+    assert not cluster.fake["h3"].locks and not cluster.fake["h4"].locks
+    await cluster.start_coordinator()
+    await cluster.until(lambda: restarts(cluster, "running") == [], "the restart recovered")
+    assert len(restarts(cluster, "aborted")) == 1
+    outcome = await cluster.restart(JOB, host_map=MOVE)
+    assert outcome.restarted, outcome.reason
+
+
+@cluster_test(hosts=4)
+async def test_a_lost_target_agent_fails_the_restart_at_once(cluster: Cluster) -> None:
+    checkpoint = await stopped_job(cluster)
+    cluster.fake["h4"].faults["restore"] = "hang"
+    started = asyncio.get_running_loop().time()
+    task = asyncio.ensure_future(cluster.restart(JOB, host_map=MOVE, timeout_seconds=20))
+    await asyncio.sleep(0.5)
+    cluster.network.cut.add("h4")
+    outcome = await task
+    took = asyncio.get_running_loop().time() - started
+    assert not outcome.restarted
+    assert outcome.failed_host == "h4" and "lost" in outcome.reason
+    assert took < LOST_AFTER + 3, f"failed after {took:.1f}s, not at the agent's loss"
+    assert cluster.live(JOB) == [], "what h3 restored was killed"
+    assert cluster.job(JOB).latest_checkpoint == checkpoint
+    cluster.network.cut.clear()
+    del cluster.fake["h4"].faults["restore"]
+
+
+@cluster_test(hosts=4)
+async def test_every_restart_order_delivered_twice_changes_nothing(cluster: Cluster) -> None:
+    await stopped_job(cluster)
+    for kind in ("prepare_restore", "restore_step"):
+        cluster.network.fault("to_agent", kind, "duplicate", times=100)
+    outcome = await cluster.restart(JOB, host_map=MOVE)
+    assert outcome.restarted, outcome.reason
+    assert sorted(cluster.running(JOB)) == [0, 1]
+    assert len(cluster.live(JOB)) == 2
+
+
+@cluster_test()
+async def test_every_checkpoint_order_delivered_twice_changes_nothing(cluster: Cluster) -> None:
+    await cluster.launch(JOB, ["h1", "h2", "h3"])
+    for kind in ("prepare", "freeze", "commit"):
+        cluster.network.fault("to_agent", kind, "duplicate", times=100)
+    first = await cluster.checkpoint(JOB, leave_running=True)
+    assert first.committed, first.reason
+    second = await cluster.checkpoint(JOB)
+    assert second.committed, second.reason
+    assert cluster.live(JOB) == []
