@@ -17,10 +17,11 @@ import structlog
 import zmq
 import zmq.asyncio
 
+from agent.link import CoordinatorLink
 from coordinator.control import ControlPlane
 from crctl import keys
 from crctl.v1 import control_pb2
-from crctl.wire import decode_coordinator_message, encode
+from crctl.wire import decode_agent_message, decode_coordinator_message, encode
 
 WAIT = 5.0  # seconds any one step may take on loopback
 Logs = list[dict[str, Any]]
@@ -252,5 +253,65 @@ def test_a_frame_over_the_size_limit_drops_the_connection_with_a_warning_and_the
             entry = await logged(logs, "agent_connection_dropped", log_level="warning")
             assert "over 65536 bytes" in entry["reason"]
             await agent.heartbeat()  # ZeroMQ reconnected it
+
+    run(scenario)
+
+
+# --- the agent's DEALER ------------------------------------------------------------------------
+
+
+class Coordinator:
+    """The test's side of a coordinator: a CurveZMQ ROUTER with the coordinator's key pair."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self._context = zmq.asyncio.Context()
+        own = keys.coordinator_keypair(keys_dir)
+        self.socket = self._context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.curve_server = True
+        self.socket.curve_publickey = own.public
+        self.socket.curve_secretkey = own.secret
+        port = self.socket.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self._context.term()
+
+
+@pytest.mark.parametrize(
+    ("frames", "event"),
+    [
+        ([b"\xff\xff\xff"], "control_bad_message"),
+        ([b""], "control_bad_message"),
+        ([b"\x5a\x00"], "control_bad_message"),  # field 11: in no CoordinatorMessage's oneof
+        ([b"one", b"two"], "control_bad_envelope"),
+    ],
+    ids=["not-protobuf", "empty", "unknown-oneof-member", "two-frames"],
+)
+def test_the_agent_refuses_a_frame_that_is_no_message_and_takes_the_next(
+    keys_dir: Path, frames: list[bytes], event: str
+) -> None:
+    async def scenario(logs: Logs) -> None:
+        coordinator = Coordinator(keys_dir)
+        link = CoordinatorLink(coordinator.endpoint, keys_dir, "h1", "h1")
+        try:
+            link.connect()
+            hello = control_pb2.AgentMessage(heartbeat=control_pb2.Heartbeat(host="h1"))
+            while not await link.send(hello):  # sent once the handshake is done
+                await asyncio.sleep(0.01)
+            identity, frame = await coordinator.socket.recv_multipart()
+            assert (identity, decode_agent_message(frame)) == (b"h1", hello)
+
+            await coordinator.socket.send_multipart([identity, *frames])
+            assert await link.receive(timeout=WAIT) is None
+            await logged(logs, event, log_level="warning")
+
+            ack = control_pb2.CoordinatorMessage(heartbeat_ack=control_pb2.HeartbeatAck(known=True))
+            await coordinator.socket.send_multipart([identity, encode(ack)])
+            assert await link.receive(timeout=WAIT) == ack
+        finally:
+            link.close()
+            coordinator.close()
 
     run(scenario)
