@@ -16,7 +16,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from crctl import keys
 from crctl.v1 import control_pb2
-from crctl.wire import WireError, decode_coordinator_message, encode
+from crctl.wire import MAX_MESSAGE_SIZE, WireError, decode_coordinator_message, encode
 
 log = structlog.get_logger()
 
@@ -34,6 +34,7 @@ class CoordinatorLink:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.SNDHWM, 100)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)  # see crctl.wire
         sock.routing_id = host.encode()
         sock.curve_serverkey = keys.coordinator_public_key(keys_dir)
         sock.curve_publickey = own.public
@@ -59,13 +60,18 @@ class CoordinatorLink:
         return True
 
     async def receive(self, timeout: float) -> control_pb2.CoordinatorMessage | None:
+        """The next message, or None after ``timeout`` seconds or for a frame that is not one
+        message (refused with a warning)."""
         if not await self._socket.poll(int(timeout * 1000)):
             return None
-        frame = await self._socket.recv()
+        frames = await self._socket.recv_multipart()
+        if len(frames) != 1:
+            log.warning("control_bad_envelope", endpoint=self._endpoint, frames=len(frames))
+            return None
         try:
-            return decode_coordinator_message(frame)
+            return decode_coordinator_message(frames[0])
         except WireError as exc:
-            log.warning("control_bad_message", error=str(exc))
+            log.warning("control_bad_message", endpoint=self._endpoint, error=str(exc))
             return None
 
     async def watch(self) -> None:

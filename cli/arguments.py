@@ -1,19 +1,52 @@
-"""Parsing the CLI's structured arguments, with errors that name the flag and the bad value."""
+"""Argument types for the CLI's parser: each turns one argument into its value or refuses it with
+``argparse.ArgumentTypeError``, so that argparse exits 2 with the usage and a message naming the
+flag and the bad value, before anything is sent."""
 
 from __future__ import annotations
 
-from crctl.errors import ConfigError
+import argparse
+import math
+from collections.abc import Callable
+
+from crctl.limits import MAX_TIMEOUT
 
 
-def key_values(items: list[str], flag: str) -> dict[str, str]:
-    """Repeated ``--flag NAME=VALUE`` arguments; a value may itself hold "=" or ","."""
-    parsed = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"bad {flag} {item!r}: expected NAME=VALUE")
-        parsed[key] = value
-    return parsed
+def between(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high``."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {low} to {high}")
+        return value
+
+    return whole
+
+
+def seconds(text: str) -> float:
+    """A deadline: more than 0 seconds, at most MAX_TIMEOUT. (The wire's 0, "the coordinator's
+    default", is what leaving the flag out sends.)"""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range: give more than 0 and at most {MAX_TIMEOUT:.0f} seconds "
+            "(leave the flag out for the coordinator's default)"
+        )
+    return value
+
+
+def key_value(item: str) -> tuple[str, str]:
+    """One ``NAME=VALUE`` of a repeated flag; the value may itself hold "=" or ","."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {item!r}")
+    return key, value
 
 
 def host_map(text: str) -> dict[str, str]:
@@ -22,8 +55,8 @@ def host_map(text: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         old, sep, new = item.partition("=")
         if not sep or not old or not new:
-            raise ConfigError(f"malformed host map entry {item!r}: expected OLD=NEW")
+            raise argparse.ArgumentTypeError(f"malformed host map entry {item!r}: expected OLD=NEW")
         if old in pairs:
-            raise ConfigError(f"host map entry names {old} twice")
+            raise argparse.ArgumentTypeError(f"host map entry names {old} twice")
         pairs[old] = new
     return pairs

@@ -8,6 +8,7 @@ import time
 import uuid
 
 from cli import render
+from cli.arguments import seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from crctl.config import Config
@@ -116,10 +117,10 @@ def register(add: render.AddCommand) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
-        help="deadline of the prepare phase (default: checkpoint_timeout)",
+        help="deadline of the prepare phase, in seconds above 0 (default: checkpoint_timeout)",
     )
     p.add_argument(
         "--external",

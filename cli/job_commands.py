@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from cli import render
-from cli.arguments import key_values
+from cli.arguments import between, key_value
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from crctl.config import Config
 from crctl.errors import ConfigError
+from crctl.limits import MAX_RANK
 from crctl.v1 import coordinator_pb2
 
 
@@ -22,7 +23,7 @@ def cmd_launch(args: argparse.Namespace, config: Config) -> int:
             "give the rank's command after --, e.g. crctl launch --job J --host h1 -- CMD"
         )
     with CoordinatorClient(config.grpc_address, timeout=60) as client:
-        reply = client.launch(args.job, args.host, args.rank, argv, key_values(args.env, "--env"))
+        reply = client.launch(args.job, args.host, args.rank, argv, dict(args.env))
     if args.json:
         render.print_json(render.to_dict(reply))
     else:
@@ -90,10 +91,16 @@ def register(add: render.AddCommand) -> None:
     p = add("launch", cmd_launch, "start one rank of a job on a host", True)
     p.add_argument("--job", required=True, help="job name (created with its first rank)")
     p.add_argument("--host", required=True, help="the host whose agent starts the rank")
-    p.add_argument("--rank", type=int, default=-1, help="rank number (default: next free)")
+    p.add_argument(
+        "--rank",
+        type=between(0, MAX_RANK),
+        default=-1,
+        help=f"rank number, 0 to {MAX_RANK} (default: the next free)",
+    )
     p.add_argument(
         "--env",
         action="append",
+        type=key_value,
         default=[],
         metavar="NAME=VALUE",
         help="environment variable for the rank (repeatable)",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cli import checkpoint_commands, job_commands, render, restart_commands
+from cli.arguments import between
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode, exit_code_for
 from crctl.config import KEYS, Config, load_config
@@ -222,6 +223,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from testbed import DEFAULT_DIR
+    from testbed.netns import MAX_HOSTS
 
     daemon_cfg = _config_flags(KEYS)
     client_cfg = _config_flags(CLIENT_KEYS)
@@ -259,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     restart_commands.register(add)
 
     p = add("demo", cmd_demo, "run the one-machine demo on emulated hosts, then clean up")
-    p.add_argument("--hosts", type=int, default=6, help="number of hosts (default 6)")
+    p.add_argument(
+        "--hosts", type=between(6, MAX_HOSTS), default=6, help="number of hosts (default 6)"
+    )
 
     keys_parser = sub.add_parser("keys", help="manage CurveZMQ keys")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -282,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("testbed", help="emulated hosts on this machine (network namespaces)")
     tb_sub = tb.add_subparsers(dest="testbed_command", required=True, metavar="ACTION")
     p = add_to(tb_sub, "up", cmd_testbed_up, "create hosts h1..hN, start a coordinator and agents")
-    p.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
+    p.add_argument(
+        "--hosts", type=between(1, MAX_HOSTS), default=3, help="number of hosts (default 3)"
+    )
     add_to(tb_sub, "status", cmd_testbed_status, "show the testbed's daemons", True)
     p = add_to(tb_sub, "start", cmd_testbed_start, "start a stopped testbed daemon")
     p.add_argument("daemon", help='"coordinator" or "agent-hN"')

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli import render
-from cli.arguments import host_map, key_values
+from cli.arguments import host_map, key_value, seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from crctl.config import Config
@@ -18,10 +18,10 @@ def cmd_restart(args: argparse.Namespace, config: Config) -> int:
     request = coordinator_pb2.RestartRequest(
         job=args.job,
         checkpoint=args.checkpoint,
-        host_map=host_map(args.map),
+        host_map=args.map,
         hosts=[h for h in (args.hosts or "").split(",") if h],
         plugins=args.plugin,
-        plugin_options=key_values(args.plugin_option, "--plugin-option"),
+        plugin_options=dict(args.plugin_option),
         timeout_seconds=args.timeout,
         eager_pages=args.eager_pages,
     )
@@ -61,6 +61,7 @@ def register(add: render.AddCommand) -> None:
     p.add_argument("--checkpoint", default="", help="checkpoint id (default: the latest)")
     p.add_argument(
         "--map",
+        type=host_map,
         default="",
         metavar="OLD=NEW,...",
         help="move ranks of host OLD to host NEW (unlisted hosts stay)",
@@ -87,14 +88,15 @@ def register(add: render.AddCommand) -> None:
     p.add_argument(
         "--plugin-option",
         action="append",
+        type=key_value,
         default=[],
         metavar="KEY=VALUE",
         help="an option for the plugins (repeatable)",
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
-        help="deadline of each restart step (default: checkpoint_timeout)",
+        help="deadline of each restart step, in seconds above 0 (default: checkpoint_timeout)",
     )

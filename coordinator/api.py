@@ -1,5 +1,6 @@
-"""The gRPC API: a thin translator between protobuf and the coordinator's domain calls. Domain
-errors become gRPC status codes through crctl.status, in one place (``_domain_errors``)."""
+"""The gRPC API: a thin translator between protobuf and the coordinator's domain calls. Each
+request is checked first (coordinator.requests); domain errors, and refused requests, become gRPC
+status codes through crctl.status, in one place (``_domain_errors``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from google.protobuf.json_format import Parse
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator import requests
 from coordinator.checkpoints import CheckpointRun
 from coordinator.registry import ALIVE, LOST
 from coordinator.service import CoordinatorService
@@ -124,6 +126,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.LaunchRequest, context: Context
     ) -> coordinator_pb2.LaunchResponse:
         async with _domain_errors(context):
+            requests.check_launch(request)
             rank = await self._service.jobs.launch(
                 request.job, request.host, request.rank, list(request.argv), dict(request.env)
             )
@@ -142,6 +145,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.GetJobRequest, context: Context
     ) -> coordinator_pb2.Job:
         async with _domain_errors(context):
+            requests.check_job(request.job)
             job = self._service.jobs.get(request.job)
         return job_to_proto(job)
 
@@ -149,6 +153,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.KillJobRequest, context: Context
     ) -> coordinator_pb2.KillJobResponse:
         async with _domain_errors(context):
+            requests.check_job(request.job)
             record = await self._service.jobs.kill(request.job)
         return coordinator_pb2.KillJobResponse(job=job_to_proto(record))
 
@@ -156,6 +161,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.CheckpointRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
         async with _domain_errors(context):
+            requests.check_checkpoint(request)
             started = self._service.checkpoints.start(
                 request.job,
                 leave_running=request.leave_running,
@@ -173,6 +179,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.RestartRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.RestartEvent]:
         async with _domain_errors(context):
+            requests.check_restart(request)
             run = self._service.restarts.start(request)
         async for event in run.follow():
             yield event
@@ -181,6 +188,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.ListCheckpointsRequest, context: Context
     ) -> coordinator_pb2.ListCheckpointsResponse:
         async with _domain_errors(context):
+            requests.check_job(request.job)
             job = self._service.jobs.get(request.job)
             records = self._service.checkpoints.list(request.job)
         return coordinator_pb2.ListCheckpointsResponse(

@@ -7,6 +7,7 @@ name that connection may speak for."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from crctl import keys
 from crctl.errors import CrctlError, UnavailableError
 from crctl.v1 import control_pb2
-from crctl.wire import WireError, decode_agent_message, encode
+from crctl.wire import MAX_MESSAGE_SIZE, WireError, decode_agent_message, encode
 
 ZAP_DOMAIN = "crctl"
 RECONNECT_GRACE = 3.0  # seconds an order waits for its agent to reconnect
@@ -90,12 +91,16 @@ async def request_all(
 
 
 class ControlPlane:
-    def __init__(self, endpoint: str, keys_dir: Path) -> None:
+    def __init__(
+        self, endpoint: str, keys_dir: Path, *, max_message_size: int = MAX_MESSAGE_SIZE
+    ) -> None:
         self._endpoint = endpoint
         self._keys_dir = keys_dir
+        self._max_message_size = max_message_size
         self._handler: Handler | None = None
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
         self._auth: _NamedAuthenticator | None = None
         self._pending: dict[str, tuple[str, asyncio.Future[control_pb2.AgentMessage]]] = {}
 
@@ -115,6 +120,7 @@ class ControlPlane:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a gone agent raises
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self._max_message_size)  # see crctl.wire
         sock.curve_server = True
         sock.curve_publickey = server.public
         sock.curve_secretkey = server.secret
@@ -125,6 +131,7 @@ class ControlPlane:
             sock.close(0)
             raise UnavailableError(f"cannot listen for agents on {self._endpoint}: {exc}") from None
         self._socket = sock
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         log.info("control_listening", endpoint=self._endpoint, allowed_agents=len(allowed))
 
     async def send(
@@ -168,14 +175,25 @@ class ControlPlane:
             self._pending.pop(correlation, None)
 
     async def serve(self) -> None:
+        """Answer agents until cancelled. A frame that is not a well-formed message from the
+        host its key names is refused with a warning; nothing an agent sends stops this."""
+        watcher = asyncio.create_task(self._watch_connections())
+        try:
+            await self._serve()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _serve(self) -> None:
         assert self._socket is not None
         while True:
             frames = await self._socket.recv_multipart(copy=False)
+            speaker = frames[-1].get("User-Id") or ""
             if len(frames) != 2:
-                log.warning("control_bad_envelope", frames=len(frames))
+                log.warning("control_bad_envelope", key_name=speaker, frames=len(frames))
                 continue
             identity, frame = frames
-            speaker = frame.get("User-Id") or ""
             try:
                 message = decode_agent_message(frame.bytes)
             except WireError as exc:
@@ -189,11 +207,8 @@ class ControlPlane:
                     key_name=speaker,
                 )
                 continue
-            pending = self._pending.get(message.correlation_id)
-            if message.correlation_id and pending is not None:
-                host, future = pending
-                if host == speaker and not future.done():
-                    future.set_result(message)
+            if message.correlation_id:
+                self._answer(speaker, message)
                 continue
             if self._handler is None:
                 continue
@@ -210,8 +225,45 @@ class ControlPlane:
                 except UnavailableError as exc:
                     log.warning("control_reply_failed", error=str(exc), agent=speaker)
 
+    def _answer(self, speaker: str, message: control_pb2.AgentMessage) -> None:
+        """Hand a reply to the request awaiting it; one that no request of its host awaits
+        (late, repeated, or from another host) is dropped with a warning."""
+        host, future = self._pending.get(message.correlation_id, ("", None))
+        if future is None:
+            reason = "no order awaits it (answered too late, or never sent)"
+        elif host != speaker:
+            reason = f"the order went to {host}, not to this agent"
+        elif future.done():
+            reason = "the order was answered already"
+        else:
+            future.set_result(message)
+            return
+        log.warning(
+            "control_reply_refused",
+            agent=speaker,
+            kind=message.WhichOneof("body"),
+            correlation_id=message.correlation_id,
+            reason=reason,
+        )
+
+    async def _watch_connections(self) -> None:
+        """Log every dropped agent connection: an agent that went away, or one whose frame was
+        over the size limit (ZeroMQ drops those connections without a word)."""
+        assert self._monitor is not None
+        while True:
+            await self._monitor.recv_multipart()  # EVENT_DISCONNECTED: no agent named in it
+            log.warning(
+                "agent_connection_dropped",
+                endpoint=self._endpoint,
+                reason="the agent went away or sent a frame over "
+                f"{self._max_message_size} bytes; it reconnects by itself",
+            )
+
     def close(self) -> None:
         if self._socket is not None:
+            if self._monitor is not None:
+                self._socket.disable_monitor()
+                self._monitor.close(0)
             self._socket.close(0)
         if self._auth is not None:
             self._auth.stop()

@@ -28,6 +28,25 @@ def connection_key(local: str, local_port: int, peer: str, peer_port: int) -> st
     return f"{local}:{local_port}>{peer}:{peer_port}"
 
 
+def _plain(address: str) -> str:
+    """The address as packets carry it: a dual-stack socket's IPv4-mapped IPv6 address
+    (``::ffff:a.b.c.d``, how it sees an IPv4 peer and itself) is its IPv4 address."""
+    parsed = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return address
+
+
+def _connection(socket: control_pb2.SocketInfo, *, reverse: bool = False) -> str:
+    """A TCP connection's key in plain addresses, as its socket sees it or (``reverse``) as the
+    socket at its other end does."""
+    near = (_plain(socket.local_address), socket.local_port)
+    far = (_plain(socket.peer_address), socket.peer_port)
+    if reverse:
+        near, far = far, near
+    return connection_key(*near, *far)
+
+
 def _family(address: str) -> int:
     return ipaddress.ip_address(address).version
 
@@ -112,7 +131,7 @@ def plan_restart(
         for socket in image.sockets:
             if socket.proto != "tcp":
                 continue
-            local = _mapped_local(image, socket.local_address, address_map, new_host)
+            local = _mapped_local(image, _plain(socket.local_address), address_map, new_host)
             if socket.state == "listen":
                 key = (new_host, socket.local_port)
                 other = listening.setdefault(key, image.rank)
@@ -124,10 +143,15 @@ def plan_restart(
                 continue
             if not socket.peer_address or socket.state == "close":
                 continue
-            peer = socket.peer_address
+            peer = _plain(socket.peer_address)
             if peer not in job_addresses and not ipaddress.ip_address(peer).is_loopback:
-                close.setdefault(image.rank, []).append(
-                    connection_key(socket.local_address, socket.local_port, peer, socket.peer_port)
+                close.setdefault(image.rank, []).append(  # as the images spell it
+                    connection_key(
+                        socket.local_address,
+                        socket.local_port,
+                        socket.peer_address,
+                        socket.peer_port,
+                    )
                 )
                 continue
             tuple_key = (
@@ -169,7 +193,7 @@ def connected_ranks(
     """The other ranks at the far end of an established TCP connection of one of ``ranks`` (as
     the manifest recorded them, with their dump-time addresses)."""
     wanted = {
-        connection_key(s.peer_address, s.peer_port, s.local_address, s.local_port)
+        _connection(s, reverse=True)
         for image in images
         if image.rank in ranks
         for s in image.sockets
@@ -179,8 +203,5 @@ def connected_ranks(
         image
         for image in images
         if image.rank not in ranks
-        and any(
-            connection_key(s.local_address, s.local_port, s.peer_address, s.peer_port) in wanted
-            for s in image.sockets
-        )
+        and any(s.peer_address and _connection(s) in wanted for s in image.sockets)
     ]

@@ -4,15 +4,14 @@ coordinator."""
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from cli.client import CoordinatorClient
-from coordinator.api import create_server
 from crctl.errors import ConflictError, CrctlError, NotFoundError, UnavailableError
+from tests.unit.api_harness import call_api
 
 
 class _Jobs:
@@ -29,23 +28,15 @@ def call_through_api(error: CrctlError) -> BaseException:
     jobs.error = error
     service = SimpleNamespace(jobs=jobs, agents=list)
 
-    def client_call(port: int) -> BaseException:
-        with CoordinatorClient(f"127.0.0.1:{port}") as client:
+    def client_call(address: str) -> BaseException:
+        with CoordinatorClient(address) as client:
             try:
                 client.job("x")
             except CrctlError as raised:
                 return raised
         raise AssertionError("the call did not fail")
 
-    async def scenario() -> BaseException:
-        server, port = await create_server(service, "127.0.0.1:0")  # type: ignore[arg-type]
-        await server.start()
-        try:
-            return await asyncio.to_thread(client_call, port)
-        finally:
-            await server.stop(None)
-
-    return asyncio.run(scenario())
+    return call_api(service, client_call)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
 """The CLI's structured arguments: host maps, and NAME=VALUE options whose values may hold
 commas (a list of files for the host-files plugin) or "="."""
 
+from argparse import ArgumentTypeError
+
 import pytest
 
-from cli.arguments import host_map, key_values
-from crctl.errors import ConfigError
+from cli.arguments import between, host_map, key_value, seconds
 
 
 def test_a_host_map_lists_moves() -> None:
@@ -17,15 +18,34 @@ def test_a_host_map_lists_moves() -> None:
     [("h1", "malformed host map entry 'h1'"), ("h1=", "malformed"), ("h1=h4,h1=h5", "twice")],
 )
 def test_a_malformed_host_map_is_refused(text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ArgumentTypeError, match=message):
         host_map(text)
 
 
 def test_option_values_keep_their_commas_and_equal_signs() -> None:
-    options = key_values(["rewrite_files=/etc/a,/etc/b", "expr=x=1"], "--plugin-option")
-    assert options == {"rewrite_files": "/etc/a,/etc/b", "expr": "x=1"}
+    assert key_value("rewrite_files=/etc/a,/etc/b") == ("rewrite_files", "/etc/a,/etc/b")
+    assert key_value("expr=x=1") == ("expr", "x=1")
+    assert key_value("EMPTY=") == ("EMPTY", "")
 
 
-def test_an_option_without_a_name_is_refused_naming_the_flag() -> None:
-    with pytest.raises(ConfigError, match="bad --env 'noequals'"):
-        key_values(["noequals"], "--env")
+@pytest.mark.parametrize("item", ["noequals", "=value"])
+def test_an_option_without_a_name_is_refused(item: str) -> None:
+    with pytest.raises(ArgumentTypeError, match=f"expected NAME=VALUE, not '{item}'"):
+        key_value(item)
+
+
+def test_deadlines_are_seconds_above_zero_up_to_a_day() -> None:
+    assert seconds("0.001") == 0.001
+    assert seconds("86400") == 86400.0
+    for text in ("0", "-1", "nan", "inf", "86401"):
+        with pytest.raises(ArgumentTypeError, match=f"{text} is out of range"):
+            seconds(text)
+
+
+def test_whole_numbers_are_taken_within_their_range() -> None:
+    assert between(0, 9)("0") == 0
+    assert between(0, 9)("9") == 9
+    with pytest.raises(ArgumentTypeError, match="10 is out of range: give 0 to 9"):
+        between(0, 9)("10")
+    with pytest.raises(ArgumentTypeError, match=r"expected a whole number, not '1\.5'"):
+        between(0, 9)("1.5")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from coordinator.placement import plan_restart
+from coordinator.placement import connected_ranks, plan_restart
 from crctl.errors import ConfigError, ConflictError
 from crctl.v1 import control_pb2
 
@@ -134,3 +134,46 @@ def test_malformed_requests_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(error, match=message):
         plan_restart(ring_images(["h1", "h2"]), host_map=host_map, hosts=hosts, addresses=ADDRESSES)
+
+
+def dual_stack_pair() -> list[control_pb2.RankImage]:
+    """Rank 0 on h1 connected over IPv4 to rank 1 on h2, which listens on "::" (dual stack):
+    rank 1's socket sees both ends as IPv4-mapped IPv6 addresses."""
+    client = control_pb2.RankImage(rank=0, host="h1", host_addresses=ADDRESSES["h1"])
+    client.sockets.add(
+        proto="tcp",
+        state="established",
+        local_address="198.18.0.11",
+        local_port=40000,
+        peer_address="198.18.0.12",
+        peer_port=7100,
+    )
+    server = control_pb2.RankImage(rank=1, host="h2", host_addresses=ADDRESSES["h2"])
+    server.sockets.add(proto="tcp", state="listen", local_address="::", local_port=7100)
+    server.sockets.add(
+        proto="tcp",
+        state="established",
+        local_address="::ffff:198.18.0.12",
+        local_port=7100,
+        peer_address="::ffff:198.18.0.11",
+        peer_port=40000,
+    )
+    return [client, server]
+
+
+def test_a_dual_stack_listeners_connection_inside_the_job_stays_open() -> None:
+    plan = plan_restart(dual_stack_pair(), host_map={}, hosts=[], addresses=ADDRESSES)
+    assert plan.close == {}
+
+
+def test_a_dual_stack_listeners_connection_moves_with_its_ranks() -> None:
+    plan = plan_restart(dual_stack_pair(), host_map={"h2": "h5"}, hosts=[], addresses=ADDRESSES)
+    assert plan.rank_hosts == {0: "h1", 1: "h5"}
+    assert plan.address_map == {"198.18.0.12": "198.18.0.15"}
+    assert plan.close == {}
+
+
+def test_the_ranks_at_both_ends_of_a_dual_stack_connection_find_each_other() -> None:
+    images = dual_stack_pair()
+    assert [i.rank for i in connected_ranks(images, [0])] == [1]
+    assert [i.rank for i in connected_ranks(images, [1])] == [0]
