@@ -3,7 +3,6 @@ coordinator: commits that never harm the ring, and aborts that leave it running 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import signal
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from testbed import bed, procs
@@ -59,7 +59,10 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
     for entry in files:
         path = directory / entry["path"]
         assert path.stat().st_size == int(entry["size"]), entry["path"]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], entry["path"]
+        # New manifests record BLAKE3 (computed here by the library itself) and no sha256.
+        assert entry["algorithm"] == "DIGEST_ALGORITHM_BLAKE3", entry["path"]
+        assert blake3.blake3(path.read_bytes()).hexdigest() == entry["digest"], entry["path"]
+        assert "sha256" not in entry, entry["path"]
     return manifest
 
 
