@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
-from google.protobuf.json_format import Parse
 
+from coordinator.checkpoints import committed_checkpoint
 from coordinator.control import ControlPlane
 from coordinator.jobs import JobService
 from coordinator.placement import Placement, connected_ranks, plan_restart
@@ -29,7 +29,7 @@ from coordinator.progress import ProgressFeed
 from coordinator.store import CheckpointRecord, Store
 from crctl.clock import new_id
 from crctl.doctor import LAZY_PAGES
-from crctl.errors import ConflictError, CrctlError, NotFoundError
+from crctl.errors import ConflictError, CrctlError
 from crctl.v1 import control_pb2, coordinator_pb2
 
 log = structlog.get_logger()
@@ -214,24 +214,6 @@ class RestartService:
         self._plane = plane
         self._step_timeout = step_timeout
 
-    def _checkpoint(
-        self, job: str, checkpoint: str
-    ) -> tuple[CheckpointRecord, coordinator_pb2.Manifest]:
-        record = self._jobs.get(job)
-        name = checkpoint or record.latest_checkpoint
-        if not name:
-            raise NotFoundError(f"job {job} has no committed checkpoint to restart from", job=job)
-        found = self._store.checkpoint(name)
-        if found is None or found.job != job:
-            raise NotFoundError(f"job {job} has no checkpoint {name}", job=job, checkpoint=name)
-        if found.state != "committed" or not found.manifest:
-            raise ConflictError(
-                f"checkpoint {name} is {found.state}, not committed: it cannot be restarted",
-                job=job,
-                checkpoint=name,
-            )
-        return found, Parse(found.manifest, coordinator_pb2.Manifest())
-
     def start(self, request: coordinator_pb2.RestartRequest) -> RestartRun:
         job = request.job
         record = self._jobs.get(job)
@@ -242,7 +224,9 @@ class RestartService:
                 "checkpoint it without --leave-running before restarting it",
                 job=job,
             )
-        checkpoint, manifest = self._checkpoint(job, request.checkpoint)
+        checkpoint, manifest = committed_checkpoint(
+            self._store, self._jobs, job, request.checkpoint, to="restart from"
+        )
         candidates = set(request.host_map.values()) | set(request.hosts)
         candidates |= {image.host for image in manifest.ranks}
         addresses = {}
