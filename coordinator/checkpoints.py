@@ -21,6 +21,7 @@ from coordinator.jobs import JobService
 from coordinator.progress import ProgressFeed
 from coordinator.storage import CheckpointStore
 from coordinator.store import CheckpointRecord, Store
+from coordinator.verification import Verification, verify_checkpoint
 from crctl.clock import Clock, new_id
 from crctl.errors import ConfigError, ConflictError, CrctlError, NotFoundError
 from crctl.v1 import control_pb2, coordinator_pb2
@@ -439,3 +440,11 @@ class CheckpointService:
     def list(self, job: str) -> list[CheckpointRecord]:
         self._jobs.get(job)
         return self._store.checkpoints(job)
+
+    async def verify(self, job: str, checkpoint: str = "") -> Verification:
+        """Check a committed checkpoint's images against its manifest (the latest when
+        ``checkpoint`` is empty), reading them in a worker thread."""
+        record, manifest = committed_checkpoint(
+            self._store, self._jobs, job, checkpoint, to="verify"
+        )
+        return await verify_checkpoint(record, manifest, self._clock)
