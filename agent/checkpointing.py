@@ -303,8 +303,7 @@ class HostCheckpoint:
         """The manifest's lines for a rank's images (paths relative to the checkpoint)."""
         prefix = rank_name(number)
         return [
-            control_pb2.FileDigest(path=f"{prefix}/{d.path}", size=d.size, sha256=d.sha256)
-            for d in images.sha256_files(self.images_dir / prefix)
+            d.to_proto(prefix=f"{prefix}/") for d in images.digest_files(self.images_dir / prefix)
         ]
 
     def _rank_image(

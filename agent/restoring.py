@@ -296,9 +296,7 @@ class HostRestore:
     ) -> None:
         prefix = rank_name(rank) + "/"
         expected = [
-            images.FileDigest(f.path.removeprefix(prefix), f.size, f.sha256)
-            for f in image.files
-            if which(f.path)
+            images.FileDigest.from_proto(f, strip=prefix) for f in image.files if which(f.path)
         ]
         problems = await asyncio.to_thread(
             images.verify, checkpoint_dir / rank_name(rank), expected

@@ -15,8 +15,8 @@ Prints a table (medians over --repeat runs):
     hop, so about 40 ms is the normal gap on 4 ranks), for crctl and for the plain dump;
   * ratios: ring stall crctl / plain (the goal: <= 1.05), frozen / plain criu dump wall time,
     and crctl API wall time / plain criu dump. The API time includes what plain CRIU does not
-    do: the two-phase round trips and the sha256 of every image file for the manifest (after
-    the release).
+    do: the two-phase round trips and the digest (BLAKE3) of every image file for the manifest
+    (after the release).
 Needs root; brings up its own testbed and removes it afterwards."""
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Prints a table (medians over --repeat runs):
     original host's namespace, all started together, until the last one returns (then killed);
   * plain lazy criu restore: the same with `--lazy-pages` and a `criu lazy-pages` daemon per
     rank (started beforehand, not timed), until the restores return and until every page is in;
-  * sha256 of every image file, one thread per rank, as the agents verify them before a restart
+  * the digest of every image file that a restart verifies (BLAKE3, page images with its own
+    threads: crctl.digests), one thread per rank, as the agents verify them before a restart
     may create any task (a cost plain CRIU does not have);
   * ratio: first progress / plain criu restore; goal: <= 1.1 x plain + 50 ms.
 Needs root; brings up its own testbed (2 x ranks hosts) and removes it afterwards."""
@@ -135,15 +136,11 @@ def plain_restore(
 
 
 def hash_images(rank_images: dict[str, Path]) -> float:
-    """sha256 of every image file, one thread per rank (as each target agent hashes its own)."""
-
-    def hash_rank(images_dir: Path) -> None:
-        for path in sorted(images_dir.iterdir()):
-            images.sha256_file(path)
-
+    """The digests a restart verifies, of every image file, one thread per rank (as each target
+    agent hashes its own)."""
     started = time.perf_counter()
     with ThreadPoolExecutor(len(rank_images)) as pool:
-        list(pool.map(hash_rank, rank_images.values()))
+        list(pool.map(images.digest_files, rank_images.values()))
     return time.perf_counter() - started
 
 
@@ -215,7 +212,7 @@ def main() -> int:
     print(f"{'plain criu restore, all ranks in parallel':<52} {ms(plains)}")
     print(f"{'plain criu restore --lazy-pages, returned':<52} {ms(lazy_returns)}")
     print(f"{'plain criu restore --lazy-pages, every page in':<52} {ms(lazy_fills)}")
-    print(f"{'sha256 of the images, ranks in parallel':<52} {ms(hashes)}")
+    print(f"{'digests a restart verifies, ranks in parallel':<52} {ms(hashes)}")
     print(f"{'ratio first token / plain criu restore':<52} {first / plain:8.2f}")
     print(
         f"{'goal: 1.1 x plain + 50 ms':<52} {(1.1 * plain + 0.05) * 1000:8.1f} ms"

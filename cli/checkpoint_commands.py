@@ -1,4 +1,5 @@
-"""`crctl checkpoint | checkpoints`: the two-phase checkpoint, as batch scripts drive it."""
+"""`crctl checkpoint | checkpoints | verify`: the two-phase checkpoint, as batch scripts drive
+it, and what it left."""
 
 from __future__ import annotations
 
@@ -107,6 +108,48 @@ def cmd_checkpoints(args: argparse.Namespace, config: Config) -> int:
     return ExitCode.OK
 
 
+def _problem_kind(problem: coordinator_pb2.FileProblem) -> str:
+    name = coordinator_pb2.FileProblemKind.Name(problem.kind)
+    return name.removeprefix("FILE_PROBLEM_KIND_").lower()
+
+
+def cmd_verify(args: argparse.Namespace, config: Config) -> int:
+    with CoordinatorClient(config.grpc_address) as client:
+        result = client.verify(args.job, args.checkpoint)
+    if args.json:
+        render.print_json(
+            {
+                "job": result.job,
+                "checkpoint": result.checkpoint,
+                "directory": result.directory,
+                "ok": result.ok,
+                "files": result.files,
+                "bytes": result.bytes,
+                "duration_seconds": round(result.duration_seconds, 3),
+                "problems": [
+                    {"path": p.path, "kind": _problem_kind(p), "detail": p.detail}
+                    for p in result.problems
+                ],
+            }
+        )
+    elif result.ok:
+        print(
+            f"{result.checkpoint} of {result.job}: all {result.files} files "
+            f"({result.bytes / 2**20:.1f} MiB) match the manifest "
+            f"({result.duration_seconds:.2f}s)"
+        )
+    if result.ok:
+        return ExitCode.OK
+    print(
+        f"crctl: checkpoint {result.checkpoint} of {result.job} does not match its manifest "
+        f"({len(result.problems)} of {result.files} files):",
+        file=sys.stderr,
+    )
+    for problem in result.problems:
+        print(f"  {problem.path}: {problem.detail}", file=sys.stderr)
+    return ExitCode.FAILED
+
+
 def register(add: render.AddCommand) -> None:
     p = add("checkpoint", cmd_checkpoint, "checkpoint every rank of a job, consistently", True)
     p.add_argument("job")
@@ -136,3 +179,13 @@ def register(add: render.AddCommand) -> None:
     )
     p = add("checkpoints", cmd_checkpoints, "list a job's checkpoints", True)
     p.add_argument("job")
+    p = add(
+        "verify",
+        cmd_verify,
+        "check a committed checkpoint's images against its manifest, restoring nothing",
+        True,
+    )
+    p.add_argument("job")
+    p.add_argument(
+        "--checkpoint", default="", help="the checkpoint to verify (default: the job's latest)"
+    )

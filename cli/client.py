@@ -41,9 +41,11 @@ class CoordinatorClient:
             )
         return error_for(code, details)
 
-    def _call(self, method: Callable[..., Reply], request: object) -> Reply:
+    def _call(
+        self, method: Callable[..., Reply], request: object, *, deadline: bool = True
+    ) -> Reply:
         try:
-            return method(request, timeout=self._timeout)
+            return method(request, timeout=self._timeout if deadline else None)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
@@ -96,6 +98,12 @@ class CoordinatorClient:
             self._stub.ListCheckpoints, coordinator_pb2.ListCheckpointsRequest(job=job)
         )
         return list(reply.checkpoints)
+
+    def verify(self, job: str, checkpoint: str = "") -> coordinator_pb2.VerifyCheckpointResponse:
+        """Have the coordinator check a committed checkpoint's images against its manifest. No
+        client deadline: it reads every byte of the checkpoint, however large."""
+        request = coordinator_pb2.VerifyCheckpointRequest(job=job, checkpoint=checkpoint)
+        return self._call(self._stub.VerifyCheckpoint, request, deadline=False)
 
     def restart(
         self, request: coordinator_pb2.RestartRequest

@@ -19,6 +19,7 @@ from coordinator.checkpoints import CheckpointRun
 from coordinator.registry import ALIVE, LOST
 from coordinator.service import CoordinatorService
 from coordinator.store import AgentRecord, CheckpointRecord, JobRecord
+from coordinator.verification import Verification
 from crctl.errors import CrctlError, UnavailableError
 from crctl.status import ERROR_METADATA, status_for
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -111,6 +112,33 @@ def outcome_from_record(record: CheckpointRecord) -> coordinator_pb2.CheckpointE
     return event
 
 
+_PROBLEM_KINDS = {
+    "missing": coordinator_pb2.FILE_PROBLEM_KIND_MISSING,
+    "size": coordinator_pb2.FILE_PROBLEM_KIND_SIZE,
+    "digest": coordinator_pb2.FILE_PROBLEM_KIND_DIGEST,
+}
+
+
+def verification_to_proto(result: Verification) -> coordinator_pb2.VerifyCheckpointResponse:
+    return coordinator_pb2.VerifyCheckpointResponse(
+        job=result.job,
+        checkpoint=result.checkpoint,
+        directory=str(result.directory),
+        ok=result.ok,
+        files=result.files,
+        bytes=result.bytes,
+        problems=[
+            coordinator_pb2.FileProblem(
+                path=p.path,
+                kind=_PROBLEM_KINDS.get(p.kind, coordinator_pb2.FILE_PROBLEM_KIND_UNSPECIFIED),
+                detail=p.detail,
+            )
+            for p in result.problems
+        ],
+        duration_seconds=result.seconds,
+    )
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, service: CoordinatorService) -> None:
         self._service = service
@@ -194,6 +222,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.ListCheckpointsResponse(
             checkpoints=[checkpoint_to_proto(r, job.latest_checkpoint) for r in records]
         )
+
+    async def VerifyCheckpoint(
+        self, request: coordinator_pb2.VerifyCheckpointRequest, context: Context
+    ) -> coordinator_pb2.VerifyCheckpointResponse:
+        async with _domain_errors(context):
+            result = await self._service.checkpoints.verify(request.job, request.checkpoint)
+        return verification_to_proto(result)
 
 
 async def create_server(service: CoordinatorService, address: str) -> tuple[grpc.aio.Server, int]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from google.protobuf.json_format import Parse
 
 from coordinator import barrier as b
 from coordinator.control import Plane, request_all
@@ -20,9 +21,10 @@ from coordinator.jobs import JobService
 from coordinator.progress import ProgressFeed
 from coordinator.storage import CheckpointStore
 from coordinator.store import CheckpointRecord, Store
+from coordinator.verification import Verification, verify_checkpoint
 from crctl import failpoints
 from crctl.clock import Clock, new_id
-from crctl.errors import ConfigError, ConflictError, CrctlError
+from crctl.errors import ConfigError, ConflictError, CrctlError, NotFoundError
 from crctl.v1 import control_pb2, coordinator_pb2
 
 log = structlog.get_logger()
@@ -328,6 +330,27 @@ class CheckpointRun:
             self._log.info("checkpoint_retired", retired=old.checkpoint)
 
 
+def committed_checkpoint(
+    store: Store, jobs: JobService, job: str, checkpoint: str, *, to: str
+) -> tuple[CheckpointRecord, coordinator_pb2.Manifest]:
+    """A committed checkpoint of ``job`` and its manifest: ``checkpoint``, or the job's latest
+    when empty. ``to`` says what for, in the errors ("restart from")."""
+    record = jobs.get(job)
+    name = checkpoint or record.latest_checkpoint
+    if not name:
+        raise NotFoundError(f"job {job} has no committed checkpoint to {to}", job=job)
+    found = store.checkpoint(name)
+    if found is None or found.job != job:
+        raise NotFoundError(f"job {job} has no checkpoint {name}", job=job, checkpoint=name)
+    if found.state != "committed" or not found.manifest:
+        raise ConflictError(
+            f"checkpoint {name} is {found.state}, not committed: there is nothing to {to}",
+            job=job,
+            checkpoint=name,
+        )
+    return found, Parse(found.manifest, coordinator_pb2.Manifest())
+
+
 class CheckpointService:
     def __init__(
         self,
@@ -502,3 +525,11 @@ class CheckpointService:
     def list(self, job: str) -> list[CheckpointRecord]:
         self._jobs.get(job)
         return self._store.checkpoints(job)
+
+    async def verify(self, job: str, checkpoint: str = "") -> Verification:
+        """Check a committed checkpoint's images against its manifest (the latest when
+        ``checkpoint`` is empty), reading them in a worker thread."""
+        record, manifest = committed_checkpoint(
+            self._store, self._jobs, job, checkpoint, to="verify"
+        )
+        return await verify_checkpoint(record, manifest, self._clock)

@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
-from google.protobuf.json_format import Parse
 
+from coordinator.checkpoints import committed_checkpoint
 from coordinator.control import Plane, request_all
 from coordinator.jobs import JobService
 from coordinator.placement import Placement, connected_ranks, plan_restart
@@ -38,7 +38,7 @@ from coordinator.store import CheckpointRecord, RestartRecord, Store
 from crctl import failpoints
 from crctl.clock import Clock, new_id
 from crctl.doctor import LAZY_PAGES
-from crctl.errors import ConflictError, CrctlError, NotFoundError
+from crctl.errors import ConflictError, CrctlError
 from crctl.v1 import control_pb2, coordinator_pb2
 
 log = structlog.get_logger()
@@ -349,24 +349,6 @@ class RestartService:
             pids.update({p.rank: p.pid for p in reply.restore_result.pids})
         return pids
 
-    def _checkpoint(
-        self, job: str, checkpoint: str
-    ) -> tuple[CheckpointRecord, coordinator_pb2.Manifest]:
-        record = self._jobs.get(job)
-        name = checkpoint or record.latest_checkpoint
-        if not name:
-            raise NotFoundError(f"job {job} has no committed checkpoint to restart from", job=job)
-        found = self._store.checkpoint(name)
-        if found is None or found.job != job:
-            raise NotFoundError(f"job {job} has no checkpoint {name}", job=job, checkpoint=name)
-        if found.state != "committed" or not found.manifest:
-            raise ConflictError(
-                f"checkpoint {name} is {found.state}, not committed: it cannot be restarted",
-                job=job,
-                checkpoint=name,
-            )
-        return found, Parse(found.manifest, coordinator_pb2.Manifest())
-
     def start(self, request: coordinator_pb2.RestartRequest) -> RestartRun:
         job = request.job
         record = self._jobs.get(job)
@@ -377,7 +359,9 @@ class RestartService:
                 "checkpoint it without --leave-running before restarting it",
                 job=job,
             )
-        checkpoint, manifest = self._checkpoint(job, request.checkpoint)
+        checkpoint, manifest = committed_checkpoint(
+            self._store, self._jobs, job, request.checkpoint, to="restart from"
+        )
         candidates = set(request.host_map.values()) | set(request.hosts)
         candidates |= {image.host for image in manifest.ranks}
         addresses = {}

@@ -1,13 +1,14 @@
 """Reading and rewriting CRIU image folders, with no CRIU process: what a checkpoint holds
 (INET sockets, regular files, image files), a rank's working copy for a restore, whose sockets
 can carry new addresses (restart on other hosts) or come back closed (peers outside the job),
-and sha256 manifests.
+and manifests: the digests and checks of :mod:`crctl.digests` (shared with the coordinator,
+which has no pycriu), re-exported here, and what a restore checks besides.
 
 Besides :mod:`agent.criu`, this is the only package that imports pycriu. Layout: ``_format``
 (loading and atomically replacing one image, address words), ``_inspect`` (what a dump holds),
 ``_working_copy`` (the copy a restore may rewrite), ``_sockets`` (rewriting socket entries),
-``_inflight`` (TCP bytes in flight at the checkpoint handed to their receiver), ``_manifest``
-(sha256 manifests and checks).
+``_inflight`` (TCP bytes in flight at the checkpoint handed to their receiver), ``_checks``
+(page images, regular files a restore needs).
 
 What CRIU 4.x writes, as found on CRIU 4.1.1 and 4.2.1:
 
@@ -31,6 +32,7 @@ What CRIU 4.x writes, as found on CRIU 4.1.1 and 4.2.1:
   so the socket entries in ``files.img`` are the only addresses to rewrite.
 """
 
+from agent.images._checks import is_page_image, verify_regular_files
 from agent.images._format import FILES_IMG, INVENTORY_IMG, REMAP_IMG, ImageError
 from agent.images._inflight import (
     HandedOver,
@@ -48,15 +50,6 @@ from agent.images._inspect import (
     RegularFile,
     inspect,
 )
-from agent.images._manifest import (
-    FileDigest,
-    Problem,
-    is_page_image,
-    sha256_file,
-    sha256_files,
-    verify,
-    verify_regular_files,
-)
 from agent.images._sockets import (
     AddressMapError,
     RewriteReport,
@@ -70,6 +63,7 @@ from agent.images._working_copy import (
     make_working_copy,
     skip_criu_network_lock,
 )
+from crctl.digests import FileDigest, Problem, digest_files, verify
 
 __all__ = [
     "FILES_IMG",
@@ -91,6 +85,7 @@ __all__ = [
     "RewriteReport",
     "close_connections",
     "connection_ends",
+    "digest_files",
     "external_connections",
     "hand_over_in_flight",
     "inspect",
@@ -99,8 +94,6 @@ __all__ = [
     "read_for_hand_over",
     "rewrite_socket_addresses",
     "settle",
-    "sha256_file",
-    "sha256_files",
     "skip_criu_network_lock",
     "verify",
     "verify_regular_files",

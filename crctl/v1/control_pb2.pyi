@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DigestAlgorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIGEST_ALGORITHM_UNSPECIFIED: _ClassVar[DigestAlgorithm]
+    DIGEST_ALGORITHM_SHA256: _ClassVar[DigestAlgorithm]
+    DIGEST_ALGORITHM_BLAKE3: _ClassVar[DigestAlgorithm]
+DIGEST_ALGORITHM_UNSPECIFIED: DigestAlgorithm
+DIGEST_ALGORITHM_SHA256: DigestAlgorithm
+DIGEST_ALGORITHM_BLAKE3: DigestAlgorithm
 
 class AgentInfo(_message.Message):
     __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid", "ranks", "awaiting_decision")
@@ -156,14 +166,18 @@ class FreezeCheckpoint(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
 
 class FileDigest(_message.Message):
-    __slots__ = ("path", "size", "sha256")
+    __slots__ = ("path", "size", "sha256", "algorithm", "digest")
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     path: str
     size: int
     sha256: str
-    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    algorithm: DigestAlgorithm
+    digest: str
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., algorithm: _Optional[_Union[DigestAlgorithm, str]] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class SocketInfo(_message.Message):
     __slots__ = ("family", "state", "local_address", "local_port", "peer_address", "peer_port", "proto")

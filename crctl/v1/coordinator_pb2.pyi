@@ -16,9 +16,20 @@ class AgentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGENT_STATE_UNSPECIFIED: _ClassVar[AgentState]
     AGENT_STATE_ALIVE: _ClassVar[AgentState]
     AGENT_STATE_LOST: _ClassVar[AgentState]
+
+class FileProblemKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FILE_PROBLEM_KIND_UNSPECIFIED: _ClassVar[FileProblemKind]
+    FILE_PROBLEM_KIND_MISSING: _ClassVar[FileProblemKind]
+    FILE_PROBLEM_KIND_SIZE: _ClassVar[FileProblemKind]
+    FILE_PROBLEM_KIND_DIGEST: _ClassVar[FileProblemKind]
 AGENT_STATE_UNSPECIFIED: AgentState
 AGENT_STATE_ALIVE: AgentState
 AGENT_STATE_LOST: AgentState
+FILE_PROBLEM_KIND_UNSPECIFIED: FileProblemKind
+FILE_PROBLEM_KIND_MISSING: FileProblemKind
+FILE_PROBLEM_KIND_SIZE: FileProblemKind
+FILE_PROBLEM_KIND_DIGEST: FileProblemKind
 
 class Agent(_message.Message):
     __slots__ = ("host", "addresses", "state", "last_heartbeat", "registered_at", "criu_version", "capabilities", "pid")
@@ -252,6 +263,44 @@ class ListCheckpointsResponse(_message.Message):
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
+
+class VerifyCheckpointRequest(_message.Message):
+    __slots__ = ("job", "checkpoint")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+
+class FileProblem(_message.Message):
+    __slots__ = ("path", "kind", "detail")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    kind: FileProblemKind
+    detail: str
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[_Union[FileProblemKind, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class VerifyCheckpointResponse(_message.Message):
+    __slots__ = ("job", "checkpoint", "directory", "ok", "files", "bytes", "problems", "duration_seconds")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    directory: str
+    ok: bool
+    files: int
+    bytes: int
+    problems: _containers.RepeatedCompositeFieldContainer[FileProblem]
+    duration_seconds: float
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., directory: _Optional[str] = ..., ok: _Optional[bool] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[FileProblem, _Mapping]]] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
 
 class RestartRequest(_message.Message):
     __slots__ = ("job", "checkpoint", "host_map", "hosts", "plugins", "plugin_options", "timeout_seconds", "eager_pages")

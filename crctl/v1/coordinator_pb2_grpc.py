@@ -74,6 +74,11 @@ class CoordinatorStub:
                 request_serializer=crctl_dot_v1_dot_coordinator__pb2.RestartRequest.SerializeToString,
                 response_deserializer=crctl_dot_v1_dot_coordinator__pb2.RestartEvent.FromString,
                 _registered_method=True)
+        self.VerifyCheckpoint = channel.unary_unary(
+                '/crctl.v1.Coordinator/VerifyCheckpoint',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -134,6 +139,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyCheckpoint(self, request, context):
+        """Check a committed checkpoint's images against its manifest, without restoring anything:
+        the coordinator reads every file in its checkpoint store. A mismatch is an answer (ok
+        false, every bad file listed), not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +190,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Restart,
                     request_deserializer=crctl_dot_v1_dot_coordinator__pb2.RestartRequest.FromString,
                     response_serializer=crctl_dot_v1_dot_coordinator__pb2.RestartEvent.SerializeToString,
+            ),
+            'VerifyCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyCheckpoint,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +413,33 @@ class Coordinator:
             '/crctl.v1.Coordinator/Restart',
             crctl_dot_v1_dot_coordinator__pb2.RestartRequest.SerializeToString,
             crctl_dot_v1_dot_coordinator__pb2.RestartEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/VerifyCheckpoint',
+            crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,11 @@ class CoordinatorStub:
     """Restart a job from a committed checkpoint, on the same or other hosts: streams progress,
     ends with the outcome. Conflicts are refused before anything is restored.
     """
+    VerifyCheckpoint: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.VerifyCheckpointRequest, _coordinator_pb2.VerifyCheckpointResponse]
+    """Check a committed checkpoint's images against its manifest, without restoring anything:
+    the coordinator reads every file in its checkpoint store. A mismatch is an answer (ok
+    false, every bad file listed), not an error.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -70,6 +75,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     Restart: _aio.UnaryStreamMultiCallable[_coordinator_pb2.RestartRequest, _coordinator_pb2.RestartEvent]  # type: ignore[assignment]
     """Restart a job from a committed checkpoint, on the same or other hosts: streams progress,
     ends with the outcome. Conflicts are refused before anything is restored.
+    """
+    VerifyCheckpoint: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.VerifyCheckpointRequest, _coordinator_pb2.VerifyCheckpointResponse]  # type: ignore[assignment]
+    """Check a committed checkpoint's images against its manifest, without restoring anything:
+    the coordinator reads every file in its checkpoint store. A mismatch is an answer (ok
+    false, every bad file listed), not an error.
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -136,6 +146,17 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.RestartEvent], _abc.AsyncIterator[_coordinator_pb2.RestartEvent]]:
         """Restart a job from a committed checkpoint, on the same or other hosts: streams progress,
         ends with the outcome. Conflicts are refused before anything is restored.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyCheckpoint(
+        self,
+        request: _coordinator_pb2.VerifyCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.VerifyCheckpointResponse, _abc.Awaitable[_coordinator_pb2.VerifyCheckpointResponse]]:
+        """Check a committed checkpoint's images against its manifest, without restoring anything:
+        the coordinator reads every file in its checkpoint store. A mismatch is an answer (ok
+        false, every bad file listed), not an error.
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

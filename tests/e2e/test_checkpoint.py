@@ -3,7 +3,6 @@ coordinator: commits that never harm the ring, and aborts that leave it running 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import signal
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from testbed import bed, procs
@@ -59,7 +59,10 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
     for entry in files:
         path = directory / entry["path"]
         assert path.stat().st_size == int(entry["size"]), entry["path"]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], entry["path"]
+        # New manifests record BLAKE3 (computed here by the library itself) and no sha256.
+        assert entry["algorithm"] == "DIGEST_ALGORITHM_BLAKE3", entry["path"]
+        assert blake3.blake3(path.read_bytes()).hexdigest() == entry["digest"], entry["path"]
+        assert "sha256" not in entry, entry["path"]
     return manifest
 
 
@@ -135,6 +138,52 @@ def test_a_checkpoint_without_leave_running_stops_every_rank_and_becomes_latest(
             timeout=5,
             what=f"the dump's lock removed on {host}",
         )
+
+
+def test_crctl_verify_passes_a_committed_checkpoint_and_names_every_damaged_file(
+    testbed3: bed.State, ring: RingJob
+) -> None:
+    """`crctl verify` has the coordinator read every image of a committed checkpoint against
+    its manifest, restoring nothing: exit 0 as committed; with one byte of a page image flipped
+    and another image truncated, exit 1 naming both; the checkpoint stays the job's latest."""
+    code, outcome, stderr = checkpoint(ring.job, "--leave-running")
+    assert code == 0, stderr
+    checkpoint_id = outcome["checkpoint"]
+    result = crctl("verify", ring.job)
+    assert f"{checkpoint_id} of {ring.job}: all " in result.stdout, result.stdout
+    report = crctl_json("verify", ring.job, "--checkpoint", checkpoint_id)
+    directory = Path(report["directory"])
+    manifest = verify_manifest(directory)
+    assert report["ok"] is True and report["problems"] == []
+    assert report["files"] == sum(len(r["files"]) for r in manifest["ranks"])
+
+    pages = next((directory / "rank-1").glob("pages-*.img"))
+    truncated = directory / "rank-2" / "files.img"
+    originals = {path: path.read_bytes() for path in (pages, truncated)}
+    size = len(originals[truncated])
+    damaged = bytearray(originals[pages])
+    damaged[len(damaged) // 2] ^= 0x01
+    try:
+        pages.write_bytes(damaged)
+        truncated.write_bytes(originals[truncated][: size // 2])
+        result = crctl("verify", ring.job, check=False)
+        assert result.returncode == 1, result.stderr
+        assert f"rank-1/{pages.name}: blake3 " in result.stderr
+        assert f"rank-2/files.img: size {size // 2}, expected {size}" in result.stderr
+        result = crctl("verify", ring.job, "--json", check=False)
+        assert result.returncode == 1
+        assert [(p["path"], p["kind"]) for p in json.loads(result.stdout)["problems"]] == [
+            (f"rank-1/{pages.name}", "digest"),
+            ("rank-2/files.img", "size"),
+        ]
+        assert latest(ring.job) == checkpoint_id
+        assert listed(ring.job)[0]["state"] == "committed"
+    finally:
+        for path, data in originals.items():
+            path.write_bytes(data)
+    crctl("verify", ring.job)
+    assert crctl("verify", "no-such-job", check=False).returncode == 4
+    assert ring.errors() == []
 
 
 def test_a_full_checkpoint_store_aborts_with_the_reason_and_loses_nothing(

@@ -490,12 +490,12 @@ def test_working_copy_links_big_files_and_copies_files_img(solo: Solo, tmp_path:
     """make_working_copy makes an identical folder with a fresh files.img, big unmodified files
     (pages) hard-linked and small ones copied, and leaves the source alone."""
     source = solo.images_dir
-    before = images.sha256_files(source)
+    before = images.digest_files(source)
     target = tmp_path / "work" / "rank-0"
 
     report = images.make_working_copy(source, target)
 
-    assert images.sha256_files(source) == before
+    assert images.digest_files(source) == before
     assert images.verify(target, before, allow_extra=False) == []
     assert "files.img" in report.copied
     assert (target / "files.img").stat().st_ino != (source / "files.img").stat().st_ino
@@ -512,7 +512,7 @@ def test_rewrite_maps_addresses_in_a_working_copy_and_leaves_the_source_alone(
     IPv4-mapped IPv6) of a working copy in a new files.img renamed into place, leaves unmapped
     ones (198.19.0.51, 127.0.0.1) alone and never writes through to the source."""
     source = solo.images_dir
-    before = images.sha256_files(source)
+    before = images.digest_files(source)
     target = tmp_path / "rewritten"
     images.make_working_copy(source, target)
     copied_inode = (target / "files.img").stat().st_ino
@@ -521,7 +521,7 @@ def test_rewrite_maps_addresses_in_a_working_copy_and_leaves_the_source_alone(
         target, {"198.19.0.50": "198.19.0.60", "2001:db8:0::50": "2001:db8::60"}
     )
 
-    assert images.sha256_files(source) == before
+    assert images.digest_files(source) == before
     assert report.images_dir == target
     assert dict(report.endpoints) == {
         # the listener, both ends of the connection, the accepted end of the dual-stack one
@@ -675,16 +675,16 @@ def test_rewrite_refuses_missing_or_corrupt_images(solo: Solo, tmp_path: Path) -
         images.rewrite_socket_addresses(copy, {"198.19.0.50": "::1"})
     with pytest.raises(images.AddressMapError):
         images.rewrite_socket_addresses(copy, {"not-an-address": "::1"})
-    assert images.verify(copy, images.sha256_files(solo.images_dir)) == []
+    assert images.verify(copy, images.digest_files(solo.images_dir)) == []
 
 
 def test_manifest_verify_reports_missing_resized_changed_and_extra_files(
     solo: Solo, tmp_path: Path
 ) -> None:
-    """sha256_files lists every file with size and digest; verify names what differs."""
+    """digest_files lists every file with size and digest; verify names what differs."""
     copy = tmp_path / "copy"
     shutil.copytree(solo.images_dir, copy)
-    manifest = images.sha256_files(copy)
+    manifest = images.digest_files(copy)
     assert [d.path for d in manifest] == sorted(p.name for p in copy.iterdir())
     assert images.verify(copy, manifest) == []
 
@@ -701,7 +701,7 @@ def test_manifest_verify_reports_missing_resized_changed_and_extra_files(
 
     problems = {(p.path, p.kind) for p in images.verify(copy, manifest, allow_extra=False)}
     assert problems == {
-        (pages.path, "sha256"),
+        (pages.path, "digest"),
         ("pstree.img", "missing"),
         ("inventory.img", "size"),
         ("restore.log", "extra"),

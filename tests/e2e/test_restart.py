@@ -205,7 +205,7 @@ def test_a_corrupted_image_is_refused_by_checksum_naming_the_file(
     try:
         code, failed, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
         assert code == 1
-        assert f"rank-1/{image}" in stderr and "sha256" in stderr
+        assert f"rank-1/{image}: blake3 " in stderr and ", expected " in stderr
         assert failed["failed_rank"] == 1 and failed["failed_host"] == "h5"
         assert_nothing_left(testbed6, ring.job, ["h4", "h5", "h6"])
     finally:

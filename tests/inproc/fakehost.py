@@ -89,10 +89,7 @@ def _image_entry(
     host: FakeHost, images_dir: Path, number: int, rank: FakeRank
 ) -> control_pb2.RankImage:
     prefix = rank_name(number)
-    files = [
-        control_pb2.FileDigest(path=f"{prefix}/{d.path}", size=d.size, sha256=d.sha256)
-        for d in images.sha256_files(images_dir / prefix)
-    ]
+    files = [d.to_proto(prefix=f"{prefix}/") for d in images.digest_files(images_dir / prefix)]
     return control_pb2.RankImage(
         rank=number,
         host=host.name,
@@ -207,7 +204,7 @@ class FakeRestoreWork:
         checkpoint_dir = Path(self.order.checkpoint_dir)
         for entry in self.order.ranks:
             prefix = rank_name(entry.rank) + "/"
-            expected = [(f.path.removeprefix(prefix), f.size, f.sha256) for f in entry.image.files]
+            expected = [images.FileDigest.from_proto(f, strip=prefix) for f in entry.image.files]
             problems = images.verify(checkpoint_dir / rank_name(entry.rank), expected)
             if problems:
                 raise RankFailure(entry.rank, "; ".join(str(p) for p in problems))
