@@ -32,6 +32,7 @@ from pathlib import Path
 import structlog
 
 from agent.engine import CheckpointWork, HostEngine, Rank
+from crctl import failpoints
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
@@ -205,6 +206,7 @@ class CheckpointParticipant:
         # The hold deadline runs from now: a dump still going when it passes is rolled back.
         self._spawn(self._hold(part, order.hold_timeout), f"hold-{order.checkpoint}")
         try:
+            await failpoints.reached("agent.checkpoint.readying")
             vote = await work.ready()
         except BaseException as exc:
             part.readied.set_exception(exc)
@@ -227,6 +229,7 @@ class CheckpointParticipant:
             return await asyncio.shield(part.frozen)  # the same order again
         part.frozen = asyncio.get_running_loop().create_future()
         try:
+            await failpoints.reached("agent.checkpoint.freezing")
             vote = await part.work.freeze_and_dump()
         except BaseException as exc:
             part.frozen.set_exception(exc)
@@ -234,6 +237,7 @@ class CheckpointParticipant:
         part.frozen.set_result(vote)
         if vote.yes and not part.work.finished.is_set():
             part.voted_yes = True
+            await failpoints.reached("agent.checkpoint.held")  # at post-dump, vote not sent
         elif not vote.yes:
             self._decide(part, _Decision(committed=False))
         return vote
@@ -261,6 +265,7 @@ class CheckpointParticipant:
             if not part.leave_running:
                 for number in part.ranks:
                     self._expect_exit(part.job, number)
+            await failpoints.reached("agent.checkpoint.releasing")
             if part.in_doubt or part.work is None or part.work.finished.is_set():
                 result = self._commit_in_doubt(part)
             else:

@@ -5,7 +5,6 @@ itself when the hold outlives its deadline (the coordinator may be gone)."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import structlog
 from agent import criu, images, netlock
 from agent.ranks import RankProcess, rank_name
 from agent.thaw_guard import ThawGuard
+from crctl import connections, failpoints
 from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
 
@@ -38,31 +38,6 @@ def socket_info(socket: images.InetSocket) -> control_pb2.SocketInfo:
     )
 
 
-def is_connection(socket: control_pb2.SocketInfo) -> bool:
-    return (
-        socket.proto == "tcp"
-        and bool(socket.peer_address)
-        and socket.state
-        not in (
-            "listen",
-            "close",
-        )
-    )
-
-
-def external_connections(
-    sockets: list[control_pb2.SocketInfo], job_addresses: set[str]
-) -> list[control_pb2.SocketInfo]:
-    """TCP connections whose peer is neither loopback nor a host of the job."""
-    return [
-        s
-        for s in sockets
-        if is_connection(s)
-        and s.peer_address not in job_addresses
-        and not ipaddress.ip_address(s.peer_address).is_loopback
-    ]
-
-
 class _RankError(CrctlError):
     """One rank's CRIU failed."""
 
@@ -83,8 +58,6 @@ class HostCheckpoint:
     ranks: dict[int, RankProcess]
     host: str
     host_addresses: list[str] = field(default_factory=list)
-    job_addresses: set[str] = field(default_factory=set)
-    refuse_external: bool = True
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
     _started: float = 0.0
@@ -149,6 +122,7 @@ class HostCheckpoint:
             self._lock_connections()
             for dump in self.dumps.values():
                 dump.proceed()
+            await failpoints.reached("agent.checkpoint.dumping")  # ranks frozen, CRIU at work
             held = await asyncio.gather(
                 *(d.held() for d in self.dumps.values()), return_exceptions=True
             )
@@ -170,6 +144,9 @@ class HostCheckpoint:
             return await self._vote_no(exc)
         vote.yes = True
         vote.ranks.extend(images)
+        own = connections.addresses(self.host_addresses)
+        for sockets in self._sockets.values():  # the coordinator judges which leave the job
+            vote.connections.extend(connections.outside(sockets, own))
         self._log.info(
             "checkpoint_voted_yes",
             phase="prepare",
@@ -208,7 +185,7 @@ class HostCheckpoint:
         lock holds addresses as packets carry them: netlock.task_connections)."""
         locked = self._locked or frozenset()
         for number, sockets in self._sockets.items():
-            for s in filter(is_connection, sockets):
+            for s in filter(connections.is_connection, sockets):
                 dumped = netlock.Connection(
                     netlock.wire_address(s.local_address),
                     s.local_port,
@@ -274,25 +251,9 @@ class HostCheckpoint:
         ]
 
     def _inspect(self, number: int) -> list[control_pb2.SocketInfo]:
-        """The rank's INET sockets, from its images; refuses connections outside the job unless
-        the checkpoint was asked to keep them (restored closed at restart)."""
+        """The rank's INET sockets, from its images."""
         summary = images.inspect(self.images_dir / rank_name(number))
-        sockets = [socket_info(s) for s in summary.sockets]
-        outside = external_connections(sockets, self.job_addresses)
-        if outside and self.refuse_external:
-            listed = ", ".join(
-                f"{s.local_address}:{s.local_port} -> {s.peer_address}:{s.peer_port}"
-                for s in outside
-            )
-            raise CrctlError(
-                f"connections to peers outside the job: {listed}; checkpoint with "
-                "--external close to restore them closed at restart",
-                job=self.job,
-                checkpoint=self.checkpoint,
-                host=self.host,
-                phase="prepare",
-            )
-        return sockets
+        return [socket_info(s) for s in summary.sockets]
 
     async def _images(self) -> list[control_pb2.RankImage]:
         """Every rank's manifest entry, its files checksummed in parallel threads."""

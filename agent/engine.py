@@ -17,6 +17,7 @@ from typing import Protocol
 
 import structlog
 
+from agent import netlock
 from agent import ranks as rank_runtime
 from agent.checkpointing import HostCheckpoint
 from agent.freezer import FreezerHierarchy
@@ -173,9 +174,12 @@ class CriuEngine:
         return found
 
     async def finish_earlier_restores(self, ranks: Mapping[tuple[str, int], Rank]) -> None:
+        """After an agent restart, before serving: the earlier agent's restores finished (their
+        lazy-pages daemons awaited, working copies removed) and its locks lifted."""
         await finish_earlier_restores(
             self._work_dir, {key: _process(rank) for key, rank in ranks.items()}
         )
+        netlock.remove_stale_locks()
 
     def rank_ended(self, rank: Rank) -> None:
         cgroup = _process(rank).cgroup
@@ -199,8 +203,6 @@ class CriuEngine:
             ranks={number: _process(rank) for number, rank in ranks.items()},
             host=host,
             host_addresses=list(addresses),
-            job_addresses=set(order.job_addresses),
-            refuse_external=order.external != "close",
         )
 
     def restore(self, order: control_pb2.PrepareRestore, *, host: str) -> HostRestore:

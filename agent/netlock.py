@@ -54,6 +54,30 @@ def remove_table(table: str, family: str = "inet") -> bool:
     return True
 
 
+LOCK_PREFIX = "crctl-"  # crctl's lock tables: crctl-ckpt-<id> (dumps), crctl-rst-<id> (restores)
+
+
+def remove_stale_locks() -> list[str]:
+    """Remove every crctl lock table of this host (its network namespace): for an agent that
+    just started, before it serves, every one is an earlier agent's that died holding it (a
+    dump's lock is also lifted by its thaw guard; a restore's, by nobody else). Returns the
+    tables removed."""
+    try:
+        listed = nftables.run("list tables inet")
+    except nftables.NftError as exc:
+        log.warning("nft_tables_not_listed", error=exc.message)
+        return []
+    stale = [
+        name
+        for line in listed.splitlines()
+        if len(parts := line.split()) == 3 and (name := parts[2]).startswith(LOCK_PREFIX)
+    ]
+    removed = [t for t in stale if remove_table(t)]
+    if removed:
+        log.warning("stale_locks_removed", tables=removed)
+    return removed
+
+
 def remove_table_soon(table: str, family: str = "inet") -> None:
     """:func:`remove_table` in a worker thread: the caller (an event loop) does not wait for
     the kernel."""

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import structlog
 
 from agent.engine import HostEngine, Rank, RestoreWork
-from agent.restoring import RankFailure
+from agent.restoring import ImagesDamaged, RankFailure
+from crctl import failpoints
 from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
 
@@ -163,8 +164,19 @@ class RestoreParticipant:
         )
 
     async def _call(self, work: RestoreWork, step: str) -> control_pb2.RestoreResult:
+        result = await self._carry_out(work, step)
+        ended = self._ended.get(work.restore_id)
+        if step != "abort" and ended is not None and not ended.released:
+            # Aborted (by the coordinator or the hold's end) while this step was under way: undo
+            # what the step did after the abort had cleaned up (working copies, a lock, CRIU).
+            await work.abort("aborted while a step was under way")
+            result = self._failed(work.restore_id, step, f"restore {work.restore_id} was aborted")
+        return result
+
+    async def _carry_out(self, work: RestoreWork, step: str) -> control_pb2.RestoreResult:
         result = self._result(work.restore_id, step)
         try:
+            await failpoints.reached(f"agent.restore.{step}")
             if step == "prepare":
                 await work.prepare()
             elif step == "restore":
@@ -179,10 +191,11 @@ class RestoreParticipant:
                     result.pids.add(rank=rank, pid=process.pid)
                 self._end(work, released)
             else:  # abort
-                await work.abort("aborted by the coordinator")
                 self._end(work, ())
+                await work.abort("aborted by the coordinator")
         except RankFailure as exc:
             result.ok, result.reason, result.failed_rank = False, exc.message, exc.rank
+            result.images_damaged = isinstance(exc, ImagesDamaged)
         except (CrctlError, OSError) as exc:
             result.ok, result.reason = False, str(exc)
         if not result.ok:
@@ -212,11 +225,11 @@ class RestoreParticipant:
         if self._active.get(work.restore_id) is not work:
             return
         log.error("restore_hold_expired", job=work.job, restore=work.restore_id, phase="hold")
-        await work.abort(f"no decision within {hold_timeout:.1f}s")
         self._end(work, ())
+        await work.abort(f"no decision within {hold_timeout:.1f}s")
 
     async def close(self) -> None:
         """On agent shutdown: every restore under way is undone."""
         for work in list(self._active.values()):
-            await work.abort("agent stopping")
             self._end(work, ())
+            await work.abort("agent stopping")

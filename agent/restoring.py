@@ -23,6 +23,7 @@ from agent.ranks import (
     rank_name,
     rank_number,
 )
+from crctl import failpoints
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
 from crctl.plugins import HostMove, RestartContext, RestartPlugin
@@ -40,6 +41,10 @@ class RankFailure(CrctlError):
     def __init__(self, rank: int, message: str) -> None:
         super().__init__(message, phase="restore")
         self.rank = rank
+
+
+class ImagesDamaged(RankFailure):
+    """A rank's images differ from the checkpoint's manifest."""
 
 
 @dataclass
@@ -87,6 +92,8 @@ class HostRestore:
     plugins: list[RestartPlugin] = field(default_factory=list)
     locked: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    aborted: bool = False
+    released: bool = False
     _tidy: asyncio.Task[None] | None = None
     _peer_folders: list[Path] = field(default_factory=list)
 
@@ -122,6 +129,7 @@ class HostRestore:
         manifest while the rest goes on; the prepare succeeds, and so the restore step can be
         ordered, only once every image matched."""
         started = time.monotonic()
+        self._go_on()
         self.plugins = load_plugins(list(self.order.plugins))
         checkpoint_dir = Path(self.order.checkpoint_dir)
         self._peer_folders = self._peer_dirs(checkpoint_dir)
@@ -130,8 +138,10 @@ class HostRestore:
         try:
             connections = await self._make_working_copies(checkpoint_dir)
             rewired = time.monotonic()
+            self._go_on()
             netlock.lock_connections(self.lock_table, connections)
             self.locked = True
+            await failpoints.reached("agent.restore.locked")
             self._prepare_ranks()
             await self._start_criu()
             criu_waiting = time.monotonic()
@@ -148,6 +158,10 @@ class HostRestore:
             lock_and_criu_seconds=round(criu_waiting - rewired, 4),
             verified_seconds=round(time.monotonic() - started, 4),
         )
+
+    def _go_on(self) -> None:
+        if self.aborted:
+            raise CrctlError(f"restore {self.restore_id} was aborted", phase="prepare")
 
     async def _make_working_copies(self, checkpoint_dir: Path) -> list[netlock.Connection]:
         """Each rank's working copy, rewired by the plugins, its files and ports checked;
@@ -302,7 +316,7 @@ class HostRestore:
             images.verify, checkpoint_dir / rank_name(rank), expected
         )
         if problems:
-            raise RankFailure(
+            raise ImagesDamaged(
                 rank,
                 "the checkpoint's images do not match its manifest: "
                 + "; ".join(f"{prefix}{p}" for p in problems),
@@ -352,6 +366,7 @@ class HostRestore:
             process.memory_restored = fill
             fills.append(fill)
             adopted.append((rank.rank, process))
+        self.released = True
         self._log.info(
             "restore_released",
             ranks=[r.rank for r in self.ranks],
@@ -388,9 +403,11 @@ class HostRestore:
         self._cleanup()
 
     async def abort(self, reason: str) -> None:
-        """Kill whatever was restored, lift the lock, remove the working copies."""
-        if self.finished.is_set():
+        """Kill whatever was restored, lift the lock, remove the working copies. Again after a
+        step that was under way at the first abort finished: it undoes what that step did."""
+        if self.released:
             return
+        self.aborted = True
         self.finished.set()
         await asyncio.gather(
             *(r.held.abort() for r in self.ranks if r.held is not None), return_exceptions=True

@@ -65,6 +65,11 @@ def _print_job(job: coordinator_pb2.Job) -> None:
         ["rank", "host", "pid", "state", "command"],
         [[r.rank, r.host, r.pid, _rank_status(r), " ".join(r.argv)] for r in job.ranks],
     )
+    for awaited in job.awaiting_decision:
+        print(
+            f"{awaited.host} has not applied the decision on {awaited.checkpoint} yet "
+            f"({awaited.decision}; it applies it as soon as it hears it)"
+        )
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:

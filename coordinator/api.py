@@ -175,7 +175,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         async with _domain_errors(context):
             requests.check_job(request.job)
             job = self._service.jobs.get(request.job)
-        return job_to_proto(job)
+        proto = job_to_proto(job)
+        for checkpoint, host, decision in self._service.awaiting_decision(job.job):
+            proto.awaiting_decision.add(checkpoint=checkpoint, host=host, decision=decision)
+        return proto
 
     async def KillJob(
         self, request: coordinator_pb2.KillJobRequest, context: Context

@@ -85,13 +85,23 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Abandon:
+    """The coordinator cannot go on with this checkpoint (a bug, an I/O failure): end it now,
+    whatever the phase. A commit that was recorded stands (its hosts hear it when they ask);
+    anything else is aborted."""
+
+    reason: str
+    recorded: bool  # whether RecordCommit was carried out
+
+
+@dataclass(frozen=True)
 class CommitAck:
     host: str
     ok: bool
     reason: str = ""
 
 
-Event = Start | Ready | Vote | AgentLost | Tick | Cancel | CommitAck
+Event = Start | Ready | Vote | AgentLost | Tick | Cancel | Abandon | CommitAck
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -172,11 +182,15 @@ class CheckpointBarrier:
     acks: dict[str, bool] = field(default_factory=dict)
     reason: str = ""
     failed_host: str | None = None
+    # "Is this one of ours?" is asked at every event: a tuple's `in` walks it (a round of N
+    # hosts would cost N^2).
+    _members: frozenset[str] = field(init=False, repr=False, default=frozenset())
 
     def __post_init__(self) -> None:
         if not self.hosts:
             raise ValueError("a checkpoint needs at least one host")
-        if len(set(self.hosts)) != len(self.hosts):
+        self._members = frozenset(self.hosts)
+        if len(self._members) != len(self.hosts):
             raise ValueError("hosts must be distinct")
 
     def handle(self, event: Event) -> list[Action]:
@@ -188,25 +202,25 @@ class CheckpointBarrier:
                 self.phase = Phase.READYING
                 self.deadline = now + self.prepare_timeout
                 return [SendPrepare(self.hosts, self.deadline), ArmTimer(self.deadline)]
-            case Ready(host=host) if self.phase is Phase.READYING and host in self.hosts:
+            case Ready(host=host) if self.phase is Phase.READYING and host in self._members:
                 self.ready.add(host)
                 if len(self.ready) < len(self.hosts):
                     return []
                 self.phase = Phase.PREPARING
                 return [SendFreeze(self.hosts, self.deadline)]
             case Vote(host=host, yes=False, reason=reason) if self.phase in _PREPARE_PHASES:
-                if host not in self.hosts or host in self.votes:
+                if host not in self._members or host in self.votes:
                     return []
                 self.votes[host] = False
                 return self._abort(f"{host} voted no: {reason}", host)
             case Vote(host=host, yes=True) if self.phase is Phase.PREPARING:
-                if host not in self.hosts or host in self.votes:
+                if host not in self._members or host in self.votes:
                     return []
                 self.votes[host] = True
                 if len(self.votes) == len(self.hosts):
                     return self._commit()
                 return []
-            case AgentLost(host=host) if host in self.hosts:
+            case AgentLost(host=host) if host in self._members:
                 if self.phase in _PREPARE_PHASES:
                     return self._abort(f"agent {host} lost during prepare", host)
                 if self.phase is Phase.COMMITTING and host not in self.acks:
@@ -229,8 +243,15 @@ class CheckpointBarrier:
                 return self._finish_commit(timed_out=True)
             case Cancel(reason=reason) if self.phase in (Phase.IDLE, *_PREPARE_PHASES):
                 return self._abort(f"cancelled: {reason}", None)
+            case Abandon(reason=reason, recorded=recorded):
+                if self.phase is Phase.COMMITTING and recorded:
+                    unacknowledged = tuple(h for h in self.hosts if not self.acks.get(h, False))
+                    self.phase = Phase.COMMITTED
+                    self.reason = f"committed; {reason}"
+                    return [Finished(Phase.COMMITTED, self.reason, unacknowledged)]
+                return self._abort(reason, None)
             case CommitAck(host=host, ok=ok) if self.phase is Phase.COMMITTING:
-                if host in self.hosts and host not in self.acks:
+                if host in self._members and host not in self.acks:
                     self.acks[host] = ok
                     return self._maybe_finish_commit()
                 return []

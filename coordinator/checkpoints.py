@@ -8,6 +8,7 @@ published as ``CheckpointEvent``s that any number of API callers can follow."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from coordinator.progress import ProgressFeed
 from coordinator.storage import CheckpointStore
 from coordinator.store import CheckpointRecord, Store
 from coordinator.verification import Verification, verify_checkpoint
-from crctl import failpoints
+from crctl import connections, failpoints
 from crctl.clock import Clock, new_id
 from crctl.errors import ConfigError, ConflictError, CrctlError, NotFoundError
 from crctl.v1 import control_pb2, coordinator_pb2
@@ -60,7 +61,7 @@ class CheckpointRun:
         self.checkpoint = record.checkpoint
         self.job = record.job
         self._ranks_by_host = ranks_by_host
-        self._job_addresses = job_addresses
+        self._job_addresses = connections.addresses(job_addresses)
         self._external = external
         self._settings = settings
         self._plane = plane
@@ -121,10 +122,22 @@ class CheckpointRun:
         except Exception as exc:  # a bug or an I/O failure must not leave ranks frozen
             self._log.exception("checkpoint_run_failed")
             if not self._barrier.phase.finished:
-                await self._execute(self._barrier.handle(b.Cancel(f"coordinator error: {exc}")))
+                reason = f"coordinator error: {exc!r}"
+                recorded = self._recorded is not None
+                await self._execute(self._barrier.handle(b.Abandon(reason, recorded)))
         finally:
             for task in self._tasks:
                 task.cancel()
+            if self.outcome is None:  # even the way out failed: callers still get an answer
+                self.outcome = coordinator_pb2.CheckpointOutcome(
+                    checkpoint=self.checkpoint,
+                    committed=self._recorded is not None,
+                    reason="the coordinator failed during the checkpoint; see its log",
+                )
+                last = coordinator_pb2.CheckpointEvent()
+                last.outcome.CopyFrom(self.outcome)
+                with contextlib.suppress(Exception):
+                    await self._publish(last)
             self.done.set()
 
     def _spawn(self, coro: object) -> None:
@@ -180,8 +193,6 @@ class CheckpointRun:
         prepare.ranks.extend(self._ranks_by_host[host])
         prepare.images_dir = self.record.directory
         prepare.leave_running = self.record.leave_running
-        prepare.job_addresses.extend(self._job_addresses)
-        prepare.external = self._external
         prepare.hold_timeout = (
             deadline - self._clock.monotonic() + self._settings.commit_timeout + HOLD_MARGIN
         )
@@ -219,15 +230,38 @@ class CheckpointRun:
             )
             return
         vote = reply.vote
-        self._images[host] = list(vote.ranks)
-        self._log.info("checkpoint_vote", agent=host, yes=vote.yes, reason=vote.reason)
+        yes, reason = vote.yes, vote.reason
+        if vote.checkpoint != self.checkpoint:
+            self._log.warning("checkpoint_vote_refused", agent=host, voted_for=vote.checkpoint)
+            yes, reason = False, f"{host} answered for another checkpoint ({vote.checkpoint!r})"
+        elif yes:
+            yes, reason = self._judge_connections(vote)
+        self._images[host] = list(vote.ranks) if yes else []
+        if yes:  # a line per host and checkpoint: debug; a "no" is news
+            self._log.debug("checkpoint_vote", agent=host, yes=True)
+        else:
+            self._log.info("checkpoint_vote", agent=host, yes=False, reason=reason)
         event = coordinator_pb2.CheckpointEvent()
         event.vote.checkpoint = self.checkpoint
         event.vote.host = host
-        event.vote.yes = vote.yes
-        event.vote.reason = vote.reason
+        event.vote.yes = yes
+        event.vote.reason = reason
         await self._publish(event)
-        self._events.put_nowait(b.Vote(host, yes=vote.yes, reason=vote.reason))
+        self._events.put_nowait(b.Vote(host, yes=yes, reason=reason))
+
+    def _judge_connections(self, vote: control_pb2.CheckpointVote) -> tuple[bool, str]:
+        """A yes stands unless a dumped connection leads outside the job and the checkpoint
+        was not asked to close those at restart."""
+        leaving = connections.outside(vote.connections, self._job_addresses)
+        if not leaving or self._external == "close":
+            return True, ""
+        listed = ", ".join(
+            f"{s.local_address}:{s.local_port} -> {s.peer_address}:{s.peer_port}" for s in leaving
+        )
+        return False, (
+            f"connections to peers outside the job: {listed}; checkpoint with "
+            "--external close to restore them closed at restart"
+        )
 
     def _manifest(self) -> coordinator_pb2.Manifest:
         manifest = coordinator_pb2.Manifest(
@@ -242,7 +276,6 @@ class CheckpointRun:
         """The decision: manifest written last to the checkpoint folder, then the database makes
         it the job's latest in one transaction."""
         manifest = self._manifest()
-        self._recorded = manifest
         directory = self._files.directory(self.job, self.checkpoint)
         text = self._files.write_manifest(directory, manifest)
         self._store.commit_checkpoint(
@@ -252,6 +285,7 @@ class CheckpointRun:
             self._clock.now(),
             ranks_stop=not self.record.leave_running,
         )
+        self._recorded = manifest
         self._log.info("checkpoint_recorded", phase="commit")
 
     async def _commit(self, host: str, deadline: float) -> None:
@@ -267,6 +301,11 @@ class CheckpointRun:
             self._events.put_nowait(b.CommitAck(host, ok=False, reason=reason))
             return
         result = reply.commit_result
+        if result.checkpoint != self.checkpoint:
+            self._log.warning("checkpoint_ack_refused", agent=host, answered_for=result.checkpoint)
+            reason = f"{host} answered for another checkpoint ({result.checkpoint!r})"
+            self._events.put_nowait(b.CommitAck(host, ok=False, reason=reason))
+            return
         self._frozen[host] = result.frozen_seconds
         if result.ranks:
             self._images[host] = list(result.ranks)
@@ -323,18 +362,30 @@ class CheckpointRun:
         await self._publish(event)
 
     def _apply_retention(self) -> None:
+        """The newest ``retain`` good checkpoints stay, with any damaged one newer than the
+        oldest of them (kept to be looked at)."""
         committed = self._store.checkpoints(self.job, state="committed")
-        for old in committed[self._settings.retain :]:
+        kept = committed[: self._settings.retain]
+        damaged = self._store.checkpoints(self.job, state="damaged")
+        older = [d for d in damaged if kept and d.started_at < kept[-1].started_at]
+        for old in committed[self._settings.retain :] + older:
             self._files.remove(self._files.directory(old.job, old.checkpoint))
             self._store.delete_checkpoint(old.checkpoint)
             self._log.info("checkpoint_retired", retired=old.checkpoint)
 
 
 def committed_checkpoint(
-    store: Store, jobs: JobService, job: str, checkpoint: str, *, to: str
+    store: Store,
+    jobs: JobService,
+    job: str,
+    checkpoint: str,
+    *,
+    to: str,
+    damaged_too: bool = False,
 ) -> tuple[CheckpointRecord, coordinator_pb2.Manifest]:
     """A committed checkpoint of ``job`` and its manifest: ``checkpoint``, or the job's latest
-    when empty. ``to`` says what for, in the errors ("restart from")."""
+    when empty. ``to`` says what for, in the errors ("restart from"); ``damaged_too`` also
+    takes one found damaged (to verify it again)."""
     record = jobs.get(job)
     name = checkpoint or record.latest_checkpoint
     if not name:
@@ -342,13 +393,41 @@ def committed_checkpoint(
     found = store.checkpoint(name)
     if found is None or found.job != job:
         raise NotFoundError(f"job {job} has no checkpoint {name}", job=job, checkpoint=name)
-    if found.state != "committed" or not found.manifest:
+    if found.state == "damaged" and not damaged_too:
+        latest = record.latest_checkpoint
+        raise ConflictError(
+            f"checkpoint {name} is damaged ({found.reason}); "
+            + (
+                f"the latest good checkpoint of {job} is {latest}"
+                if latest
+                else f"{job} has no good checkpoint left"
+            ),
+            job=job,
+            checkpoint=name,
+        )
+    if found.state not in ("committed", "damaged") or not found.manifest:
         raise ConflictError(
             f"checkpoint {name} is {found.state}, not committed: there is nothing to {to}",
             job=job,
             checkpoint=name,
         )
     return found, Parse(found.manifest, coordinator_pb2.Manifest())
+
+
+def mark_damaged(store: Store, jobs: JobService, record: CheckpointRecord, reason: str) -> str:
+    """A checkpoint whose images were found not to match its manifest is never offered again:
+    the job's latest becomes its newest good checkpoint; a sentence saying so."""
+    store.mark_damaged(record.checkpoint, reason)
+    latest = jobs.get(record.job).latest_checkpoint
+    log.error(
+        "checkpoint_damaged",
+        job=record.job,
+        checkpoint=record.checkpoint,
+        reason=reason,
+        latest=latest,
+    )
+    now = f"the latest good checkpoint is now {latest}" if latest else "no good checkpoint is left"
+    return f"checkpoint {record.checkpoint} is marked damaged and {now}"
 
 
 class CheckpointService:
@@ -389,6 +468,9 @@ class CheckpointService:
     def agent_lost(self, host: str) -> None:
         for run in self._running.values():
             run.agent_lost(host)
+
+    def record(self, checkpoint: str) -> CheckpointRecord | None:
+        return self._store.checkpoint(checkpoint)
 
     def resolve(self, host: str, awaiting: Sequence[str]) -> None:
         """An agent listed checkpoints it prepared and has no decision for. Each one no run of
@@ -530,6 +612,14 @@ class CheckpointService:
         """Check a committed checkpoint's images against its manifest (the latest when
         ``checkpoint`` is empty), reading them in a worker thread."""
         record, manifest = committed_checkpoint(
-            self._store, self._jobs, job, checkpoint, to="verify"
+            self._store, self._jobs, job, checkpoint, to="verify", damaged_too=True
         )
-        return await verify_checkpoint(record, manifest, self._clock)
+        verification = await verify_checkpoint(record, manifest, self._clock)
+        if not verification.ok:
+            mark_damaged(
+                self._store, self._jobs, record, "; ".join(str(p) for p in verification.problems)
+            )
+        elif record.state == "damaged":
+            self._store.mark_intact(record.checkpoint)
+            log.warning("checkpoint_intact_again", job=job, checkpoint=record.checkpoint)
+        return verification

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -103,6 +104,10 @@ class ControlPlane:
         self._monitor: zmq.asyncio.Socket | None = None
         self._auth: _NamedAuthenticator | None = None
         self._pending: dict[str, tuple[str, asyncio.Future[control_pb2.AgentMessage]]] = {}
+        # Correlation ids: unique per coordinator process, cheap (an agent answering with
+        # another's id is refused anyway: answers must come from the host asked).
+        self._prefix = f"{uuid.uuid4().hex[:8]}-"
+        self._sequence = itertools.count(1)
 
     def set_handler(self, handler: Handler) -> None:
         """Who answers the messages agents start (registrations, heartbeats, events)."""
@@ -157,15 +162,16 @@ class ControlPlane:
         self, host: str, message: control_pb2.CoordinatorMessage, timeout: float
     ) -> control_pb2.AgentMessage:
         """Send an order to an agent and await its answer (matched by correlation id)."""
-        correlation = uuid.uuid4().hex
+        correlation = f"{self._prefix}{next(self._sequence):x}"
         message.correlation_id = correlation
         future: asyncio.Future[control_pb2.AgentMessage] = (
             asyncio.get_running_loop().create_future()
         )
         self._pending[correlation] = (host, future)
         try:
-            await self.send(host, message)
-            return await asyncio.wait_for(future, timeout=max(timeout, 0.001))
+            async with asyncio.timeout(max(timeout, 0.001)):
+                await self.send(host, message)
+                return await future
         except TimeoutError:
             order = message.WhichOneof("body")
             raise UnavailableError(

@@ -8,6 +8,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from crctl.connections import plain
 from crctl.errors import ConfigError, ConflictError
 from crctl.v1 import control_pb2
 
@@ -28,20 +29,11 @@ def connection_key(local: str, local_port: int, peer: str, peer_port: int) -> st
     return f"{local}:{local_port}>{peer}:{peer_port}"
 
 
-def _plain(address: str) -> str:
-    """The address as packets carry it: a dual-stack socket's IPv4-mapped IPv6 address
-    (``::ffff:a.b.c.d``, how it sees an IPv4 peer and itself) is its IPv4 address."""
-    parsed = ipaddress.ip_address(address)
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return str(parsed.ipv4_mapped)
-    return address
-
-
 def _connection(socket: control_pb2.SocketInfo, *, reverse: bool = False) -> str:
     """A TCP connection's key in plain addresses, as its socket sees it or (``reverse``) as the
     socket at its other end does."""
-    near = (_plain(socket.local_address), socket.local_port)
-    far = (_plain(socket.peer_address), socket.peer_port)
+    near = (plain(socket.local_address), socket.local_port)
+    far = (plain(socket.peer_address), socket.peer_port)
     if reverse:
         near, far = far, near
     return connection_key(*near, *far)
@@ -131,7 +123,7 @@ def plan_restart(
         for socket in image.sockets:
             if socket.proto != "tcp":
                 continue
-            local = _mapped_local(image, _plain(socket.local_address), address_map, new_host)
+            local = _mapped_local(image, plain(socket.local_address), address_map, new_host)
             if socket.state == "listen":
                 key = (new_host, socket.local_port)
                 other = listening.setdefault(key, image.rank)
@@ -143,7 +135,7 @@ def plan_restart(
                 continue
             if not socket.peer_address or socket.state == "close":
                 continue
-            peer = _plain(socket.peer_address)
+            peer = plain(socket.peer_address)
             if peer not in job_addresses and not ipaddress.ip_address(peer).is_loopback:
                 close.setdefault(image.rank, []).append(  # as the images spell it
                     connection_key(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from coordinator.checkpoints import committed_checkpoint
+from coordinator.checkpoints import committed_checkpoint, mark_damaged
 from coordinator.control import Plane, request_all
 from coordinator.jobs import JobService
 from coordinator.placement import Placement, connected_ranks, plan_restart
@@ -55,6 +55,7 @@ class StepFailure(Exception):
     host: str
     rank: int
     reason: str
+    images_damaged: bool = False
 
 
 class RestartRun:
@@ -73,6 +74,7 @@ class RestartRun:
         step_timeout: float,
         plane: Plane,
         store: Store,
+        jobs: JobService,
         clock: Clock,
     ) -> None:
         self.restore = restore
@@ -87,6 +89,7 @@ class RestartRun:
         self._timeout = step_timeout
         self._plane = plane
         self._store = store
+        self._jobs = jobs
         self._clock = clock
         self._lost = {host: asyncio.Event() for host in placement.hosts}
         self._feed: ProgressFeed[coordinator_pb2.RestartEvent] = ProgressFeed(
@@ -165,7 +168,7 @@ class RestartRun:
             raise StepFailure(host, -1, reply.order_failed.reason or "unexpected reply")
         result = reply.restore_result
         if not result.ok:
-            raise StepFailure(host, result.failed_rank, result.reason)
+            raise StepFailure(host, result.failed_rank, result.reason, result.images_damaged)
         return result
 
     async def _everywhere(self, step: str) -> list[control_pb2.RestoreResult]:
@@ -204,6 +207,9 @@ class RestartRun:
             outcome.failed_host = failure.host
             outcome.failed_rank = failure.rank
             await self._abort(failure.reason)
+            if failure.images_damaged:
+                said = mark_damaged(self._store, self._jobs, self._checkpoint, failure.reason)
+                outcome.reason = f"{failure.reason}; {said}"
         except Exception as exc:  # never leave ranks held or hosts locked on a bug
             self._log.exception("restart_failed")
             outcome.reason = f"coordinator error: {exc!r}"
@@ -408,6 +414,7 @@ class RestartService:
             step_timeout=request.timeout_seconds or self._step_timeout,
             plane=self._plane,
             store=self._store,
+            jobs=self._jobs,
             clock=self._clock,
         )
         self._running[restore] = run

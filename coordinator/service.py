@@ -102,3 +102,15 @@ class CoordinatorService:
 
     def agents(self) -> list[AgentRecord]:
         return self._registry.agents()
+
+    def awaiting_decision(self, job: str) -> list[tuple[str, str, str]]:
+        """(checkpoint, host, what the record says) for each host that last said it awaits the
+        decision on one of the job's checkpoints."""
+        found = []
+        for host, checkpoints in sorted(self._registry.awaiting().items()):
+            for checkpoint in checkpoints:
+                record = self.checkpoints.record(checkpoint)
+                if record is not None and record.job == job:
+                    decided = "committed" if record.state == "committed" else "aborted"
+                    found.append((checkpoint, host, decided))
+        return found

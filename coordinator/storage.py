@@ -41,7 +41,7 @@ class CheckpointStore:
             manifest,
             preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True,
-            indent=2,
+            indent=None,  # json's C encoder; with an indent it falls back to Python's (~2x)
         )
         tmp = directory / f".{MANIFEST}.tmp"
         with tmp.open("w") as fh:

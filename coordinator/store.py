@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     checkpoint TEXT PRIMARY KEY,
     job TEXT NOT NULL REFERENCES jobs(job),
     request_id TEXT UNIQUE,
-    state TEXT NOT NULL,              -- preparing | committed | aborted
+    state TEXT NOT NULL,              -- preparing | committed | aborted | damaged
     leave_running INTEGER NOT NULL,
     directory TEXT NOT NULL,
     started_at REAL NOT NULL,
@@ -113,7 +113,7 @@ class CheckpointRecord:
     checkpoint: str
     job: str
     request_id: str | None
-    state: str  # preparing | committed | aborted
+    state: str  # preparing | committed | aborted | damaged
     leave_running: bool
     directory: str
     started_at: float
@@ -383,6 +383,38 @@ class Store:
                    failed_host = ? WHERE checkpoint = ? AND state = 'preparing'""",
                 (now, reason, failed_host, checkpoint),
             )
+
+    def mark_damaged(self, checkpoint: str, reason: str) -> None:
+        """A committed checkpoint's images no longer match its manifest: it is damaged, and the
+        job's latest checkpoint becomes its newest committed one (if any), in one transaction."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE checkpoints SET state = 'damaged', reason = ? "
+                "WHERE checkpoint = ? AND state IN ('committed', 'damaged')",
+                (reason, checkpoint),
+            )
+            self._refresh_latest(db, checkpoint)
+
+    def mark_intact(self, checkpoint: str) -> None:
+        """A damaged checkpoint verified again (its store was back, say): committed again."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE checkpoints SET state = 'committed', reason = '' "
+                "WHERE checkpoint = ? AND state = 'damaged'",
+                (checkpoint,),
+            )
+            self._refresh_latest(db, checkpoint)
+
+    @staticmethod
+    def _refresh_latest(db: sqlite3.Connection, checkpoint: str) -> None:
+        db.execute(
+            """UPDATE jobs SET latest_checkpoint = (
+                   SELECT c.checkpoint FROM checkpoints c
+                   WHERE c.job = jobs.job AND c.state = 'committed'
+                   ORDER BY c.started_at DESC, c.checkpoint DESC LIMIT 1)
+               WHERE job = (SELECT job FROM checkpoints WHERE checkpoint = ?)""",
+            (checkpoint,),
+        )
 
     def delete_checkpoint(self, checkpoint: str) -> None:
         with self._transaction() as db:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cli.client import CoordinatorClient
-from crctl import keys
+from crctl import failpoints, keys
 from crctl.errors import CrctlError, PrerequisiteError, UnavailableError
 from crctl.fs import remove_tree
 from crctl.v1 import coordinator_pb2
@@ -132,6 +132,11 @@ def _log_path(state: State, name: str) -> Path:
     return state.dir / "logs" / f"{name}.log"
 
 
+def failpoints_file(state: State, name: str) -> Path:
+    """Where daemon ``name`` ("coordinator", "agent-hN") reads its failpoints."""
+    return state.dir / "failpoints" / name
+
+
 def start(state: State, name: str) -> procs.ProcessRef:
     """Start a testbed daemon ("coordinator" or "agent-hN") unless it is already running."""
     current = state.processes.get(name)
@@ -143,6 +148,9 @@ def start(state: State, name: str) -> procs.ProcessRef:
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(_project_root()), env.get("PYTHONPATH", "")])
     )
+    # Each daemon reads its failpoints (crctl.failpoints) from a file of its own: a fault test
+    # arms one by writing it, e.g. "agent.checkpoint.held=kill".
+    env[failpoints.ENV] = str(failpoints_file(state, name))
     ref = procs.spawn(_daemon_argv(state, name), _log_path(state, name), env=env)
     state.processes[name] = ref
     state.save()

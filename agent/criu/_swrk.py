@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ from typing import Any
 
 from pycriu import rpc_pb2 as rpc
 
+from crctl import failpoints
 from crctl.errors import CriuError
 
 _MAX_MESSAGE = 1 << 20
@@ -66,6 +68,10 @@ class Swrk:
         try:
             ours.setblocking(False)
             prefix = ["nsenter", f"--net={netns}", "--"] if netns is not None else []
+            env = None
+            fault = failpoints.value("criu.fault")  # CRIU's own fault injection, for tests
+            if fault is not None:
+                env = {**os.environ, "CRIU_FAULT": fault}
             proc = await asyncio.create_subprocess_exec(
                 *prefix,
                 criu,
@@ -75,6 +81,7 @@ class Swrk:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(theirs.fileno(), *pass_fds),
+                env=env,
             )
         except BaseException:
             ours.close()

@@ -134,24 +134,20 @@ class JobKilled(_message.Message):
     def __init__(self, job: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PrepareCheckpoint(_message.Message):
-    __slots__ = ("job", "checkpoint", "ranks", "images_dir", "leave_running", "hold_timeout", "job_addresses", "external")
+    __slots__ = ("job", "checkpoint", "ranks", "images_dir", "leave_running", "hold_timeout")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_DIR_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
     HOLD_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
-    JOB_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
-    EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     job: str
     checkpoint: str
     ranks: _containers.RepeatedScalarFieldContainer[int]
     images_dir: str
     leave_running: bool
     hold_timeout: float
-    job_addresses: _containers.RepeatedScalarFieldContainer[str]
-    external: str
-    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ..., images_dir: _Optional[str] = ..., leave_running: _Optional[bool] = ..., hold_timeout: _Optional[float] = ..., job_addresses: _Optional[_Iterable[str]] = ..., external: _Optional[str] = ...) -> None: ...
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ..., images_dir: _Optional[str] = ..., leave_running: _Optional[bool] = ..., hold_timeout: _Optional[float] = ...) -> None: ...
 
 class CheckpointReady(_message.Message):
     __slots__ = ("checkpoint",)
@@ -220,18 +216,20 @@ class RankImage(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., bytes: _Optional[int] = ..., dump_seconds: _Optional[float] = ..., stdout_pipe: _Optional[str] = ..., host_addresses: _Optional[_Iterable[str]] = ..., sockets: _Optional[_Iterable[_Union[SocketInfo, _Mapping]]] = ...) -> None: ...
 
 class CheckpointVote(_message.Message):
-    __slots__ = ("checkpoint", "yes", "reason", "failed_rank", "ranks")
+    __slots__ = ("checkpoint", "yes", "reason", "failed_rank", "ranks", "connections")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     YES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_RANK_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     checkpoint: str
     yes: bool
     reason: str
     failed_rank: int
     ranks: _containers.RepeatedCompositeFieldContainer[RankImage]
-    def __init__(self, checkpoint: _Optional[str] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_rank: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankImage, _Mapping]]] = ...) -> None: ...
+    connections: _containers.RepeatedCompositeFieldContainer[SocketInfo]
+    def __init__(self, checkpoint: _Optional[str] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_rank: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankImage, _Mapping]]] = ..., connections: _Optional[_Iterable[_Union[SocketInfo, _Mapping]]] = ...) -> None: ...
 
 class CommitCheckpoint(_message.Message):
     __slots__ = ("checkpoint",)
@@ -352,20 +350,22 @@ class RankPid(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
-    __slots__ = ("restore", "step", "ok", "reason", "failed_rank", "pids")
+    __slots__ = ("restore", "step", "ok", "reason", "failed_rank", "pids", "images_damaged")
     RESTORE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_RANK_FIELD_NUMBER: _ClassVar[int]
     PIDS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_DAMAGED_FIELD_NUMBER: _ClassVar[int]
     restore: str
     step: str
     ok: bool
     reason: str
     failed_rank: int
     pids: _containers.RepeatedCompositeFieldContainer[RankPid]
-    def __init__(self, restore: _Optional[str] = ..., step: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_rank: _Optional[int] = ..., pids: _Optional[_Iterable[_Union[RankPid, _Mapping]]] = ...) -> None: ...
+    images_damaged: bool
+    def __init__(self, restore: _Optional[str] = ..., step: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_rank: _Optional[int] = ..., pids: _Optional[_Iterable[_Union[RankPid, _Mapping]]] = ..., images_damaged: _Optional[bool] = ...) -> None: ...
 
 class OrderFailed(_message.Message):
     __slots__ = ("reason",)

@@ -111,18 +111,30 @@ class Rank(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_status: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job", "state", "ranks", "latest_checkpoint", "created_at")
+    __slots__ = ("job", "state", "ranks", "latest_checkpoint", "created_at", "awaiting_decision")
     JOB_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LATEST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_DECISION_FIELD_NUMBER: _ClassVar[int]
     job: str
     state: str
     ranks: _containers.RepeatedCompositeFieldContainer[Rank]
     latest_checkpoint: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, job: _Optional[str] = ..., state: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., latest_checkpoint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    awaiting_decision: _containers.RepeatedCompositeFieldContainer[AwaitedDecision]
+    def __init__(self, job: _Optional[str] = ..., state: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., latest_checkpoint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., awaiting_decision: _Optional[_Iterable[_Union[AwaitedDecision, _Mapping]]] = ...) -> None: ...
+
+class AwaitedDecision(_message.Message):
+    __slots__ = ("checkpoint", "host", "decision")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    host: str
+    decision: str
+    def __init__(self, checkpoint: _Optional[str] = ..., host: _Optional[str] = ..., decision: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()

@@ -145,7 +145,9 @@ def test_crctl_verify_passes_a_committed_checkpoint_and_names_every_damaged_file
 ) -> None:
     """`crctl verify` has the coordinator read every image of a committed checkpoint against
     its manifest, restoring nothing: exit 0 as committed; with one byte of a page image flipped
-    and another image truncated, exit 1 naming both; the checkpoint stays the job's latest."""
+    and another image truncated, exit 1 naming both, and the checkpoint is marked damaged (no
+    longer offered: the job has no good checkpoint left); put back, it verifies again and is
+    the job's latest once more."""
     code, outcome, stderr = checkpoint(ring.job, "--leave-running")
     assert code == 0, stderr
     checkpoint_id = outcome["checkpoint"]
@@ -170,18 +172,20 @@ def test_crctl_verify_passes_a_committed_checkpoint_and_names_every_damaged_file
         assert result.returncode == 1, result.stderr
         assert f"rank-1/{pages.name}: blake3 " in result.stderr
         assert f"rank-2/files.img: size {size // 2}, expected {size}" in result.stderr
-        result = crctl("verify", ring.job, "--json", check=False)
+        result = crctl("verify", ring.job, "--checkpoint", checkpoint_id, "--json", check=False)
         assert result.returncode == 1
         assert [(p["path"], p["kind"]) for p in json.loads(result.stdout)["problems"]] == [
             (f"rank-1/{pages.name}", "digest"),
             ("rank-2/files.img", "size"),
         ]
-        assert latest(ring.job) == checkpoint_id
-        assert listed(ring.job)[0]["state"] == "committed"
+        assert listed(ring.job)[0]["state"] == "damaged"
+        assert crctl_json("status", ring.job)["latest_checkpoint"] == ""
     finally:
         for path, data in originals.items():
             path.write_bytes(data)
-    crctl("verify", ring.job)
+    crctl("verify", ring.job, "--checkpoint", checkpoint_id)
+    assert latest(ring.job) == checkpoint_id
+    assert listed(ring.job)[0]["state"] == "committed"
     assert crctl("verify", "no-such-job", check=False).returncode == 4
     assert ring.errors() == []
 

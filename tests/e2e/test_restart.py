@@ -196,7 +196,8 @@ def test_a_corrupted_image_is_refused_by_checksum_naming_the_file(
     testbed6: bed.State, ring: RingJob, image: str
 ) -> None:
     """A memory page image (checked while CRIU starts, before it may create any task) or any
-    other image (checked before CRIU starts)."""
+    other image (checked before CRIU starts). The checkpoint is marked damaged, so that it is
+    not offered again; put back, it verifies (`crctl verify`) and restarts."""
     outcome = checkpoint_and_stop(ring)
     directory = Path(crctl_json("checkpoints", ring.job)[0]["directory"])
     victim = directory / "rank-1" / image
@@ -207,9 +208,12 @@ def test_a_corrupted_image_is_refused_by_checksum_naming_the_file(
         assert code == 1
         assert f"rank-1/{image}: blake3 " in stderr and ", expected " in stderr
         assert failed["failed_rank"] == 1 and failed["failed_host"] == "h5"
+        assert f"checkpoint {outcome['checkpoint']} is marked damaged" in stderr
+        assert crctl_json("checkpoints", ring.job)[0]["state"] == "damaged"
         assert_nothing_left(testbed6, ring.job, ["h4", "h5", "h6"])
     finally:
         victim.write_bytes(original)
+    crctl("verify", ring.job, "--checkpoint", outcome["checkpoint"])
     code, restarted, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
     assert code == 0, stderr
     assert restarted["checkpoint"] == outcome["checkpoint"]

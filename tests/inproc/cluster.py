@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -275,6 +276,19 @@ class Cluster:
             for (j, _), rank in fake.ranks.items()
             if j == job and not rank.exited
         ]
+
+    def images_kept(self, checkpoint: str) -> bool:
+        """Every image file the checkpoint's manifest lists is on disk, at its size."""
+        record = self.service.checkpoints._store.checkpoint(checkpoint)
+        assert record is not None and record.manifest
+        manifest = json.loads(record.manifest)
+        files = [f for r in manifest["ranks"] for f in r["files"]]
+        assert files
+        folder = Path(record.directory)
+        return all(
+            (folder / f["path"]).is_file() and (folder / f["path"]).stat().st_size == int(f["size"])
+            for f in files
+        )
 
     # --- what must hold after every test ---
 

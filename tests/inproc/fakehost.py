@@ -18,7 +18,7 @@ from pathlib import Path
 from agent import images
 from agent.engine import Rank
 from agent.ranks import rank_name
-from agent.restoring import RankFailure
+from agent.restoring import ImagesDamaged, RankFailure
 from crctl.errors import CriuError
 from crctl.fs import remove_tree
 from crctl.v1 import control_pb2
@@ -198,6 +198,7 @@ class FakeRestoreWork:
         self.lock = f"crctl-{order.restore}"
         self.restored: dict[int, FakeRank] = {}
         self.finished = asyncio.Event()
+        self.aborted = self.released = False
         host.works.append(self)
 
     async def prepare(self) -> None:
@@ -207,12 +208,20 @@ class FakeRestoreWork:
             expected = [images.FileDigest.from_proto(f, strip=prefix) for f in entry.image.files]
             problems = images.verify(checkpoint_dir / rank_name(entry.rank), expected)
             if problems:
-                raise RankFailure(entry.rank, "; ".join(str(p) for p in problems))
+                raise ImagesDamaged(
+                    entry.rank,
+                    "the checkpoint's images do not match its manifest: "
+                    + "; ".join(f"{prefix}{p}" for p in problems),
+                )
         self.host.locks.add(self.lock)
         await self.host.step("prepare")
+        if self.aborted:
+            raise RankFailure(-1, "aborted")
 
     async def restore(self) -> dict[int, int]:
         await self.host.step("restore")
+        if self.aborted:
+            raise RankFailure(-1, "aborted")
         for entry in self.order.ranks:
             rank = FakeRank(self.job, entry.rank, [], frozen=True)
             self.restored[entry.rank] = rank
@@ -226,12 +235,14 @@ class FakeRestoreWork:
         await self.host.step("release")
         for rank in self.restored.values():
             rank.frozen = False
+        self.released = True
         self._end()
         return list(self.restored.items())
 
     async def abort(self, reason: str) -> None:
-        if self.finished.is_set():
+        if self.released:
             return
+        self.aborted = True
         self.orphaned()
 
     def _end(self) -> None:

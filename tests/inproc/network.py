@@ -33,12 +33,14 @@ Handler = Callable[
 class Fault:
     direction: Direction
     kind: str  # the message's oneof name, e.g. "commit", "vote", "commit_result"
-    action: Literal["drop", "duplicate", "delay"]
+    action: Literal["drop", "duplicate", "delay", "rewrite"]
     host: str | None = None  # None: any host
     times: int = 1
     delay: float = 0.0
     # Only messages this says yes to (e.g. restore steps of one name), decoded.
     where: Callable[[Any], bool] | None = None
+    # For "rewrite": changes the decoded message (its body) in place before it goes on.
+    change: Callable[[Any], None] | None = None
     fired: int = 0
 
     def matches(self, direction: Direction, host: str, kind: str, frame: bytes) -> bool:
@@ -76,7 +78,7 @@ class Network:
         host: str,
         kind: str,
         frame: bytes,
-        deliver: Callable[[], None],
+        deliver: Callable[..., None],
     ) -> None:
         if host in self.cut:
             return
@@ -92,16 +94,29 @@ class Network:
                     deliver()
                     deliver()
                     return
+                if fault.action == "rewrite":
+                    assert fault.change is not None
+                    deliver(self._rewritten(direction, kind, frame, fault.change))
+                    return
                 asyncio.get_running_loop().call_later(fault.delay, deliver)
                 return
         self.delivered.append((direction, host, kind))
         deliver()
 
+    @staticmethod
+    def _rewritten(
+        direction: Direction, kind: str, frame: bytes, change: Callable[[Any], None]
+    ) -> bytes:
+        decode = decode_coordinator_message if direction == "to_agent" else decode_agent_message
+        message = decode(frame)
+        change(getattr(message, kind))
+        return encode(message)
+
     def to_agent(self, host: str, frame: bytes, kind: str) -> bool:
         link = self.links.get(host)
         if link is None:
             return False
-        self._route("to_agent", host, kind, frame, lambda: link.inbox.put_nowait(frame))
+        self._route("to_agent", host, kind, frame, lambda sent=frame: link.inbox.put_nowait(sent))
         return True
 
     def to_coordinator(self, host: str, frame: bytes, kind: str) -> bool:
@@ -109,7 +124,11 @@ class Network:
         if plane is None or host in self.cut:
             return False
         self._route(
-            "to_coordinator", host, kind, frame, lambda: plane.inbox.put_nowait((host, frame))
+            "to_coordinator",
+            host,
+            kind,
+            frame,
+            lambda sent=frame: plane.inbox.put_nowait((host, sent)),
         )
         return True
 

@@ -6,28 +6,12 @@ no rank stays frozen, and the job always either runs or can restart from its lat
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
+from tests.inproc import dropped
 from tests.inproc.cluster import COMMIT_TIMEOUT, LOST_AFTER, PREPARE_TIMEOUT, Cluster, cluster_test
 
 JOB = "ring"
 HOSTS = ["h1", "h2", "h3"]
-
-
-def images_kept(cluster: Cluster, checkpoint: str) -> bool:
-    """Every image file the checkpoint's manifest lists is on disk, with its size."""
-    record = cluster.service.checkpoints._store.checkpoint(checkpoint)
-    assert record is not None and record.manifest
-    import json
-
-    manifest = json.loads(record.manifest)
-    files = [f for r in manifest["ranks"] for f in r["files"]]
-    assert files
-    return all(
-        (Path(record.directory) / f["path"]).is_file()
-        and (Path(record.directory) / f["path"]).stat().st_size == int(f["size"])
-        for f in files
-    )
 
 
 @cluster_test()
@@ -39,7 +23,7 @@ async def test_a_stop_mode_checkpoint_commits_and_stops_every_rank(cluster: Clus
     assert job.latest_checkpoint == outcome.checkpoint
     assert [r.state for r in job.ranks] == ["checkpointed"] * 3
     assert cluster.running(JOB) == {}
-    assert images_kept(cluster, outcome.checkpoint)
+    assert cluster.images_kept(outcome.checkpoint)
 
 
 @cluster_test()
@@ -48,35 +32,18 @@ async def test_a_leave_running_checkpoint_commits_and_the_ranks_run_on(cluster: 
     outcome = await cluster.checkpoint(JOB, leave_running=True)
     assert outcome.committed, outcome.reason
     assert sorted(cluster.running(JOB)) == [0, 1, 2]
-    assert images_kept(cluster, outcome.checkpoint)
+    assert cluster.images_kept(outcome.checkpoint)
 
 
 @cluster_test()
 async def test_a_host_that_never_hears_the_commit_resumes_keeps_its_images_and_stops_later(
     cluster: Cluster,
 ) -> None:
-    """Stop mode: the commit is recorded before any agent hears it. h2 hears nothing of it
-    (every commit order to it is lost): its hold ends, its rank resumes, but its images stay
-    (it voted yes: it is in doubt). Once orders reach it again, the decision its heartbeats ask
-    for arrives and h2 stops its rank; the checkpoint restarts."""
-    await cluster.launch(JOB, HOSTS)
-    lost = cluster.network.fault("to_agent", "commit", "drop", host="h2", times=10_000)
-    outcome = await cluster.checkpoint(JOB)
-    assert outcome.committed
-    assert "h2" in outcome.reason
-    checkpoint = outcome.checkpoint
-    participant = cluster.agents["h2"]._orders.checkpoints
-    await cluster.until(lambda: participant.in_doubt() == [checkpoint], "h2 in doubt", 60)
-    assert sorted(cluster.running(JOB)) == [1], "h2's rank resumed at the end of its hold"
-    assert images_kept(cluster, checkpoint), "an in-doubt host keeps its images"
-    assert cluster.job(JOB).latest_checkpoint == checkpoint
-    lost.times = 0  # orders reach h2 again
-    await cluster.until(lambda: not cluster.live(JOB), "h2's rank stopped by the decision")
-    assert participant.awaiting() == []
-    assert images_kept(cluster, checkpoint)
-    restarted = await cluster.restart(JOB, host_map={"h1": "h2", "h2": "h3", "h3": "h1"})
-    assert restarted.restarted, restarted.reason
-    assert sorted(cluster.running(JOB)) == [0, 1, 2]
+    """Stop mode: the commit is recorded before any agent hears it. h2 hears nothing of it:
+    its hold ends, its rank resumes, but its images stay (it voted yes: it is in doubt). Once
+    orders reach it again, the decision its heartbeats ask for arrives and h2 stops its rank;
+    the checkpoint restarts."""
+    assert await dropped.commit_dropped(cluster) == "committed, restarted"
 
 
 @cluster_test()
@@ -101,7 +68,7 @@ async def test_a_coordinator_killed_between_the_commit_record_and_the_orders_los
     cluster.network.faults.clear()
     await cluster.start_coordinator()
     await cluster.until(lambda: not cluster.live(JOB), "the commit delivered and applied")
-    assert images_kept(cluster, run.checkpoint)
+    assert cluster.images_kept(run.checkpoint)
     job = cluster.job(JOB)
     assert job.latest_checkpoint == run.checkpoint
     assert [r.state for r in job.ranks] == ["checkpointed"] * 3
@@ -130,7 +97,7 @@ async def test_a_coordinator_back_within_the_hold_commits_the_held_ranks(cluster
     await cluster.until(lambda: not cluster.live(JOB), "the held ranks committed")
     took = asyncio.get_running_loop().time() - started
     assert took < PREPARE_TIMEOUT, "committed at the coordinator's return, not after the hold"
-    assert images_kept(cluster, run.checkpoint)
+    assert cluster.images_kept(run.checkpoint)
 
 
 @cluster_test()
@@ -151,3 +118,28 @@ async def test_a_lost_agent_aborts_a_checkpoint_before_its_deadline(cluster: Clu
     assert sorted(n for n in cluster.running(JOB) if n != 2) == [0, 1]
     cluster.network.cut.clear()
     del cluster.fake["h3"].faults["dump"]
+
+
+@cluster_test()
+async def test_a_failure_to_record_the_commit_aborts_and_the_ranks_run_on(cluster: Cluster) -> None:
+    await cluster.launch(JOB, HOSTS)
+    first = await cluster.checkpoint(JOB, leave_running=True)
+    files = cluster.service.checkpoints._files
+
+    def full(*_: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    files.write_manifest = full
+    outcome = await cluster.checkpoint(JOB)
+    assert not outcome.committed
+    assert "No space left" in outcome.reason
+    assert cluster.job(JOB).latest_checkpoint == first.checkpoint
+    await cluster.until(lambda: sorted(cluster.running(JOB)) == [0, 1, 2], "the ranks resumed")
+    assert [r.state for r in cluster.job(JOB).ranks] == ["running"] * 3
+
+
+@cluster_test()
+async def test_a_lost_abort_order_leaves_the_host_running_and_it_hears_the_abort_later(
+    cluster: Cluster,
+) -> None:
+    assert await dropped.abort_dropped(cluster) == "aborted, ran on"

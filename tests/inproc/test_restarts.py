@@ -5,6 +5,7 @@ by their agents when the coordinator is gone."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from tests.inproc.cluster import LOST_AFTER, Cluster, cluster_test
 
@@ -151,3 +152,57 @@ async def test_every_checkpoint_order_delivered_twice_changes_nothing(cluster: C
     second = await cluster.checkpoint(JOB)
     assert second.committed, second.reason
     assert cluster.live(JOB) == []
+
+
+@cluster_test(hosts=4)
+async def test_a_checkpoint_found_damaged_is_never_offered_again(cluster: Cluster) -> None:
+    await cluster.launch(JOB, HOSTS)
+    good = await cluster.checkpoint(JOB, leave_running=True)
+    bad = await cluster.checkpoint(JOB)
+    assert good.committed and bad.committed
+    record = cluster.coordinator.store.checkpoint(bad.checkpoint)  # type: ignore[union-attr]
+    assert record is not None
+    page = Path(record.directory) / "rank-1" / "pages-1.img"
+    original = page.read_bytes()
+    page.write_bytes(b"X" + original[1:])  # one byte flipped after the commit
+    outcome = await cluster.restart(JOB, host_map=MOVE)
+    assert not outcome.restarted
+    assert "rank-1/pages-1.img" in outcome.reason
+    assert f"the latest good checkpoint is now {good.checkpoint}" in outcome.reason
+    assert cluster.job(JOB).latest_checkpoint == good.checkpoint
+    assert cluster.coordinator.store.checkpoint(bad.checkpoint).state == "damaged"  # type: ignore[union-attr]
+    assert cluster.live(JOB) == []
+    again = await cluster.restart(JOB, host_map=MOVE)  # from the latest good one
+    assert again.restarted, again.reason
+    assert again.checkpoint == good.checkpoint
+    assert sorted(cluster.running(JOB)) == [0, 1]
+    # Put back (say the store had been mounted wrong): verifying makes it good again.
+    page.write_bytes(original)
+    verification = await cluster.in_coordinator(
+        lambda: cluster.service.checkpoints.verify(JOB, bad.checkpoint)
+    )
+    assert verification.ok
+    assert cluster.coordinator.store.checkpoint(bad.checkpoint).state == "committed"  # type: ignore[union-attr]
+
+
+@cluster_test(hosts=4)
+async def test_an_abort_during_a_prepare_undoes_what_the_prepare_does_after_it(
+    cluster: Cluster,
+) -> None:
+    """The coordinator dies while h3 prepares (slowly); started again, it rolls the restart
+    back at once, while h3's prepare is still going: once that prepare ends, h3 undoes it too
+    (no lock or restored rank is left: checked after every test of this tier)."""
+    await stopped_job(cluster)
+    cluster.fake["h3"].delays["prepare"] = 5.0
+    task = asyncio.ensure_future(cluster.restart(JOB, host_map=MOVE))
+    await cluster.until(lambda: "crctl-" in " ".join(cluster.fake["h3"].locks), "h3 locked")
+    await cluster.kill_coordinator()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await cluster.start_coordinator()
+    await cluster.until(lambda: restarts(cluster, "running") == [], "the restart rolled back")
+    await asyncio.sleep(6)  # h3's prepare has ended
+    assert not cluster.fake["h3"].locks
+    assert cluster.live(JOB) == []
+    outcome = await cluster.restart(JOB, host_map=MOVE)
+    assert outcome.restarted, outcome.reason

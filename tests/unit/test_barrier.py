@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coordinator.barrier import (
+    Abandon,
     AgentLost,
     ArmTimer,
     Cancel,
@@ -179,6 +180,36 @@ def test_after_the_decision_to_commit_nothing_can_abort() -> None:
     assert barrier.handle(Cancel("too late")) == []
     assert barrier.handle(Vote("h1", yes=False)) == []
     assert barrier.phase is Phase.COMMITTING
+
+
+def test_abandoning_a_recorded_commit_keeps_it_and_names_who_did_not_acknowledge() -> None:
+    barrier = started()
+    all_yes(barrier)
+    barrier.handle(CommitAck("h1", ok=True))
+    actions = barrier.handle(Abandon("coordinator error", recorded=True))
+    assert actions == [Finished(Phase.COMMITTED, "committed; coordinator error", ("h2", "h3"))]
+
+
+def test_abandoning_a_release_first_checkpoint_before_its_record_aborts_it() -> None:
+    barrier = started(record_before_release=False)
+    all_yes(barrier)
+    actions = barrier.handle(Abandon("coordinator error", recorded=False))
+    assert actions[0] == RecordAbort("coordinator error", None)
+    assert actions[1] == SendAbort(HOSTS, "coordinator error")
+    assert barrier.phase is Phase.ABORTED
+
+
+def test_abandoning_during_prepare_aborts() -> None:
+    barrier = started()
+    assert barrier.handle(Abandon("bug", recorded=False))[-1] == Finished(Phase.ABORTED, "bug")
+
+
+def test_a_commit_whose_record_failed_is_aborted() -> None:
+    barrier = started()
+    all_yes(barrier)  # RecordCommit was asked for, and it failed
+    actions = barrier.handle(Abandon("disk full", recorded=False))
+    assert actions[0] == RecordAbort("disk full", None)
+    assert barrier.phase is Phase.ABORTED
 
 
 def test_an_agent_lost_during_commit_is_reported_but_the_commit_stands() -> None:

@@ -176,9 +176,9 @@ def test_a_flipped_byte_and_a_truncated_file_are_both_named(coordinator: Coordin
     assert str(result.problems[2]).startswith(
         f"rank-1/pages-1.img: blake3 {digests.digest_file(pages)}, expected "
     )
-    # Verifying changes nothing: the checkpoint stays committed and the job's latest.
-    assert coordinator.store.job(JOB).latest_checkpoint == "ckpt-1"  # type: ignore[union-attr]
-    assert coordinator.store.checkpoint("ckpt-1").state == "committed"  # type: ignore[union-attr]
+    # A checkpoint found damaged is never offered again: the job has no good one left.
+    assert coordinator.store.checkpoint("ckpt-1").state == "damaged"  # type: ignore[union-attr]
+    assert coordinator.store.job(JOB).latest_checkpoint is None  # type: ignore[union-attr]
 
 
 def test_a_checkpoint_written_before_blake3_verifies_with_its_sha256(
@@ -287,7 +287,8 @@ def test_crctl_verify_exits_1_naming_every_bad_file(
     assert "rank-0/files.img: size 10, expected 3000" in err
     assert "rank-1/pages-1.img: blake3 " in err
 
-    assert run_cli(coordinator, "verify", JOB, "--json") == 1
+    # marked damaged by the first verify: verified again by name
+    assert run_cli(coordinator, "verify", JOB, "--checkpoint", "ckpt-1", "--json") == 1
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False and report["files"] == 8
     assert [(p["path"], p["kind"]) for p in report["problems"]] == [
