@@ -4,9 +4,16 @@
     .venv/bin/python bench/checkpoint.py [--memory-mib 64,256,1024] [--ranks 4] [--repeat 5]
 
 Prints a table with a row per memory size (medians over --repeat runs; rows too big for this
-machine's memory run with fewer ranks, as the table shows). The store's memory is written and
-freed once first, as a host that has run for a while has it, so that neither side writes into
-pages the VM never touched (which fault in at about 0.3 GiB/s here). Columns:
+machine's memory run with fewer ranks, as the table shows). Both sides keep their last three
+dumps, as crctl keeps its checkpoints: on this VM a page the guest has not used lately (freed
+pages are handed back to the hypervisor within seconds) is slow to fault in, so a dump into
+memory just freed (what the plain dump did when it deleted its last images first) runs 2-6x
+faster at 1 GiB than one into fresh memory (what crctl's retention makes it do): measured
+here, 0.5-1.0 s against 1.2-3.3 s for the same 1 GiB process and plain `criu dump` alone.
+Warming the store's memory once beforehand does not last. The two sides take turns, each first
+every other turn, and the table gives the range of the turn-by-turn stall ratios besides their
+medians: from 256 MiB per rank both sides swing several times over from turn to turn here.
+Columns:
   * crctl API wall time: the Checkpoint RPC from request to outcome (leave-running);
   * crctl CLI wall time: `crctl checkpoint --leave-running` as a batch script runs it;
   * frozen: the longest time a host's ranks stood still (from its freeze to its release), as
@@ -67,11 +74,15 @@ def crctl_cli(job: str) -> float:
 
 
 def plain_dump(state: bed.State, pids: dict[str, int], scratch: Path) -> float:
-    for old in scratch.iterdir():
-        shutil.rmtree(old)
+    """Every rank dumped by plain CRIU at once; the dumps are kept as crctl keeps its
+    checkpoints (the newest RETAIN, older ones removed after the new one is written), so that
+    both sides write into memory alike (see the module's docstring)."""
+    runs = sorted(scratch.iterdir(), key=lambda p: p.stat().st_mtime)
+    folder = scratch / uuid.uuid4().hex[:8]
+    folder.mkdir()
     commands = []
     for host, pid in pids.items():
-        images = scratch / host
+        images = folder / host
         images.mkdir()
         commands.append(
             [
@@ -94,6 +105,8 @@ def plain_dump(state: bed.State, pids: dict[str, int], scratch: Path) -> float:
     ]
     failures = [p.communicate()[1] for p in running if p.wait() != 0]
     wall = time.perf_counter() - started
+    for old in runs[: max(0, len(runs) + 1 - RETAIN)]:
+        shutil.rmtree(old)
     if failures:
         raise SystemExit(f"plain criu dump failed: {failures[0].decode()}")
     return wall
@@ -119,23 +132,11 @@ def available_bytes() -> int:
     return 0
 
 
+RETAIN = 3  # what the testbed's coordinator keeps per job (retain_checkpoints)
+
 # What one row holds in memory at once, in units of its ranks' memory: the ranks themselves,
-# crctl's retained checkpoints (3) and the one being written, the plain dump's images.
-FOOTPRINT = 6
-
-
-def warm_store(directory: Path, size: int) -> float:
-    """Write and delete ``size`` bytes in the store's file system once, as a host that has run
-    for a while has its memory: pages a VM's guest never touched are slow to fault in (about
-    0.3 GiB/s here), and both crctl's and plain CRIU's images then land in warm pages alike."""
-    chunk = b"\0" * (64 << 20)
-    path = directory / ".warm-up"
-    started = time.perf_counter()
-    with path.open("wb") as f:
-        for _ in range(max(1, size // len(chunk))):
-            f.write(chunk)
-    path.unlink()
-    return time.perf_counter() - started
+# crctl's retained checkpoints and the one being written, and as many plain dumps.
+FOOTPRINT = 1 + 2 * (RETAIN + 1)
 
 
 def measure(state: bed.State, scratch: Path, row: Row) -> Row:
@@ -148,19 +149,29 @@ def measure(state: bed.State, scratch: Path, row: Row) -> Row:
     crctl_api(state.grpc_address, job)  # warm-up: first dumps page in CRIU itself
     plain_dump(state, pids, scratch)
     ring.wait_for_progress(tokens=5, timeout=30)
-    for _ in range(row.repeat):
+
+    def crctl() -> None:
         since = time.time()
         wall, held = crctl_api(state.grpc_address, job)
         ring.wait_for_progress(tokens=5, timeout=30)
         row.api.append(wall)
         row.frozen.append(held)
         row.api_stall.append(ring.longest_stall(since))
-        row.cli.append(crctl_cli(job))
-        ring.wait_for_progress(tokens=5, timeout=30)
+
+    def plain() -> None:
         since = time.time()
         row.plain.append(plain_dump(state, pids, scratch))
         ring.wait_for_progress(tokens=5, timeout=30)
         row.plain_stall.append(ring.longest_stall(since))
+
+    # In turns, each side first every other time: whatever the machine does meanwhile (this
+    # VM's cost of faulting memory in varies several times over between runs) falls on both.
+    for turn in range(row.repeat):
+        for side in (crctl, plain) if turn % 2 == 0 else (plain, crctl):
+            side()
+    for _ in range(2):  # the CLI, as a batch script runs it (not part of the ratios)
+        row.cli.append(crctl_cli(job))
+        ring.wait_for_progress(tokens=5, timeout=30)
     if ring.errors():
         raise SystemExit(f"the ring recorded errors: {ring.errors()}")
     with CoordinatorClient(state.grpc_address) as client:
@@ -178,21 +189,28 @@ def ratio(a: list[float], b: list[float]) -> str:
     return f"{statistics.median(a) / statistics.median(b):6.2f}"
 
 
+def spread(a: list[float], b: list[float]) -> str:
+    """The range of the turn-by-turn ratios a[i] / b[i]."""
+    ratios = [x / y for x, y in zip(a, b, strict=True) if y > 0]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def print_rows(rows: list[Row], on_disk: bool) -> None:
     print(
         f"\ncheckpoint of a TCP ring (leave-running), medians; store on "
-        f"{'disk' if on_disk else 'tmpfs'}, its memory warmed once for both sides alike"
+        f"{'disk' if on_disk else 'tmpfs'}; both sides keep their last {RETAIN} dumps"
     )
     print(
         f"{'ranks':>5} {'MiB/rank':>8} {'n':>3} | {'API ms':>9} {'CLI ms':>9} {'frozen ms':>9} "
         f"{'plain ms':>9} | {'stall crctl':>11} {'stall plain':>11} | "
-        f"{'stall ratio':>11} {'frozen/plain':>12} {'API/plain':>9}"
+        f"{'stall ratio':>11} {'(range)':>11} {'frozen/plain':>12} {'API/plain':>9}"
     )
     for r in rows:
         print(
             f"{r.ranks:>5} {r.memory_mib:>8} {r.repeat:>3} | {ms(r.api)} {ms(r.cli)} "
             f"{ms(r.frozen)} {ms(r.plain)} | {ms(r.api_stall):>11} {ms(r.plain_stall):>11} | "
-            f"{ratio(r.api_stall, r.plain_stall):>11} {ratio(r.frozen, r.plain):>12} "
+            f"{ratio(r.api_stall, r.plain_stall):>11} {spread(r.api_stall, r.plain_stall):>11} "
+            f"{ratio(r.frozen, r.plain):>12} "
             f"{ratio(r.api, r.plain):>9}"
         )
     print(
@@ -211,24 +229,21 @@ def main() -> int:
         default="64,256,1024",
         help="MiB per rank, a comma-separated sweep (default 64,256,1024)",
     )
-    parser.add_argument("--repeat", type=int, default=5, help="runs per row (3 from 512 MiB)")
+    parser.add_argument("--repeat", type=int, default=7, help="turns per row (5 from 512 MiB)")
     add_option(parser)
     args = parser.parse_args()
     sizes = [int(m) for m in args.memory_mib.split(",") if m]
-    budget = available_bytes() // 2
+    budget = available_bytes() * 7 // 10
     rows = []
     for size in sizes:
         ranks = args.ranks
         while ranks > 1 and ranks * size * 2**20 * FOOTPRINT > budget:
             ranks -= 1  # fewer ranks for the big rows: this machine's memory
-        rows.append(Row(ranks, size, args.repeat if size < 512 else min(args.repeat, 3)))
+        rows.append(Row(ranks, size, args.repeat if size < 512 else min(args.repeat, 5)))
     with bench_testbed(max(r.ranks for r in rows), on_disk=args.store_on_disk) as (
         state,
         scratch,
     ):
-        warm = max(r.ranks * r.memory_mib for r in rows) * 2**20 * (FOOTPRINT - 1)
-        took = warm_store(scratch, min(warm, budget))
-        print(f"store memory warmed: {min(warm, budget) >> 20} MiB in {took:.1f}s", flush=True)
         for row in rows:
             measure(state, scratch, row)
             print(

@@ -66,6 +66,15 @@ def restart(client: CoordinatorClient, job: str, mapping: dict[str, str]) -> flo
     return time.perf_counter() - started
 
 
+def rewritten(ring: RingJob, *, after: float, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    files = [ring.status_dir / f"{rank}.json" for rank in range(len(ring.hosts))]
+    while any(f.stat().st_mtime <= after for f in files):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the restored ring did not write its status within {timeout}s")
+        time.sleep(0.02)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=100)
@@ -93,6 +102,10 @@ def main() -> int:
                     client.kill(ring.job)
                 since = time.time()
                 restarts.append(restart(client, ring.job, dict(zip(here, there, strict=True))))
+                if leave_running:
+                    # The killed incarnation wrote down the close of its connections as it
+                    # died: read the status files once the restored ranks have rewritten them.
+                    rewritten(ring, after=since)
                 ring.wait_for_progress(tokens=10, timeout=30)
                 stalls.append(ring.longest_stall(since))
                 if ring.errors():

@@ -14,6 +14,22 @@ JOB = "ring"
 HOSTS = ["h1", "h2", "h3"]
 
 
+async def killed_after_the_commit_record(cluster: Cluster) -> str:
+    """A stop-mode checkpoint whose coordinator dies once the commit is durable, before any
+    agent heard it (every commit order is lost); the checkpoint."""
+    await cluster.launch(JOB, HOSTS)
+    for host in HOSTS:
+        cluster.network.fault("to_agent", "commit", "drop", host=host)
+    run = await cluster.start_checkpoint(JOB)
+    store = cluster.service.checkpoints._store
+    await cluster.until(
+        lambda: (r := store.checkpoint(run.checkpoint)) is not None and r.state == "committed",
+        "the commit recorded",
+    )
+    await cluster.kill_coordinator()
+    return run.checkpoint
+
+
 @cluster_test()
 async def test_a_stop_mode_checkpoint_commits_and_stops_every_rank(cluster: Cluster) -> None:
     await cluster.launch(JOB, HOSTS)
@@ -50,27 +66,16 @@ async def test_a_host_that_never_hears_the_commit_resumes_keeps_its_images_and_s
 async def test_a_coordinator_killed_between_the_commit_record_and_the_orders_loses_nothing(
     cluster: Cluster,
 ) -> None:
-    await cluster.launch(JOB, HOSTS)
-    for host in HOSTS:  # the coordinator "dies" before any commit order leaves
-        cluster.network.fault("to_agent", "commit", "drop", host=host)
-    run = await cluster.start_checkpoint(JOB)
-    await cluster.until(
-        lambda: (
-            (r := cluster.service.checkpoints._store.checkpoint(run.checkpoint)) is not None
-            and r.state == "committed"
-        ),
-        "the commit recorded",
-    )
-    await cluster.kill_coordinator()
+    checkpoint = await killed_after_the_commit_record(cluster)
     # Past every hold: the ranks resume (no coordinator to tell them), the images stay.
     await asyncio.sleep(PREPARE_TIMEOUT + COMMIT_TIMEOUT + 10)
     assert sorted(cluster.running(JOB)) == [0, 1, 2], "no rank stays frozen"
     cluster.network.faults.clear()
     await cluster.start_coordinator()
     await cluster.until(lambda: not cluster.live(JOB), "the commit delivered and applied")
-    assert cluster.images_kept(run.checkpoint)
+    assert cluster.images_kept(checkpoint)
     job = cluster.job(JOB)
-    assert job.latest_checkpoint == run.checkpoint
+    assert job.latest_checkpoint == checkpoint
     assert [r.state for r in job.ranks] == ["checkpointed"] * 3
     restarted = await cluster.restart(JOB)
     assert restarted.restarted, restarted.reason
@@ -79,25 +84,14 @@ async def test_a_coordinator_killed_between_the_commit_record_and_the_orders_los
 
 @cluster_test()
 async def test_a_coordinator_back_within_the_hold_commits_the_held_ranks(cluster: Cluster) -> None:
-    await cluster.launch(JOB, HOSTS)
-    for host in HOSTS:
-        cluster.network.fault("to_agent", "commit", "drop", host=host)
-    run = await cluster.start_checkpoint(JOB)
-    await cluster.until(
-        lambda: (
-            (r := cluster.service.checkpoints._store.checkpoint(run.checkpoint)) is not None
-            and r.state == "committed"
-        ),
-        "the commit recorded",
-    )
-    await cluster.kill_coordinator()
+    checkpoint = await killed_after_the_commit_record(cluster)
     cluster.network.faults.clear()
     started = asyncio.get_running_loop().time()
     await cluster.start_coordinator()
     await cluster.until(lambda: not cluster.live(JOB), "the held ranks committed")
     took = asyncio.get_running_loop().time() - started
     assert took < PREPARE_TIMEOUT, "committed at the coordinator's return, not after the hold"
-    assert cluster.images_kept(run.checkpoint)
+    assert cluster.images_kept(checkpoint)
 
 
 @cluster_test()
