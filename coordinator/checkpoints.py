@@ -364,9 +364,9 @@ class CheckpointRun:
     def _apply_retention(self) -> None:
         """The newest ``retain`` good checkpoints stay, with any damaged one newer than the
         oldest of them (kept to be looked at)."""
-        committed = self._store.checkpoints(self.job, state="committed")
+        committed = self._store.checkpoints(self.job, state="committed", manifests=False)
         kept = committed[: self._settings.retain]
-        damaged = self._store.checkpoints(self.job, state="damaged")
+        damaged = self._store.checkpoints(self.job, state="damaged", manifests=False)
         older = [d for d in damaged if kept and d.started_at < kept[-1].started_at]
         for old in committed[self._settings.retain :] + older:
             self._files.remove(self._files.directory(old.job, old.checkpoint))

@@ -101,6 +101,7 @@ class ControlPlane:
         self._handler: Handler | None = None
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
+        self._raw: zmq.Socket[bytes] | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         self._auth: _NamedAuthenticator | None = None
         self._pending: dict[str, tuple[str, asyncio.Future[control_pb2.AgentMessage]]] = {}
@@ -136,6 +137,9 @@ class ControlPlane:
             sock.close(0)
             raise UnavailableError(f"cannot listen for agents on {self._endpoint}: {exc}") from None
         self._socket = sock
+        # The same socket without asyncio's futures, for the sends and the draining reads that
+        # need no waiting (see _serve).
+        self._raw = zmq.Socket.shadow(sock.underlying)
         self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         log.info("control_listening", endpoint=self._endpoint, allowed_agents=len(allowed))
 
@@ -144,8 +148,13 @@ class ControlPlane:
     ) -> None:
         """Send to a connected agent; one that is reconnecting (e.g. just after a coordinator
         restart) gets ``wait`` seconds to come back."""
-        assert self._socket is not None
+        assert self._socket is not None and self._raw is not None
         frames = [host.encode(), encode(message)]
+        try:  # the usual case, without the asyncio socket's futures: queued at once
+            self._raw.send_multipart(frames, zmq.NOBLOCK)
+            return
+        except zmq.ZMQError:
+            pass  # not connected (yet): retried below for ``wait`` seconds
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             try:
@@ -192,44 +201,53 @@ class ControlPlane:
                 await watcher
 
     async def _serve(self) -> None:
-        assert self._socket is not None
+        """Wait until messages are there, then take every one waiting before waiting again:
+        a round of a thousand agents' answers costs one wake-up, not a future per message."""
+        assert self._socket is not None and self._raw is not None
         while True:
-            frames = await self._socket.recv_multipart(copy=False)
-            speaker = frames[-1].get("User-Id") or ""
-            if len(frames) != 2:
-                log.warning("control_bad_envelope", key_name=speaker, frames=len(frames))
-                continue
-            identity, frame = frames
-            try:
-                message = decode_agent_message(frame.bytes)
-            except WireError as exc:
-                log.warning("control_bad_message", key_name=speaker, error=str(exc))
-                continue
-            if identity.bytes.decode(errors="replace") != speaker:
-                log.warning(
-                    "agent_refused",
-                    reason="identity does not match its key",
-                    identity=identity.bytes.decode(errors="replace"),
-                    key_name=speaker,
-                )
-                continue
-            if message.correlation_id:
-                self._answer(speaker, message)
-                continue
-            if self._handler is None:
-                continue
-            try:
-                reply = await self._handler(speaker, message)
-            except Exception:  # one bad message must not stop the control plane
-                log.exception(
-                    "control_handler_failed", agent=speaker, kind=message.WhichOneof("body")
-                )
-                continue
-            if reply is not None:
+            await self._socket.poll()  # POLLIN, no timeout
+            while True:
                 try:
-                    await self.send(speaker, reply, wait=0.0)
-                except UnavailableError as exc:
-                    log.warning("control_reply_failed", error=str(exc), agent=speaker)
+                    frames = self._raw.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                await self._dispatch(frames)
+
+    async def _dispatch(self, frames: list[zmq.Frame]) -> None:
+        """One message from an agent: a reply to its order, or one it starts."""
+        speaker = frames[-1].get("User-Id") or ""
+        if len(frames) != 2:
+            log.warning("control_bad_envelope", key_name=speaker, frames=len(frames))
+            return
+        identity, frame = frames
+        try:
+            message = decode_agent_message(frame.bytes)
+        except WireError as exc:
+            log.warning("control_bad_message", key_name=speaker, error=str(exc))
+            return
+        if identity.bytes.decode(errors="replace") != speaker:
+            log.warning(
+                "agent_refused",
+                reason="identity does not match its key",
+                identity=identity.bytes.decode(errors="replace"),
+                key_name=speaker,
+            )
+            return
+        if message.correlation_id:
+            self._answer(speaker, message)
+            return
+        if self._handler is None:
+            return
+        try:
+            reply = await self._handler(speaker, message)
+        except Exception:  # one bad message must not stop the control plane
+            log.exception("control_handler_failed", agent=speaker, kind=message.WhichOneof("body"))
+            return
+        if reply is not None:
+            try:
+                await self.send(speaker, reply, wait=0.0)
+            except UnavailableError as exc:
+                log.warning("control_reply_failed", error=str(exc), agent=speaker)
 
     def _answer(self, speaker: str, message: control_pb2.AgentMessage) -> None:
         """Hand a reply to the request awaiting it; one that no request of its host awaits

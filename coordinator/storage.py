@@ -3,11 +3,11 @@ and ``manifest.json``, which is written last (atomically, fsync'd) when a checkp
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from google.protobuf.json_format import MessageToJson
-
+from crctl import protojson
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
 from crctl.v1 import coordinator_pb2
@@ -37,12 +37,9 @@ class CheckpointStore:
 
     def write_manifest(self, directory: Path, manifest: coordinator_pb2.Manifest) -> str:
         """Write manifest.json atomically (temp file, fsync, rename, fsync dir); returns it."""
-        text = MessageToJson(
-            manifest,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-            indent=None,  # json's C encoder; with an indent it falls back to Python's (~2x)
-        )
+        # json's C encoder (no indent) over crctl.protojson's dict: protobuf's own printer
+        # took a tenth of a checkpoint round of a thousand ranks.
+        text = json.dumps(protojson.to_dict(manifest))
         tmp = directory / f".{MANIFEST}.tmp"
         with tmp.open("w") as fh:
             fh.write(text)

@@ -146,6 +146,9 @@ _CHECKPOINT_COLUMNS = (
 )
 
 
+_CHECKPOINT_COLUMNS_BUT_MANIFEST = _CHECKPOINT_COLUMNS.replace("manifest", "NULL")
+
+
 def _checkpoint(row: tuple[object, ...]) -> CheckpointRecord:
     fields = list(row)
     fields[4] = bool(fields[4])
@@ -433,9 +436,10 @@ class Store:
         return None if row is None else _checkpoint(row)
 
     def checkpoints(
-        self, job: str | None = None, state: str | None = None
+        self, job: str | None = None, state: str | None = None, *, manifests: bool = True
     ) -> list[CheckpointRecord]:
-        """Newest first."""
+        """Newest first; without ``manifests`` the records leave theirs out (retention reads
+        every checkpoint of a job after each commit: a big job's manifests are megabytes)."""
         clauses, params = [], []
         if job is not None:
             clauses.append("job = ?")
@@ -444,9 +448,9 @@ class Store:
             clauses.append("state = ?")
             params.append(state)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        columns = _CHECKPOINT_COLUMNS if manifests else _CHECKPOINT_COLUMNS_BUT_MANIFEST
         rows = self._db.execute(
-            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints {where} "
-            "ORDER BY started_at DESC, checkpoint DESC",
+            f"SELECT {columns} FROM checkpoints {where} ORDER BY started_at DESC, checkpoint DESC",
             params,
         ).fetchall()
         return [_checkpoint(r) for r in rows]
