@@ -67,6 +67,7 @@ class Agent:
         message.register.info.CopyFrom(self._info)
         message.register.info.ranks.extend(self._orders.running())
         message.register.info.awaiting_decision.extend(self._orders.checkpoints.awaiting())
+        message.register.info.restoring.extend(self._orders.restores.active())
         if await self._link.send(message):
             log.info("agent_registering", addresses=list(self._info.addresses))
 
@@ -76,6 +77,7 @@ class Agent:
         message.heartbeat.host = self._config.host
         message.heartbeat.sequence = self._sequence
         message.heartbeat.awaiting_decision.extend(self._orders.checkpoints.awaiting())
+        message.heartbeat.restoring.extend(self._orders.restores.active())
         await self._link.send(message)
 
     def _on_message(self, message: control_pb2.CoordinatorMessage) -> bool:

@@ -59,6 +59,10 @@ class RestoreParticipant:
         self._answers: dict[tuple[str, str], asyncio.Future[control_pb2.RestoreResult]] = {}
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
 
+    def active(self) -> list[str]:
+        """The restores under way here (prepared, not released or aborted)."""
+        return sorted(self._active)
+
     def _result(self, restore: str, step: str) -> control_pb2.RestoreResult:
         return control_pb2.RestoreResult(restore=restore, step=step, ok=True, failed_rank=-1)
 

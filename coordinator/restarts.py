@@ -271,11 +271,37 @@ class RestartService:
         self._step_timeout = step_timeout
         self._recovery_wait = recovery_wait
         self._running: dict[str, RestartRun] = {}  # restore id -> its run
+        self._recovering: set[str] = set()  # restore ids a recovery is finishing
+        self._aborting: set[tuple[str, str]] = set()  # (host, restore) being aborted
         self._tasks: set[asyncio.Task[None]] = set()
 
     def agent_lost(self, host: str) -> None:
         for run in self._running.values():
             run.agent_lost(host)
+
+    def resolve(self, host: str, restoring: Sequence[str]) -> None:
+        """An agent listed the restores under way on it: one that no run or recovery of this
+        coordinator is carrying out was given up (this host was lost meanwhile, or the
+        coordinator restarted and rolled it back): it is aborted there now, not at the end of
+        the agent's hold."""
+        for restore in restoring:
+            if restore in self._running or restore in self._recovering:
+                continue
+            if (host, restore) in self._aborting:
+                continue
+            self._aborting.add((host, restore))
+            task = asyncio.create_task(
+                self._abort_stray(host, restore), name=f"abort-{restore}-{host}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _abort_stray(self, host: str, restore: str) -> None:
+        try:
+            await abort_restore(self._plane, restore, [host], log.bind(restore=restore))
+            log.warning("restore_abandoned_aborted", agent=host, restore=restore)
+        finally:
+            self._aborting.discard((host, restore))
 
     # --- after a coordinator restart ---
 
@@ -284,12 +310,14 @@ class RestartService:
         target agents are reconnecting); its job takes no other operation meanwhile."""
         for record in self._store.restarts(state="running"):
             self._jobs.claim(record.job, f"recovery of restart {record.restore}")
+            self._recovering.add(record.restore)
             task = asyncio.create_task(self._recover(record), name=f"recover-{record.restore}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(functools.partial(self._release_job, record.job))
+            task.add_done_callback(functools.partial(self._release_job, record.job, record.restore))
 
-    def _release_job(self, job: str, _: asyncio.Task[None]) -> None:
+    def _release_job(self, job: str, restore: str, _: asyncio.Task[None]) -> None:
+        self._recovering.discard(restore)
         self._jobs.release(job)
 
     async def _targets_alive(self, hosts: Sequence[str]) -> list[str]:

@@ -60,6 +60,7 @@ class CoordinatorService:
         record, revived = self._registry.register(info)
         self.jobs.reconcile(host, list(info.ranks))
         self.checkpoints.resolve(host, list(info.awaiting_decision))
+        self.restarts.resolve(host, list(info.restoring))
         log.info(
             "agent_registered",
             agent=host,
@@ -82,6 +83,7 @@ class CoordinatorService:
         if transition is not None:
             log.info("agent_alive", agent=host, silent_for=round(transition.silent_for, 3))
         self.checkpoints.resolve(host, list(heartbeat.awaiting_decision))
+        self.restarts.resolve(host, list(heartbeat.restoring))
         reply.heartbeat_ack.known = True
         return reply
 

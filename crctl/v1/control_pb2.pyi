@@ -17,7 +17,7 @@ DIGEST_ALGORITHM_SHA256: DigestAlgorithm
 DIGEST_ALGORITHM_BLAKE3: DigestAlgorithm
 
 class AgentInfo(_message.Message):
-    __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid", "ranks", "awaiting_decision")
+    __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid", "ranks", "awaiting_decision", "restoring")
     HOST_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class AgentInfo(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     AWAITING_DECISION_FIELD_NUMBER: _ClassVar[int]
+    RESTORING_FIELD_NUMBER: _ClassVar[int]
     host: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
     criu_version: str
@@ -34,7 +35,8 @@ class AgentInfo(_message.Message):
     pid: int
     ranks: _containers.RepeatedCompositeFieldContainer[RankRef]
     awaiting_decision: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., criu_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., pid: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankRef, _Mapping]]] = ..., awaiting_decision: _Optional[_Iterable[str]] = ...) -> None: ...
+    restoring: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., criu_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., pid: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankRef, _Mapping]]] = ..., awaiting_decision: _Optional[_Iterable[str]] = ..., restoring: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RankRef(_message.Message):
     __slots__ = ("job", "rank", "pid")
@@ -53,14 +55,16 @@ class Register(_message.Message):
     def __init__(self, info: _Optional[_Union[AgentInfo, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("host", "sequence", "awaiting_decision")
+    __slots__ = ("host", "sequence", "awaiting_decision", "restoring")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     AWAITING_DECISION_FIELD_NUMBER: _ClassVar[int]
+    RESTORING_FIELD_NUMBER: _ClassVar[int]
     host: str
     sequence: int
     awaiting_decision: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host: _Optional[str] = ..., sequence: _Optional[int] = ..., awaiting_decision: _Optional[_Iterable[str]] = ...) -> None: ...
+    restoring: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host: _Optional[str] = ..., sequence: _Optional[int] = ..., awaiting_decision: _Optional[_Iterable[str]] = ..., restoring: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterAck(_message.Message):
     __slots__ = ("accepted", "reason", "heartbeat_interval")

@@ -127,7 +127,12 @@ async def test_a_lost_target_agent_fails_the_restart_at_once(cluster: Cluster) -
     assert took < LOST_AFTER + 3, f"failed after {took:.1f}s, not at the agent's loss"
     assert cluster.live(JOB) == [], "what h3 restored was killed"
     assert cluster.job(JOB).latest_checkpoint == checkpoint
+    assert cluster.fake["h4"].locks, "h4, cut off, still holds its restore"
     cluster.network.cut.clear()
+    healed = asyncio.get_running_loop().time()
+    await cluster.until(lambda: not cluster.fake["h4"].locks, "h4's restore aborted")
+    took = asyncio.get_running_loop().time() - healed
+    assert took < 2, f"h4 gave up its restore {took:.1f}s after it was heard again, not at once"
     del cluster.fake["h4"].faults["restore"]
 
 
