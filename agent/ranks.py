@@ -254,6 +254,7 @@ class RestorePipe:
         self.rank = rank
         self.log_path = log_path
         self._cgroup = cgroup
+        self._discarded = False
         read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
         self.pipe_inode = os.fstat(self._write_fd).st_ino
         # Pump from the start: CRIU reopens the write end, which needs a reader present.
@@ -284,7 +285,11 @@ class RestorePipe:
 
     def discard(self) -> None:
         """The restore failed or was aborted (CRIU killed what it had restored): close both
-        ends and remove the rank's cgroup made for it."""
+        ends and remove the rank's cgroup made for it. Once: the cgroup's path is the rank's,
+        and a later restore of the same rank on this host makes it again."""
+        if self._discarded:
+            return
+        self._discarded = True
         self._close_write_end()
         self._pump.close()
         try:
