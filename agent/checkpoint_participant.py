@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.answers import Answers
 from agent.engine import CheckpointWork, HostEngine, Rank
 from crctl import failpoints
 from crctl.v1 import control_pb2
@@ -57,11 +59,8 @@ class _Participation:
     voted_yes: bool = False
     in_doubt: bool = False  # the hold ended without a decision: ranks resumed, images kept
     decided: asyncio.Event = field(default_factory=asyncio.Event)
-    # Decisions and the hold's end take turns; a repeated prepare or freeze order gets the
-    # first one's answer.
+    # Decisions and the hold's end take turns.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    readied: asyncio.Future[control_pb2.CheckpointVote | None] | None = None
-    frozen: asyncio.Future[control_pb2.CheckpointVote] | None = None
 
     def record(self) -> dict[str, object]:
         return {
@@ -103,6 +102,8 @@ class CheckpointParticipant:
         self._spawn = spawn
         self._current: dict[str, _Participation] = {}
         self._decisions: OrderedDict[str, _Decision] = OrderedDict()
+        # A repeated prepare or freeze order gets the first one's vote.
+        self._votes: Answers[tuple[str, str], control_pb2.CheckpointVote | None] = Answers()
 
     # --- what the coordinator is told ---
 
@@ -160,6 +161,7 @@ class CheckpointParticipant:
 
     def _decide(self, part: _Participation, decision: _Decision) -> None:
         self._current.pop(part.checkpoint, None)
+        self._votes.forget((part.checkpoint, "prepare"), (part.checkpoint, "freeze"))
         self._remove_record(part.checkpoint)
         self._decisions[part.checkpoint] = decision
         while len(self._decisions) > REMEMBERED_DECISIONS:
@@ -172,16 +174,19 @@ class CheckpointParticipant:
         self, order: control_pb2.PrepareCheckpoint
     ) -> control_pb2.CheckpointVote | None:
         """CRIU started for every rank here and waiting (None), or a "no" vote."""
+        return await self._votes.once(
+            (order.checkpoint, "prepare"), functools.partial(self._prepare, order)
+        )
 
+    async def _prepare(
+        self, order: control_pb2.PrepareCheckpoint
+    ) -> control_pb2.CheckpointVote | None:
         def no(reason: str, rank: int = -1) -> control_pb2.CheckpointVote:
             return control_pb2.CheckpointVote(
                 checkpoint=order.checkpoint, yes=False, reason=reason, failed_rank=rank
             )
 
-        current = self._current.get(order.checkpoint)
-        if current is not None and current.readied is not None:
-            return await asyncio.shield(current.readied)  # the same order again
-        if current is not None or order.checkpoint in self._decisions:
+        if order.checkpoint in self._current or order.checkpoint in self._decisions:
             return no(f"{order.checkpoint} was already prepared on {self._host}")
         missing = [r for r in order.ranks if (order.job, r) not in self._ranks]
         if missing:
@@ -200,18 +205,12 @@ class CheckpointParticipant:
             leave_running=order.leave_running,
             work=work,
         )
-        part.readied = asyncio.get_running_loop().create_future()
         self._write_record(part)
         self._current[order.checkpoint] = part
         # The hold deadline runs from now: a dump still going when it passes is rolled back.
         self._spawn(self._hold(part, order.hold_timeout), f"hold-{order.checkpoint}")
-        try:
-            await failpoints.reached("agent.checkpoint.readying")
-            vote = await work.ready()
-        except BaseException as exc:
-            part.readied.set_exception(exc)
-            raise
-        part.readied.set_result(vote)
+        await failpoints.reached("agent.checkpoint.readying")
+        vote = await work.ready()
         if vote is not None:
             self._decide(part, _Decision(committed=False))
         return vote
@@ -225,17 +224,18 @@ class CheckpointParticipant:
                 failed_rank=-1,
                 reason=f"{checkpoint} is not ready on {self._host} (expired or unknown)",
             )
-        if part.frozen is not None:
-            return await asyncio.shield(part.frozen)  # the same order again
-        part.frozen = asyncio.get_running_loop().create_future()
-        try:
-            await failpoints.reached("agent.checkpoint.freezing")
-            vote = await part.work.freeze_and_dump()
-        except BaseException as exc:
-            part.frozen.set_exception(exc)
-            raise
-        part.frozen.set_result(vote)
-        if vote.yes and not part.work.finished.is_set():
+        vote = await self._votes.once(
+            (checkpoint, "freeze"), functools.partial(self._freeze, part, part.work)
+        )
+        assert vote is not None  # a freeze always votes
+        return vote
+
+    async def _freeze(
+        self, part: _Participation, work: CheckpointWork
+    ) -> control_pb2.CheckpointVote:
+        await failpoints.reached("agent.checkpoint.freezing")
+        vote = await work.freeze_and_dump()
+        if vote.yes and not work.finished.is_set():
             part.voted_yes = True
             await failpoints.reached("agent.checkpoint.held")  # at post-dump, vote not sent
         elif not vote.yes:
@@ -266,7 +266,7 @@ class CheckpointParticipant:
                 for number in part.ranks:
                     self._expect_exit(part.job, number)
             await failpoints.reached("agent.checkpoint.releasing")
-            if part.in_doubt or part.work is None or part.work.finished.is_set():
+            if part.work is None or part.work.finished.is_set():  # rolled back: in doubt
                 result = self._commit_in_doubt(part)
             else:
                 result = await part.work.commit()

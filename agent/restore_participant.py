@@ -2,11 +2,12 @@
 unlock, release, abort), the hold deadline, and answers to repeated orders.
 
 A restart's steps are idempotent here: an order that arrives twice gets the first one's answer
-(awaited if it is still under way), and a restore that ended is remembered for a while with its
-outcome, so that a coordinator that restarted in the middle can ask again: ``release`` of a
-released restore answers with its ranks' PIDs; ``abort`` of a released restore kills those ranks
-(the coordinator could not finish the restart everywhere and rolls it back, the checkpoint stays
-restartable); ``abort`` of what this host never heard of has nothing to undo."""
+(awaited if it is still under way: agent.answers), and a restore that ended is remembered for a
+while with its outcome, so that a coordinator that restarted in the middle can ask again:
+``release`` of a released restore answers with its ranks' PIDs; ``abort`` of a released restore
+kills those ranks (the coordinator could not finish the restart everywhere and rolls it back,
+the checkpoint stays restartable); ``abort`` of what this host never heard of has nothing to
+undo."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.answers import Answers
 from agent.engine import HostEngine, Rank, RestoreWork
 from agent.restoring import ImagesDamaged, RankFailure
 from crctl import failpoints
@@ -56,7 +58,7 @@ class RestoreParticipant:
         self._expect_exit = expect_exit
         self._spawn = spawn
         self._active: dict[str, RestoreWork] = {}
-        self._answers: dict[tuple[str, str], asyncio.Future[control_pb2.RestoreResult]] = {}
+        self._answers: Answers[tuple[str, str], control_pb2.RestoreResult] = Answers()
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
 
     def active(self) -> list[str]:
@@ -70,34 +72,6 @@ class RestoreParticipant:
         result = self._result(restore, step)
         result.ok, result.reason = False, reason
         return result
-
-    async def _once(
-        self,
-        restore: str,
-        step: str,
-        answer: Callable[[], Awaitable[control_pb2.RestoreResult]],
-    ) -> control_pb2.RestoreResult:
-        """The answer to (restore, step), computed once; a repeated order awaits the same."""
-        key = (restore, step)
-        known = self._answers.get(key)
-        if known is not None:
-            return await asyncio.shield(known)
-        future: asyncio.Future[control_pb2.RestoreResult] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._answers[key] = future
-        try:
-            result = await answer()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a repeated order re-raises it, nobody else waits
-            raise
-        future.set_result(result)
-        return result
-
-    def _forget_answers(self, restore: str) -> None:
-        for step in STEPS:
-            self._answers.pop((restore, step), None)
 
     # --- orders ---
 
@@ -119,7 +93,7 @@ class RestoreParticipant:
             self._spawn(self._hold(work, order.hold_timeout), f"hold-{order.restore}")
             return await self._call(work, "prepare")
 
-        return await self._once(order.restore, "prepare", answer)
+        return await self._answers.once((order.restore, "prepare"), answer)
 
     async def step(self, restore: str, step: str) -> control_pb2.RestoreResult:
         if step not in STEPS[1:]:
@@ -136,7 +110,7 @@ class RestoreParticipant:
                 return self._failed(restore, step, f"restore {restore} is unknown on {self._host}")
             return await self._call(work, step)
 
-        return await self._once(restore, step, answer)
+        return await self._answers.once((restore, step), answer)
 
     def _after_end(self, restore: str, step: str, ended: _Ended) -> control_pb2.RestoreResult:
         result = self._result(restore, step)
@@ -215,7 +189,7 @@ class RestoreParticipant:
 
     def _end(self, work: RestoreWork, released: tuple[tuple[int, Rank], ...]) -> None:
         self._active.pop(work.restore_id, None)
-        self._forget_answers(work.restore_id)
+        self._answers.forget(*((work.restore_id, step) for step in STEPS))
         self._ended[work.restore_id] = _Ended(work.job, released)
         while len(self._ended) > REMEMBERED_RESTORES:
             self._ended.popitem(last=False)
