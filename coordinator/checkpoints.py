@@ -469,8 +469,13 @@ class CheckpointService:
         for run in self._running.values():
             run.agent_lost(host)
 
-    def record(self, checkpoint: str) -> CheckpointRecord | None:
-        return self._store.checkpoint(checkpoint)
+    def decision(self, checkpoint: str) -> tuple[str, bool]:
+        """(job, committed) as the durable record says; a checkpoint it does not know (or one
+        never committed) is not committed, and its job is ""."""
+        record = self._store.checkpoint(checkpoint, manifest=False)
+        if record is None:
+            return "", False
+        return record.job, record.state == "committed"
 
     def resolve(self, host: str, awaiting: Sequence[str]) -> None:
         """An agent listed checkpoints it prepared and has no decision for. Each one no run of
@@ -481,11 +486,10 @@ class CheckpointService:
         for checkpoint in awaiting:
             if checkpoint in live or (host, checkpoint) in self._delivering:
                 continue
-            record = self._store.checkpoint(checkpoint)
-            commit = record is not None and record.state == "committed"
+            job, commit = self.decision(checkpoint)
             self._delivering.add((host, checkpoint))
             task = asyncio.create_task(
-                self._deliver(host, checkpoint, commit=commit, job=record.job if record else ""),
+                self._deliver(host, checkpoint, commit=commit, job=job),
                 name=f"decision-{checkpoint}-{host}",
             )
             self._tasks.add(task)

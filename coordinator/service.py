@@ -111,8 +111,7 @@ class CoordinatorService:
         found = []
         for host, checkpoints in sorted(self._registry.awaiting().items()):
             for checkpoint in checkpoints:
-                record = self.checkpoints.record(checkpoint)
-                if record is not None and record.job == job:
-                    decided = "committed" if record.state == "committed" else "aborted"
-                    found.append((checkpoint, host, decided))
+                of, committed = self.checkpoints.decision(checkpoint)
+                if of == job:
+                    found.append((checkpoint, host, "committed" if committed else "aborted"))
         return found

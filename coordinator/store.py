@@ -423,9 +423,12 @@ class Store:
         with self._transaction() as db:
             db.execute("DELETE FROM checkpoints WHERE checkpoint = ?", (checkpoint,))
 
-    def checkpoint(self, checkpoint: str) -> CheckpointRecord | None:
+    def checkpoint(self, checkpoint: str, *, manifest: bool = True) -> CheckpointRecord | None:
+        """The checkpoint's record; without ``manifest`` it leaves the manifest out (read at
+        every heartbeat of an agent awaiting a decision: a big job's is megabytes)."""
+        columns = _CHECKPOINT_COLUMNS if manifest else _CHECKPOINT_COLUMNS_BUT_MANIFEST
         row = self._db.execute(
-            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE checkpoint = ?", (checkpoint,)
+            f"SELECT {columns} FROM checkpoints WHERE checkpoint = ?", (checkpoint,)
         ).fetchone()
         return None if row is None else _checkpoint(row)
 
