@@ -26,11 +26,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import criu
 from agent.freezer import FreezerHierarchy
 from crctl.fs import remove_tree
 from testbed import bed, procs
@@ -87,27 +88,25 @@ class Result:
     seconds: float = 0.0
 
 
-FAULTS_CHECKPOINT = (
+# Faults struck at every phase of a checkpoint and of a restart.
+STRUCK_FAULTS = (
     "coordinator SIGKILL",
     "agent SIGKILL",
     "agent SIGSTOP past deadline",
 )
-FAULTS_RESTART = FAULTS_CHECKPOINT
 
 
 def cells() -> list[Cell]:
     """Every cell of the matrix on the real testbed, in order."""
     found = [
-        Cell(fault, phase, "checkpoint")
-        for fault in FAULTS_CHECKPOINT
-        for phase in CHECKPOINT_PHASES
+        Cell(fault, phase, "checkpoint") for fault in STRUCK_FAULTS for phase in CHECKPOINT_PHASES
     ]
     found += [
         Cell("CRIU dies mid-dump (CRIU_FAULT=1)", "dumping", "checkpoint"),
         Cell("CRIU fails the dump (CRIU_FAULT=3)", "dumping", "checkpoint"),
         Cell("checkpoint store full", "dumping", "checkpoint"),
     ]
-    found += [Cell(fault, phase, "restart") for fault in FAULTS_RESTART for phase in RESTART_PHASES]
+    found += [Cell(fault, phase, "restart") for fault in STRUCK_FAULTS for phase in RESTART_PHASES]
     found += [
         Cell("CRIU post-restore fails (CRIU_FAULT=6)", "restore", "restart"),
         Cell("image corrupted after commit", "prepare", "restart"),
@@ -278,20 +277,12 @@ def clear(testbed: Bed) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _criu_processes() -> list[tuple[int, list[str]]]:
+    return [(pid, argv) for pid, argv in criu.command_lines() if Path(argv[0]).name == "criu"]
+
+
 def _entries(folder: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
-
-
-def _criu_processes() -> Iterator[tuple[int, list[str]]]:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if argv and Path(argv[0]).name == "criu":
-            yield int(entry.name), argv
 
 
 # --- one cell ---
@@ -445,33 +436,24 @@ class Run:
         first = crctl("checkpoint", self.job, "--leave-running", "--json")
         if first.returncode != 0:
             raise AssertionError(f"the first checkpoint failed: {first.stderr}")
-        fault = self.cell.fault
         store_mount: Path | None = None
-        if fault.startswith("CRIU"):
-            code = fault.split("CRIU_FAULT=")[1].rstrip(")")
-            self.bed.arm("agent-h2", "criu.fault", code)
-        elif fault == "checkpoint store full":
+        if self.cell.fault == "checkpoint store full":
             store_mount = self.bed.directory / "checkpoints" / self.job
             subprocess.run(
                 ["mount", "-t", "tmpfs", "-o", "size=1m", "crctl-full", str(store_mount)],
                 check=True,
             )
-        since = {d: self.bed.log_size(d) for d in self._daemons()}
-        watch = None
-        if fault in FAULTS_CHECKPOINT:
-            watch = self.arm_phase(_AGENT_CHECKPOINT_POINT, "agent-h2", "agent-h1")
-        cli = background("checkpoint", self.job, "--json", "--timeout", str(PREPARE_TIMEOUT))
         try:
-            if watch is not None:
-                daemon, point = watch
-                self.strike(daemon, point, "agent-h2", since[daemon], PREPARE_TIMEOUT)
-            _, err = cli.communicate(timeout=120)
+            self._struck(
+                ["checkpoint", self.job, "--json", "--timeout", str(PREPARE_TIMEOUT)],
+                _AGENT_CHECKPOINT_POINT,
+                victim="agent-h2",
+                waiter="agent-h1",
+                deadline=PREPARE_TIMEOUT,
+            )
         finally:
             if store_mount is not None:
                 subprocess.run(["umount", "-l", str(store_mount)], check=False)
-            if cli.poll() is None:
-                cli.kill()
-        self.notes.append(f"crctl checkpoint exited {cli.returncode}: {err.strip()[:200]}")
         return "checkpoint"
 
     def _restart_cell(self) -> str:
@@ -479,31 +461,47 @@ class Run:
         stopped = crctl("checkpoint", self.job, "--json")
         if first.returncode != 0 or stopped.returncode != 0:
             raise AssertionError(f"the checkpoints before the restart failed: {stopped.stderr}")
-        checkpoint = json.loads(stopped.stdout)["checkpoint"]
-        fault = self.cell.fault
-        if fault.startswith("CRIU"):
-            code = fault.split("CRIU_FAULT=")[1].rstrip(")")
-            self.bed.arm("agent-h5", "criu.fault", code)
-        elif fault.startswith("image"):
-            self._damage(checkpoint, truncate=fault.startswith("image truncated"))
+        if self.cell.fault.startswith("image"):
+            checkpoint = json.loads(stopped.stdout)["checkpoint"]
+            self._damage(checkpoint, truncate=self.cell.fault.startswith("image truncated"))
+        # h2's rank goes to h5: that agent is struck; h4 waits for a coordinator kill
+        self._struck(
+            ["restart", self.job, "--map", MOVE, "--timeout", str(STEP_TIMEOUT), "--json"],
+            _AGENT_RESTORE_POINT,
+            victim="agent-h5",
+            waiter="agent-h4",
+            deadline=STEP_TIMEOUT,
+        )
+        return "restart"
+
+    def _struck(
+        self,
+        command: list[str],
+        points: dict[str, str],
+        *,
+        victim: str,
+        waiter: str,
+        deadline: float,
+    ) -> None:
+        """Run ``crctl COMMAND`` with the cell's fault: CRIU's own fault injection on the
+        victim's host, or a fault struck at the cell's phase (see :meth:`arm_phase`)."""
+        if "CRIU_FAULT=" in self.cell.fault:
+            code = self.cell.fault.split("CRIU_FAULT=")[1].rstrip(")")
+            self.bed.arm(victim, "criu.fault", code)
         since = {d: self.bed.log_size(d) for d in self._daemons()}
         watch = None
-        if fault in FAULTS_RESTART:
-            # h2's rank goes to h5: that agent is struck; h4 waits for a coordinator kill
-            watch = self.arm_phase(_AGENT_RESTORE_POINT, "agent-h5", "agent-h4")
-        cli = background(
-            "restart", self.job, "--map", MOVE, "--timeout", str(STEP_TIMEOUT), "--json"
-        )
+        if self.cell.fault in STRUCK_FAULTS:
+            watch = self.arm_phase(points, victim, waiter)
+        cli = background(*command)
         try:
             if watch is not None:
                 daemon, point = watch
-                self.strike(daemon, point, "agent-h5", since[daemon], STEP_TIMEOUT)
+                self.strike(daemon, point, victim, since[daemon], deadline)
             _, err = cli.communicate(timeout=180)
         finally:
             if cli.poll() is None:
                 cli.kill()
-        self.notes.append(f"crctl restart exited {cli.returncode}: {err.strip()[:200]}")
-        return "restart"
+        self.notes.append(f"crctl {command[0]} exited {cli.returncode}: {err.strip()[:200]}")
 
     def _damage(self, checkpoint: str, *, truncate: bool) -> None:
         record = next(c for c in self.checkpoints() if c["checkpoint"] == checkpoint)

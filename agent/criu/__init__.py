@@ -35,6 +35,7 @@ Only ``agent.images`` besides this package imports pycriu."""
 from agent.criu._lazy_pages import (
     LAZY_PAGES_LOG,
     LazyPages,
+    command_lines,
     kill_outlived,
     outlived,
     running_daemons,
@@ -58,6 +59,7 @@ __all__ = [
     "NetworkLock",
     "RestoreResult",
     "RestoreSpec",
+    "command_lines",
     "criu_binary",
     "dump",
     "error_lines",

@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -140,10 +141,9 @@ async def _read_status(fd: int) -> bool:
     return os.read(fd, 1) == b"\0"
 
 
-def running_daemons(images_under: Path) -> dict[Path, int]:
-    """``criu lazy-pages`` daemons still filling memory from images under ``images_under`` (an
-    agent's restores, after that agent restarted): images folder -> PID."""
-    found: dict[Path, int] = {}
+def command_lines() -> Iterator[tuple[int, list[str]]]:
+    """(PID, argv) of every process on this machine, whatever its namespace (to find CRIU's
+    processes an earlier agent left)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -151,11 +151,19 @@ def running_daemons(images_under: Path) -> dict[Path, int]:
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
+        yield int(entry.name), argv
+
+
+def running_daemons(images_under: Path) -> dict[Path, int]:
+    """``criu lazy-pages`` daemons still filling memory from images under ``images_under`` (an
+    agent's restores, after that agent restarted): images folder -> PID."""
+    found: dict[Path, int] = {}
+    for pid, argv in command_lines():
         if argv[1:2] != ["lazy-pages"] or "--images-dir" not in argv[:-1]:
             continue
         images_dir = Path(argv[argv.index("--images-dir") + 1])
         if images_dir.is_relative_to(images_under):
-            found[images_dir] = int(entry.name)
+            found[images_dir] = pid
     return found
 
 
