@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from typing import Protocol
 
 import structlog
@@ -50,13 +51,14 @@ class Agent:
         self._link: Link = link or CoordinatorLink(
             config.control_endpoint, config.keys_dir, config.agent_key_name(), config.host
         )
-        self._info = info or agent_info(config.host)
+        self._info = info or agent_info(config.host, config.plugin_dir)
         self._orders = Orders(
             host=config.host,
             addresses=list(self._info.addresses),
             work_dir=config.agent_work_dir,
             send=self._link.send,
             engine=engine,
+            plugin_dir=config.plugin_dir,
         )
         self._interval = config.heartbeat_interval
         self._registered = False
@@ -145,7 +147,7 @@ def _warm_up() -> None:
     """Import what a checkpoint or restart needs (pycriu, the plugins) and have CRIU's kernel
     probes cached now, not on the clock of the first checkpoint or restart."""
     try:
-        load_plugins([])
+        load_plugins([], Path())
     except CrctlError as exc:
         log.error("plugins_unavailable", error=str(exc))
     try:

@@ -21,7 +21,7 @@ from agent import netlock
 from agent import ranks as rank_runtime
 from agent.checkpointing import HostCheckpoint
 from agent.freezer import FreezerHierarchy
-from agent.ranks import RankProcess, rank_log, rank_name, rank_number
+from agent.ranks import RankProcess, RunAs, rank_log, rank_name, rank_number
 from agent.restoring import HostRestore, finish_earlier_restores
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
@@ -35,6 +35,11 @@ class Rank(Protocol):
 
     @property
     def pid(self) -> int: ...
+
+    @property
+    def command_pid(self) -> int:
+        """The rank's command (its owner's process), as reported to people."""
+        ...
 
     @property
     def exited(self) -> bool: ...
@@ -81,7 +86,7 @@ class RestoreWork(Protocol):
 
 class HostEngine(Protocol):
     async def launch(
-        self, job: str, rank: int, argv: Sequence[str], env: Mapping[str, str]
+        self, job: str, rank: int, argv: Sequence[str], env: Mapping[str, str], run_as: RunAs
     ) -> Rank: ...
 
     def running_ranks(self) -> list[tuple[str, int, Rank]]:
@@ -119,8 +124,9 @@ def _process(rank: Rank) -> RankProcess:
 class CriuEngine:
     """The real host: ranks as PID-namespace inits in freezer cgroups, CRIU dumps and restores."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, plugin_dir: Path) -> None:
         self._work_dir = work_dir
+        self._plugin_dir = plugin_dir
         self._freezer: FreezerHierarchy | None = None
 
     def freezer(self) -> FreezerHierarchy:
@@ -129,7 +135,7 @@ class CriuEngine:
         return self._freezer
 
     async def launch(
-        self, job: str, rank: int, argv: Sequence[str], env: Mapping[str, str]
+        self, job: str, rank: int, argv: Sequence[str], env: Mapping[str, str], run_as: RunAs
     ) -> RankProcess:
         # Each rank gets a working directory of its own: CRIU's parasite mounts a private /proc
         # at a path relative to the task's cwd, so ranks sharing a cwd on one filesystem (the
@@ -144,6 +150,7 @@ class CriuEngine:
             log_path=rank_log(self._work_dir, job, rank),
             env=dict(env) or None,
             freezer=self.freezer(),
+            run_as=run_as,
         )
 
     def running_ranks(self) -> list[tuple[str, int, Rank]]:
@@ -206,7 +213,9 @@ class CriuEngine:
         )
 
     def restore(self, order: control_pb2.PrepareRestore, *, host: str) -> HostRestore:
-        return HostRestore(order=order, host=host, work_dir=self._work_dir)
+        return HostRestore(
+            order=order, host=host, work_dir=self._work_dir, plugin_dir=self._plugin_dir
+        )
 
     def remove_images(self, images_dir: Path, ranks: Sequence[int]) -> None:
         for number in ranks:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
+from agent.plugin_runner import plugin_modules
 from crctl import __version__
 from crctl.doctor import criu_version, run_checks
+from crctl.plugins import PLUGIN_CAPABILITY
 from crctl.v1 import control_pb2
 
 
@@ -26,12 +29,17 @@ def host_addresses() -> list[str]:
     return addresses
 
 
-def agent_info(host: str) -> control_pb2.AgentInfo:
+def agent_info(host: str, plugin_dir: Path) -> control_pb2.AgentInfo:
+    """Capabilities: the host checks that passed, and ``plugin:<module>`` for each module in
+    ``plugin_dir`` (the plugins a restart may name here)."""
     return control_pb2.AgentInfo(
         host=host,
         addresses=host_addresses(),
         criu_version=criu_version(),
-        capabilities=[check.name for check in run_checks() if check.ok],
+        capabilities=[
+            *(check.name for check in run_checks() if check.ok),
+            *(PLUGIN_CAPABILITY + module for module in plugin_modules(plugin_dir)),
+        ],
         agent_version=__version__,
         pid=os.getpid(),
     )

@@ -15,6 +15,7 @@ import structlog
 
 from agent.checkpoint_participant import CheckpointParticipant
 from agent.engine import CriuEngine, HostEngine, Rank
+from agent.owners import rank_environment, run_as_owner
 from agent.restore_participant import RestoreParticipant
 from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
@@ -33,10 +34,11 @@ class Orders:
         work_dir: Path,
         send: Send,
         engine: HostEngine | None = None,
+        plugin_dir: Path = Path("/etc/crctl/plugins"),
     ) -> None:
         self._host = host
         self._send = send
-        self._engine: HostEngine = engine or CriuEngine(work_dir)
+        self._engine: HostEngine = engine or CriuEngine(work_dir, plugin_dir)
         self.ranks: dict[tuple[str, int], Rank] = {}
         self._expected_exits: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,9 +122,11 @@ class Orders:
             return control_pb2.RankLaunched(
                 job=order.job, rank=order.rank, error=f"rank {order.rank} already runs here"
             )
-        process = await self._engine.launch(order.job, order.rank, order.argv, order.env)
+        run_as = run_as_owner(order, self._host)
+        env = rank_environment(order, run_as)
+        process = await self._engine.launch(order.job, order.rank, order.argv, env, run_as)
         self.adopt(order.job, order.rank, process)
-        return control_pb2.RankLaunched(job=order.job, rank=order.rank, pid=process.pid)
+        return control_pb2.RankLaunched(job=order.job, rank=order.rank, pid=process.command_pid)
 
     def recover(self) -> None:
         """After an agent restart: adopt the ranks of this host that still run, and take up the
@@ -138,7 +142,7 @@ class Orders:
 
     def running(self) -> list[control_pb2.RankRef]:
         return [
-            control_pb2.RankRef(job=job, rank=rank, pid=process.pid)
+            control_pb2.RankRef(job=job, rank=rank, pid=process.command_pid)
             for (job, rank), process in sorted(self.ranks.items())
             if not process.exited
         ]

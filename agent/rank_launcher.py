@@ -2,47 +2,128 @@
 (``python -I -S rank_launcher.py ...``), never imported by the agent: it uses the standard
 library only and must start fast.
 
-    rank_launcher.py --cgroup-procs FILE --cwd DIR --stdout-fd N -- COMMAND [ARG]...
+    rank_launcher.py --cgroup-procs FILE --init-cwd DIR --cwd DIR --umask OCTAL
+                     --user UID:GID:GROUPS --stdout-fd N -- COMMAND [ARG]...
 
-The launcher unshares its PID namespace and forks; the child becomes PID 1 of the new namespace,
-makes itself a session leader (``setsid``), joins the rank's freezer cgroup (writing ``0`` to
-``cgroup.procs``: "myself", whatever the PID namespace), switches to ``--cwd``, takes stdin from
-/dev/null and stdout/stderr from fd N, restores default signal dispositions and execs COMMAND.
-The launcher waits for that exec (a close-on-exec pipe tells it apart from a failure), prints the
-child's PID (in the launcher's namespace) on stdout and exits: the child is then adopted by the
-nearest child subreaper, the agent. No parent-death signal is set: a restored task would receive
-it when CRIU exits (FINDINGS 13)."""
+The launcher unshares its PID namespace and forks; the child becomes PID 1 of the new
+namespace, makes itself a session leader (``setsid``), joins the rank's freezer cgroup (writing
+``0`` to ``cgroup.procs``: "myself", whatever the PID namespace), takes stdin from /dev/null and
+stdout/stderr from fd N, sets the umask, restores default signal dispositions, and execs
+``tini`` in ``--init-cwd`` (a directory of the rank's own). tini, staying root, runs COMMAND as
+its only child with the owner's credentials (``setpriv``: uid, gid, supplementary groups, no
+capabilities) in ``--cwd`` (``env --chdir``), reaps orphans, passes signals on and exits with
+COMMAND's status.
+
+Why a root init: CRIU's parasite in a dump's root task mounts a /proc of the task's PID
+namespace, which an unprivileged task may not do; and it does so in that task's working
+directory, which two ranks sharing a working directory would then race for.
+
+Before the exec, a throwaway child with the owner's credentials checks that the owner may enter
+``--cwd`` and can find COMMAND, so those refusals reach the caller. The launcher waits for the
+exec (a close-on-exec pipe tells it apart from a failure), prints the init's PID (in the
+launcher's namespace) on stdout and exits: the init is then adopted by the nearest child
+subreaper, the agent. No parent-death signal is set: a restored task would receive it when CRIU
+exits (FINDINGS 13)."""
 
 from __future__ import annotations
 
 import ctypes
 import json
 import os
+import shutil
 import signal
 import sys
 
 CLONE_NEWPID = 0x20000000
+TINI = "/usr/bin/tini"
+SETPRIV = "/usr/bin/setpriv"
+ENV = "/usr/bin/env"
+_OPTIONS = {"--cgroup-procs", "--init-cwd", "--cwd", "--umask", "--user", "--stdout-fd"}
+_USAGE = "usage: rank_launcher.py " + " ".join(f"{o} X" for o in sorted(_OPTIONS)) + " -- CMD"
 
 
-def _parse(argv: list[str]) -> tuple[str, str, int, list[str]]:
+class Owner:
+    def __init__(self, spec: str) -> None:
+        uid, gid, groups = spec.split(":")
+        self.uid = int(uid)
+        self.gid = int(gid)
+        self.groups = [int(g) for g in groups.split(",") if g]
+
+    def become(self) -> None:
+        os.setgroups(self.groups)
+        os.setresgid(self.gid, self.gid, self.gid)
+        os.setresuid(self.uid, self.uid, self.uid)
+
+    def setpriv(self) -> list[str]:
+        """The argv prefix that runs a command with these credentials and no capabilities."""
+        if self.uid == 0:
+            return []
+        groups = ["--groups", ",".join(map(str, self.groups))] if self.groups else []
+        return [
+            SETPRIV,
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            *(groups or ["--clear-groups"]),
+            "--inh-caps=-all",
+            "--",
+        ]
+
+
+def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     if "--" not in argv:
-        raise SystemExit("usage: rank_launcher.py --cgroup-procs F --cwd D --stdout-fd N -- CMD")
+        raise SystemExit(_USAGE)
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1 :]
     values = dict(zip(options[::2], options[1::2], strict=False))
-    if not command or set(values) != {"--cgroup-procs", "--cwd", "--stdout-fd"}:
-        raise SystemExit("usage: rank_launcher.py --cgroup-procs F --cwd D --stdout-fd N -- CMD")
-    return values["--cgroup-procs"], values["--cwd"], int(values["--stdout-fd"]), command
+    if not command or set(values) != _OPTIONS:
+        raise SystemExit(_USAGE)
+    return values, command
 
 
-def _become_rank(cgroup_procs: str, cwd: str, stdout_fd: int, command: list[str]) -> None:
+def _check_as_owner(owner: Owner, cwd: str, command: list[str]) -> str:
+    """Whether the owner may enter ``cwd`` and run ``command`` there: "" or the reason."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        reason = ""
+        try:
+            owner.become()
+            os.chdir(cwd)
+            program = command[0]
+            if "/" in program:
+                found = program if os.access(program, os.X_OK) else None
+            else:
+                found = shutil.which(program, path=os.environ.get("PATH", os.defpath))
+            if found is None or os.path.isdir(found):
+                reason = f"{program}: command not found or not executable (as uid {owner.uid})"
+        except OSError as exc:
+            reason = f"uid {owner.uid} cannot use {cwd!r} as its working directory: {exc.strerror}"
+        os.write(write_fd, reason.encode())
+        os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 4096):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _become_rank(values: dict[str, str], command: list[str]) -> None:
     os.setsid()
-    fd = os.open(cgroup_procs, os.O_WRONLY)
+    fd = os.open(values["--cgroup-procs"], os.O_WRONLY)
     try:
         os.write(fd, b"0\n")
     finally:
         os.close(fd)
-    os.chdir(cwd)
+    owner = Owner(values["--user"])
+    os.umask(int(values["--umask"], 8))
+    reason = _check_as_owner(owner, values["--cwd"], command)
+    if reason:
+        raise PermissionError(reason)
+    os.chdir(values["--init-cwd"])
+    stdout_fd = int(values["--stdout-fd"])
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(stdout_fd, 1)
@@ -52,11 +133,12 @@ def _become_rank(cgroup_procs: str, cwd: str, stdout_fd: int, command: list[str]
     # Python ignores SIGPIPE (and SIGXFSZ); an ignored disposition survives exec.
     for signum in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(signum, signal.SIG_DFL)
-    os.execvp(command[0], command)
+    init = [TINI, "--", *owner.setpriv(), ENV, f"--chdir={values['--cwd']}", "--", *command]
+    os.execv(TINI, init)
 
 
 def main(argv: list[str]) -> int:
-    cgroup_procs, cwd, stdout_fd, command = _parse(argv)
+    values, command = _parse(argv)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWPID) != 0:
         err = ctypes.get_errno()
@@ -67,9 +149,12 @@ def main(argv: list[str]) -> int:
     if pid == 0:
         os.close(report_r)
         try:
-            _become_rank(cgroup_procs, cwd, stdout_fd, command)
+            _become_rank(values, command)
         except BaseException as exc:
-            os.write(report_w, f"{type(exc).__name__}: {exc}".encode())
+            message = (
+                str(exc) if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}"
+            )
+            os.write(report_w, message.encode())
         os._exit(127)
     os.close(report_w)
     chunks = []

@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -95,6 +96,12 @@ class RankProcess:
         """The rank's root (its PID-namespace init), as a PID of the agent's namespace."""
         return self._process.pid
 
+    @property
+    def command_pid(self) -> int:
+        """The rank's command (the init's child, running as the owner); the init's PID once
+        the command is gone."""
+        return command_pid(self.pid)
+
     async def memory_complete(self) -> bool:
         """Wait until the rank has all its memory (a dump before would miss pages); False if it
         never will."""
@@ -155,8 +162,48 @@ class RankProcess:
         self._process.close()
 
 
+def command_pid(init: int) -> int:
+    """The first child of a rank's init (its command), else the init itself."""
+    try:
+        children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
+    except OSError:
+        return init
+    return int(children[0]) if children else init
+
+
+async def _command_started(init: int, wait: float = 2.0) -> None:
+    """Wait (briefly) until the init has forked the command, so its PID can be reported."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while command_pid(init) == init and loop.time() < deadline:
+        if not Path(f"/proc/{init}").exists():
+            return
+        await asyncio.sleep(0.001)
+
+
 def _nsenter(netns: Path | None) -> list[str]:
     return ["nsenter", f"--net={netns}", "--"] if netns is not None else []
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """Whom a rank's command runs as, where, with which umask."""
+
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    cwd: Path | None = None  # None: the rank's own directory (work_dir)
+    umask: int = 0o022
+
+    def launcher_args(self, work_dir: Path) -> list[str]:
+        return [
+            "--user",
+            f"{self.uid}:{self.gid}:{','.join(map(str, self.groups))}",
+            "--cwd",
+            str(self.cwd or work_dir),
+            "--umask",
+            f"{self.umask:o}",
+        ]
 
 
 async def launch(
@@ -169,11 +216,14 @@ async def launch(
     env: Mapping[str, str] | None = None,
     netns: Path | None = None,
     freezer: FreezerHierarchy | None = None,
+    run_as: RunAs | None = None,
 ) -> RankProcess:
-    """Start ``argv`` as rank ``rank`` of ``job`` with ``work_dir`` as its working directory.
+    """Start ``argv`` as rank ``rank`` of ``job``, its init in ``work_dir`` (the rank's own).
 
-    ``log_path`` defaults to ``work_dir/<rank>.log``; ``env`` defaults to the agent's; ``netns``
-    runs the rank in that network namespace (None: the agent's own)."""
+    ``run_as`` says whose credentials, which working directory and umask the command gets
+    (default: root, in ``work_dir``). ``log_path`` defaults to ``work_dir/<rank>.log``; ``env``
+    defaults to the agent's; ``netns`` runs the rank in that network namespace (None: the
+    agent's own)."""
     if not argv:
         raise ValueError("a rank needs a command")
     ensure_orphan_reaper()
@@ -191,8 +241,9 @@ async def launch(
         str(LAUNCHER),
         "--cgroup-procs",
         str(cgroup.procs_file),
-        "--cwd",
+        "--init-cwd",
         str(work_dir),
+        *(run_as or RunAs()).launcher_args(work_dir),
         "--stdout-fd",
         str(write_fd),
         "--",
@@ -229,6 +280,7 @@ async def launch(
         raise CrctlError(
             f"rank {rank} of job {job} (pid {pid}) vanished at launch", job=job, phase="launch"
         ) from None
+    await _command_started(pid)
     log.info(
         "rank_launched", job=job, rank=rank, pid=pid, log=str(log_path), cgroup=str(cgroup.path)
     )

@@ -21,6 +21,7 @@ import structlog
 
 from agent.answers import Answers
 from agent.engine import HostEngine, Rank, RestoreWork
+from agent.owners import require_user
 from agent.restoring import ImagesDamaged, RankFailure
 from crctl import failpoints
 from crctl.errors import CrctlError
@@ -88,6 +89,10 @@ class RestoreParticipant:
                 )
                 result.failed_rank = clash[0]
                 return result
+            try:
+                require_user(order.owner_uid, order.owner, job=order.job, host=self._host)
+            except CrctlError as exc:
+                return self._failed(order.restore, "prepare", exc.message)
             work = self._engine.restore(order, host=self._host)
             self._active[order.restore] = work
             self._spawn(self._hold(work, order.hold_timeout), f"hold-{order.restore}")
@@ -116,7 +121,7 @@ class RestoreParticipant:
         result = self._result(restore, step)
         if step == "release" and ended.released:
             for rank, process in ended.released:
-                result.pids.add(rank=rank, pid=process.pid)
+                result.pids.add(rank=rank, pid=process.command_pid)
             return result
         if step == "abort":
             if ended.released:
@@ -166,7 +171,7 @@ class RestoreParticipant:
                 released = tuple(await work.release())
                 for rank, process in released:
                     self._adopt(work.job, rank, process)
-                    result.pids.add(rank=rank, pid=process.pid)
+                    result.pids.add(rank=rank, pid=process.command_pid)
                 self._end(work, released)
             else:  # abort
                 self._end(work, ())

@@ -88,6 +88,7 @@ class HostRestore:
     order: control_pb2.PrepareRestore
     host: str
     work_dir: Path
+    plugin_dir: Path = Path("/etc/crctl/plugins")
     ranks: list[RankRestore] = field(default_factory=list)
     plugins: list[RestartPlugin] = field(default_factory=list)
     locked: bool = False
@@ -130,7 +131,7 @@ class HostRestore:
         ordered, only once every image matched."""
         started = time.monotonic()
         self._go_on()
-        self.plugins = load_plugins(list(self.order.plugins))
+        self.plugins = load_plugins(list(self.order.plugins), self.plugin_dir)
         checkpoint_dir = Path(self.order.checkpoint_dir)
         self._peer_folders = self._peer_dirs(checkpoint_dir)
         await self._verify(checkpoint_dir, pages=False)

@@ -198,12 +198,12 @@ class Bench:
     def make_keys(self, count: int) -> None:
         keys.init_keys(self._keys_dir, simagents.host_names(count))
 
-    def _coordinator(self, n: int, grpc_address: str, endpoint: str) -> subprocess.Popen[bytes]:
+    def _coordinator(self, n: int, api_socket: Path, endpoint: str) -> subprocess.Popen[bytes]:
         folder = self._scratch / f"coordinator-{n}"
         folder.mkdir()
         config = folder / "crctl.toml"
         settings = {
-            "grpc_address": grpc_address,
+            "api_socket": api_socket,
             "control_endpoint": endpoint,
             "state_db": folder / "state.db",
             "checkpoint_dir": folder / "checkpoints",
@@ -308,9 +308,10 @@ class Bench:
             return _Round(wall, outcome.duration_seconds, ready), conflicts
 
     def measure(self, n: int, *, profile: Path | None) -> Result:
-        grpc_address = f"127.0.0.1:{free_port()}"
+        api_socket = self._scratch / f"api-{n}.sock"
+        grpc_address = f"unix:{api_socket}"
         endpoint = f"tcp://127.0.0.1:{free_port()}"
-        coordinator = self._coordinator(n, grpc_address, endpoint)
+        coordinator = self._coordinator(n, api_socket, endpoint)
         workers = self._workers(n, endpoint)
         pid = coordinator.pid
         with (

@@ -48,8 +48,8 @@ from testbed import bed, netns
 from testbed.ringjob import launch_ring
 
 
-def crctl_api(grpc_address: str, job: str) -> tuple[float, float]:
-    with CoordinatorClient(grpc_address) as client:
+def crctl_api(api_address: str, job: str) -> tuple[float, float]:
+    with CoordinatorClient(api_address) as client:
         started = time.perf_counter()
         outcome = None
         for event in client.checkpoint(
@@ -144,15 +144,15 @@ def measure(state: bed.State, scratch: Path, row: Row) -> Row:
     job = f"bench-{row.ranks}x{row.memory_mib}"
     ring = launch_ring(state, job, hosts, memory_mib=row.memory_mib)
     ring.wait_for_tokens(10, timeout=120)
-    with CoordinatorClient(state.grpc_address) as client:
+    with CoordinatorClient(state.api_address) as client:
         pids = {r.host: r.pid for r in client.job(job).ranks}
-    crctl_api(state.grpc_address, job)  # warm-up: first dumps page in CRIU itself
+    crctl_api(state.api_address, job)  # warm-up: first dumps page in CRIU itself
     plain_dump(state, pids, scratch)
     ring.wait_for_progress(tokens=5, timeout=30)
 
     def crctl() -> None:
         since = time.time()
-        wall, held = crctl_api(state.grpc_address, job)
+        wall, held = crctl_api(state.api_address, job)
         ring.wait_for_progress(tokens=5, timeout=30)
         row.api.append(wall)
         row.frozen.append(held)
@@ -174,7 +174,7 @@ def measure(state: bed.State, scratch: Path, row: Row) -> Row:
         ring.wait_for_progress(tokens=5, timeout=30)
     if ring.errors():
         raise SystemExit(f"the ring recorded errors: {ring.errors()}")
-    with CoordinatorClient(state.grpc_address) as client:
+    with CoordinatorClient(state.api_address) as client:
         client.kill(job)
     for old in scratch.iterdir():
         shutil.rmtree(old)

@@ -177,7 +177,7 @@ def main() -> int:
             ring.wait_for_progress(tokens=10, timeout=30)
             return measured
 
-        with CoordinatorClient(state.grpc_address) as client:
+        with CoordinatorClient(state.api_address) as client:
             for _ in range(args.repeat):
                 outcome = checkpoint(client, "bench")
                 manifest_dir = Path(client.checkpoints("bench")[0].directory)

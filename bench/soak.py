@@ -92,7 +92,7 @@ def main() -> int:
         start_memory = memory(state)
         stalls: list[float] = []
         restarts: list[float] = []
-        with CoordinatorClient(state.grpc_address, timeout=120) as client:
+        with CoordinatorClient(state.api_address, timeout=120) as client:
             for cycle in range(1, args.cycles + 1):
                 leave_running = cycle % 2 == 1
                 here, there = sets[(cycle - 1) % 2], sets[cycle % 2]

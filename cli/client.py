@@ -37,7 +37,7 @@ class CoordinatorClient:
         if code == grpc.StatusCode.UNAVAILABLE and not from_coordinator:
             return UnavailableError(
                 f"coordinator unreachable at {self.address} ({details}); "
-                "is `crctl coordinator` running? (set --grpc-address or CRCTL_GRPC_ADDRESS)"
+                "is `crctl coordinator` running? (set --api-address or CRCTL_API_ADDRESS)"
             )
         return error_for(code, details)
 
@@ -54,11 +54,21 @@ class CoordinatorClient:
         return list(reply.agents)
 
     def launch(
-        self, job: str, host: str, rank: int, argv: Sequence[str], env: Mapping[str, str]
+        self,
+        job: str,
+        host: str,
+        rank: int,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: str = "",
+        umask: int | None = None,
     ) -> coordinator_pb2.LaunchResponse:
         request = coordinator_pb2.LaunchRequest(
-            job=job, host=host, rank=rank, argv=list(argv), env=dict(env)
+            job=job, host=host, rank=rank, argv=list(argv), env=dict(env), cwd=cwd
         )
+        if umask is not None:
+            request.umask = umask
         return self._call(self._stub.Launch, request)
 
     def jobs(self) -> list[coordinator_pb2.Job]:

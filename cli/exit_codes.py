@@ -9,7 +9,9 @@ from crctl.errors import (
     ConflictError,
     CrctlError,
     NotFoundError,
+    PermissionDeniedError,
     PrerequisiteError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -23,6 +25,8 @@ class ExitCode(IntEnum):
     CONFLICT = 5  # refused: something else is under way
     PREREQUISITE = 6  # the host lacks something crctl needs (see `crctl doctor`)
     ABORTED = 7  # the checkpoint was aborted: the job runs on, the previous checkpoint is latest
+    PERMISSION_DENIED = 8  # not yours: another user's job, or a plugin the admin did not install
+    UNAUTHENTICATED = 9  # the coordinator could not tell who you are (no or bad credentials)
 
 
 _BY_ERROR: tuple[tuple[type[CrctlError], ExitCode], ...] = (
@@ -31,6 +35,8 @@ _BY_ERROR: tuple[tuple[type[CrctlError], ExitCode], ...] = (
     (NotFoundError, ExitCode.NOT_FOUND),
     (ConflictError, ExitCode.CONFLICT),
     (PrerequisiteError, ExitCode.PREREQUISITE),
+    (PermissionDeniedError, ExitCode.PERMISSION_DENIED),
+    (UnauthenticatedError, ExitCode.UNAUTHENTICATED),
 )
 
 

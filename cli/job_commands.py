@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from cli import render
 from cli.arguments import between, key_value
@@ -22,13 +23,23 @@ def cmd_launch(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError(
             "give the rank's command after --, e.g. crctl launch --job J --host h1 -- CMD"
         )
-    with CoordinatorClient(config.grpc_address, timeout=60) as client:
-        reply = client.launch(args.job, args.host, args.rank, argv, dict(args.env))
+    env = {**os.environ, **dict(args.env)}
+    cwd = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
+    with CoordinatorClient(config.client_address(), timeout=60) as client:
+        reply = client.launch(
+            args.job, args.host, args.rank, argv, env, cwd=cwd, umask=current_umask()
+        )
     if args.json:
         render.print_json(render.to_dict(reply))
     else:
         print(f"launched {reply.job} rank {reply.rank} on {reply.host} (pid {reply.pid})")
     return ExitCode.OK
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _rank_status(rank: coordinator_pb2.Rank) -> str:
@@ -38,7 +49,7 @@ def _rank_status(rank: coordinator_pb2.Rank) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.grpc_address) as client:
+    with CoordinatorClient(config.client_address()) as client:
         jobs = client.jobs()
     if args.json:
         render.print_json([render.to_dict(j) for j in jobs])
@@ -73,7 +84,7 @@ def _print_job(job: coordinator_pb2.Job) -> None:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.grpc_address) as client:
+    with CoordinatorClient(config.client_address()) as client:
         job = client.job(args.job)
     if args.json:
         render.print_json(render.to_dict(job))
@@ -83,7 +94,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_kill(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.grpc_address, timeout=60) as client:
+    with CoordinatorClient(config.client_address(), timeout=60) as client:
         job = client.kill(args.job)
     if args.json:
         render.print_json(render.to_dict(job))
@@ -108,7 +119,12 @@ def register(add: render.AddCommand) -> None:
         type=key_value,
         default=[],
         metavar="NAME=VALUE",
-        help="environment variable for the rank (repeatable)",
+        help="an environment variable for the rank, besides yours (repeatable)",
+    )
+    p.add_argument(
+        "--cwd",
+        metavar="DIR",
+        help="the rank's working directory, as on its host (default: the current directory)",
     )
     p.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the rank's command"

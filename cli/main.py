@@ -26,7 +26,7 @@ _STATE_NAMES = {
 }
 
 
-CLIENT_KEYS = ("grpc_address", "log_format", "log_level")
+CLIENT_KEYS = ("api_socket", "api_address", "log_format", "log_level")
 
 
 def _config_flags(keys: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -115,7 +115,7 @@ def _age(seconds: float) -> str:
 
 
 def cmd_agents(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.grpc_address) as client:
+    with CoordinatorClient(config.client_address()) as client:
         agents = client.list_agents()
     if args.json:
         render.print_json([{**render.to_dict(a), "state": _STATE_NAMES[a.state]} for a in agents])
@@ -149,7 +149,7 @@ def cmd_testbed_up(args: argparse.Namespace, config: Config) -> int:
     from testbed import bed
 
     state = bed.up(args.hosts, args.dir)
-    print(f"testbed up: {len(state.hosts)} hosts, coordinator at {state.grpc_address}")
+    print(f"testbed up: {len(state.hosts)} hosts, coordinator at {state.api_address}")
     for host in state.hosts.values():
         print(f"  {host.name}  {host.address}  (nsenter --net=/run/netns/{host.namespace})")
     return ExitCode.OK
@@ -174,7 +174,7 @@ def cmd_testbed_status(args: argparse.Namespace, config: Config) -> int:
             {
                 "up": True,
                 "directory": state.directory,
-                "grpc_address": state.grpc_address,
+                "api_address": state.api_address,
                 "control_endpoint": state.control_endpoint,
                 "hosts": {
                     h.name: {"address": h.address, "namespace": h.namespace}
@@ -184,7 +184,7 @@ def cmd_testbed_status(args: argparse.Namespace, config: Config) -> int:
             }
         )
         return ExitCode.OK
-    print(f"testbed in {state.directory}, coordinator at {state.grpc_address}")
+    print(f"testbed in {state.directory}, coordinator at {state.api_address}")
     render.print_table(
         ["daemon", "pid", "running"],
         [[name, p["pid"], "yes" if p["running"] else "no"] for name, p in processes.items()],

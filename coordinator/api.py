@@ -15,12 +15,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator import requests
+from coordinator.access import AccessPolicy, audit
+from coordinator.callers import Callers
 from coordinator.checkpoints import CheckpointRun
+from coordinator.front_door import FrontDoor
 from coordinator.registry import ALIVE, LOST
 from coordinator.service import CoordinatorService
 from coordinator.store import AgentRecord, CheckpointRecord, JobRecord
 from coordinator.verification import Verification
-from crctl.errors import CrctlError, UnavailableError
+from crctl.errors import ConfigError, CrctlError, PermissionDeniedError, UnavailableError
+from crctl.identity import Identity
 from crctl.status import ERROR_METADATA, status_for
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -65,6 +69,8 @@ def job_to_proto(record: JobRecord) -> coordinator_pb2.Job:
         state=record.state,
         latest_checkpoint=record.latest_checkpoint or "",
         created_at=_timestamp(record.created_at),
+        owner_uid=record.owner_uid,
+        owner=record.owner,
     )
     for rank in record.ranks:
         proto = job.ranks.add(
@@ -140,12 +146,33 @@ def verification_to_proto(result: Verification) -> coordinator_pb2.VerifyCheckpo
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, service: CoordinatorService) -> None:
+    """Every call is first identified (``Callers``: UNAUTHENTICATED otherwise), then authorized
+    against the job's owner (``AccessPolicy``); mutating calls are audited."""
+
+    def __init__(self, service: CoordinatorService, callers: Callers, policy: AccessPolicy) -> None:
         self._service = service
+        self._callers = callers
+        self._policy = policy
+
+    def _job(self, caller: Identity, job: str, action: str, *, mutating: bool) -> JobRecord:
+        """The job, if the caller may ``action`` it (refusals of mutating calls audited)."""
+        requests.check_job(job)
+        record = self._service.jobs.get(job)
+        try:
+            self._policy.require(caller, record, action)
+        except PermissionDeniedError as exc:
+            if mutating:
+                audit(caller, action, job, allowed=False, reason=exc.message)
+            raise
+        if mutating:
+            audit(caller, action, job, allowed=True)
+        return record
 
     async def ListAgents(
         self, request: coordinator_pb2.ListAgentsRequest, context: Context
     ) -> coordinator_pb2.ListAgentsResponse:
+        async with _domain_errors(context):
+            self._callers.identify(context)
         return coordinator_pb2.ListAgentsResponse(
             agents=[agent_to_proto(a) for a in self._service.agents()]
         )
@@ -154,9 +181,22 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.LaunchRequest, context: Context
     ) -> coordinator_pb2.LaunchResponse:
         async with _domain_errors(context):
+            caller = self._callers.identify(context)
             requests.check_launch(request)
+            existing = self._service.jobs.find(request.job)
+            if existing is not None:
+                self._job(caller, request.job, "launch a rank in", mutating=True)
+            else:
+                audit(caller, "launch", request.job, allowed=True)
             rank = await self._service.jobs.launch(
-                request.job, request.host, request.rank, list(request.argv), dict(request.env)
+                request.job,
+                request.host,
+                request.rank,
+                list(request.argv),
+                dict(request.env),
+                owner=caller,
+                cwd=request.cwd,
+                umask=request.umask if request.HasField("umask") else 0o022,
             )
         return coordinator_pb2.LaunchResponse(
             job=rank.job, rank=rank.rank, host=rank.host, pid=rank.pid
@@ -165,16 +205,22 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ListJobs(
         self, request: coordinator_pb2.ListJobsRequest, context: Context
     ) -> coordinator_pb2.ListJobsResponse:
+        async with _domain_errors(context):
+            caller = self._callers.identify(context)
         return coordinator_pb2.ListJobsResponse(
-            jobs=[job_to_proto(j) for j in self._service.jobs.jobs()]
+            jobs=[
+                job_to_proto(j)
+                for j in self._service.jobs.jobs()
+                if self._policy.may_see(caller, j)
+            ]
         )
 
     async def GetJob(
         self, request: coordinator_pb2.GetJobRequest, context: Context
     ) -> coordinator_pb2.Job:
         async with _domain_errors(context):
-            requests.check_job(request.job)
-            job = self._service.jobs.get(request.job)
+            caller = self._callers.identify(context)
+            job = self._job(caller, request.job, "see", mutating=False)
         proto = job_to_proto(job)
         for checkpoint, host, decision in self._service.awaiting_decision(job.job):
             proto.awaiting_decision.add(checkpoint=checkpoint, host=host, decision=decision)
@@ -184,7 +230,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.KillJobRequest, context: Context
     ) -> coordinator_pb2.KillJobResponse:
         async with _domain_errors(context):
-            requests.check_job(request.job)
+            caller = self._callers.identify(context)
+            self._job(caller, request.job, "kill", mutating=True)
             record = await self._service.jobs.kill(request.job)
         return coordinator_pb2.KillJobResponse(job=job_to_proto(record))
 
@@ -192,7 +239,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.CheckpointRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
         async with _domain_errors(context):
+            caller = self._callers.identify(context)
             requests.check_checkpoint(request)
+            self._job(caller, request.job, "checkpoint", mutating=True)
             started = self._service.checkpoints.start(
                 request.job,
                 leave_running=request.leave_running,
@@ -210,7 +259,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.RestartRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.RestartEvent]:
         async with _domain_errors(context):
+            caller = self._callers.identify(context)
             requests.check_restart(request)
+            self._job(caller, request.job, "restart", mutating=True)
             run = self._service.restarts.start(request)
         async for event in run.follow():
             yield event
@@ -219,8 +270,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.ListCheckpointsRequest, context: Context
     ) -> coordinator_pb2.ListCheckpointsResponse:
         async with _domain_errors(context):
-            requests.check_job(request.job)
-            job = self._service.jobs.get(request.job)
+            caller = self._callers.identify(context)
+            job = self._job(caller, request.job, "see the checkpoints of", mutating=False)
             records = self._service.checkpoints.list(request.job)
         return coordinator_pb2.ListCheckpointsResponse(
             checkpoints=[checkpoint_to_proto(r, job.latest_checkpoint) for r in records]
@@ -230,20 +281,43 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.VerifyCheckpointRequest, context: Context
     ) -> coordinator_pb2.VerifyCheckpointResponse:
         async with _domain_errors(context):
+            caller = self._callers.identify(context)
+            self._job(caller, request.job, "verify", mutating=True)
             result = await self._service.checkpoints.verify(request.job, request.checkpoint)
         return verification_to_proto(result)
 
 
-async def create_server(service: CoordinatorService, address: str) -> tuple[grpc.aio.Server, int]:
-    """Build the gRPC server (API + standard health service) bound to ``address``.
-    Returns the server (not started) and the bound port (useful with port 0)."""
+async def create_server(
+    service: CoordinatorService,
+    *,
+    front_door: FrontDoor | None,
+    policy: AccessPolicy,
+    tcp_address: str = "",
+    tls: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """Build the gRPC server (API + standard health service): on the front door's private
+    socket, and on ``tcp_address`` only with ``tls`` (mutual TLS: client certificates
+    required). Returns the server (not started) and the bound TCP port (0 without TCP)."""
+    if tcp_address and tls is None:
+        raise ConfigError(
+            f"api_tcp_address {tcp_address} needs TLS with client certificates: make them "
+            "with `crctl keys api-init` (an unauthenticated TCP API is not offered)"
+        )
     server = grpc.aio.server()
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), server)
+    servicer = CoordinatorServicer(service, Callers(front_door), policy)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise UnavailableError(f"cannot serve the gRPC API on {address}: address in use?")
+    if front_door is not None:
+        front_door.prepare()
+        if server.add_insecure_port(front_door.grpc_address) == 0:
+            raise UnavailableError(f"cannot serve the gRPC API on {front_door.grpc_address}")
+    port = 0
+    if tcp_address:
+        assert tls is not None
+        port = server.add_secure_port(tcp_address, tls)
+        if port == 0:
+            raise UnavailableError(f"cannot serve the gRPC API on {tcp_address}: address in use?")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 import structlog
 
+from coordinator.access import AccessPolicy
 from coordinator.api import create_server
 from coordinator.checkpoints import CheckpointService, CheckpointSettings
 from coordinator.control import ControlPlane, Plane
+from coordinator.front_door import FrontDoor
 from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
@@ -19,7 +23,8 @@ from coordinator.storage import CheckpointStore
 from coordinator.store import Store
 from crctl.clock import Clock, SystemClock
 from crctl.config import Config
-from crctl.errors import CrctlError
+from crctl.errors import ConfigError, CrctlError
+from crctl.identity import group_ids, user_ids
 
 log = structlog.get_logger()
 
@@ -68,6 +73,33 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
     return Coordinator(store=store, registry=registry, service=service)
 
 
+def private_dir(api_socket: Path) -> Path:
+    """The root-only directory beside the API socket where gRPC itself listens."""
+    return api_socket.parent / f".{api_socket.name}.private"
+
+
+def access_policy(config: Config) -> AccessPolicy:
+    def items(value: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+
+    try:
+        return AccessPolicy(
+            admin_uids=user_ids(items(config.admin_users)),
+            admin_gids=group_ids(items(config.admin_groups)),
+        )
+    except CrctlError as exc:
+        raise ConfigError(f"admin_users / admin_groups: {exc.message}") from None
+
+
+def tcp_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """The TCP listener's mutual-TLS credentials (keys_dir/api), if it is configured."""
+    if not config.api_tcp_address:
+        return None
+    from crctl import tls
+
+    return tls.server_credentials(config.keys_dir / "api")
+
+
 def sweep_period(config: Config) -> float:
     return min(config.heartbeat_interval, config.agent_lost_after) / 2
 
@@ -79,12 +111,21 @@ async def serve(config: Config) -> None:
     store, registry, service = coordinator.store, coordinator.registry, coordinator.service
     plane.set_handler(service.on_agent_message)
     plane.start()
-    server, port = await create_server(service, config.grpc_address)
+    door = FrontDoor(config.api_socket, private_dir(config.api_socket))
+    server, port = await create_server(
+        service,
+        front_door=door,
+        policy=access_policy(config),
+        tcp_address=config.api_tcp_address,
+        tls=tcp_credentials(config),
+    )
     await server.start()
+    await door.open()
     log.info(
         "coordinator_started",
-        grpc_address=config.grpc_address,
-        grpc_port=port,
+        api_socket=str(config.api_socket),
+        api_tcp_address=config.api_tcp_address,
+        api_tcp_port=port,
         control_endpoint=config.control_endpoint,
         state_db=str(config.state_db),
         known_agents=len(registry.agents()),
@@ -108,6 +149,7 @@ async def serve(config: Config) -> None:
     log.info("coordinator_stopping")
     for task in tasks:
         task.cancel()
+    await door.close()
     await server.stop(grace=1.0)
     plane.close()
     store.close()

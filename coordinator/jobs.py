@@ -13,6 +13,7 @@ from coordinator.registry import ALIVE, AgentRegistry
 from coordinator.store import AgentRecord, JobRecord, RankRecord, Store
 from crctl.clock import Clock
 from crctl.errors import ConfigError, ConflictError, CrctlError, NotFoundError, UnavailableError
+from crctl.identity import Identity
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
@@ -28,6 +29,17 @@ def validate_job_name(job: str) -> None:
             f"bad job name {job!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+
+
+def rank_owner(caller: Identity, existing: JobRecord | None) -> control_pb2.RankOwner:
+    """Whom a rank runs as: the caller, in a job that is the caller's (or new)."""
+    return control_pb2.RankOwner(
+        job_owner_uid=existing.owner_uid if existing is not None else caller.uid,
+        uid=caller.uid,
+        gid=caller.gid,
+        groups=list(caller.groups),
+        name=caller.name,
+    )
 
 
 class JobService:
@@ -68,12 +80,25 @@ class JobService:
             raise NotFoundError(f"unknown job {job!r}", job=job)
         return record
 
+    def find(self, job: str) -> JobRecord | None:
+        return self._store.job(job)
+
     def jobs(self) -> list[JobRecord]:
         return self._store.jobs()
 
     async def launch(
-        self, job: str, host: str, rank: int, argv: Sequence[str], env: Mapping[str, str]
+        self,
+        job: str,
+        host: str,
+        rank: int,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        owner: Identity,
+        cwd: str = "",
+        umask: int = 0o022,
     ) -> RankRecord:
+        """Launch a rank that runs as ``owner`` (the caller: a job's ranks are its owner's)."""
         validate_job_name(job)
         if not argv:
             raise ConfigError("nothing to launch: give the rank's command after --")
@@ -89,6 +114,9 @@ class JobService:
         order.launch_rank.rank = rank
         order.launch_rank.argv.extend(argv)
         order.launch_rank.env.update(env)
+        order.launch_rank.owner.CopyFrom(rank_owner(owner, existing))
+        order.launch_rank.cwd = cwd
+        order.launch_rank.umask = umask
         reply = await self._plane.request(host, order, LAUNCH_TIMEOUT)
         launched = reply.rank_launched
         if reply.WhichOneof("body") != "rank_launched" or launched.error:
@@ -97,7 +125,7 @@ class JobService:
                 f"launch of rank {rank} failed on {host}: {reason}", job=job, host=host
             )
         record = RankRecord(job, rank, host, launched.pid, "running", None, tuple(argv))
-        self._store.add_rank(record, self._clock.now())
+        self._store.add_rank(record, self._clock.now(), owner_uid=owner.uid, owner=owner.name)
         log.info("rank_launched", job=job, rank=rank, agent=host, pid=launched.pid)
         return record
 

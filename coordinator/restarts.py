@@ -34,11 +34,12 @@ from coordinator.jobs import JobService
 from coordinator.placement import Placement, connected_ranks, plan_restart
 from coordinator.progress import ProgressFeed
 from coordinator.registry import ALIVE
-from coordinator.store import CheckpointRecord, RestartRecord, Store
+from coordinator.store import AgentRecord, CheckpointRecord, RestartRecord, Store
 from crctl import failpoints
 from crctl.clock import Clock, new_id
 from crctl.doctor import LAZY_PAGES
-from crctl.errors import ConflictError, CrctlError
+from crctl.errors import ConflictError, CrctlError, PermissionDeniedError
+from crctl.plugins import PLUGIN_CAPABILITY
 from crctl.v1 import control_pb2, coordinator_pb2
 
 log = structlog.get_logger()
@@ -58,6 +59,26 @@ class StepFailure(Exception):
     images_damaged: bool = False
 
 
+def require_plugins(agent: AgentRecord, plugins: Sequence[str], job: str) -> None:
+    """Named plugins run as root in the agents: only modules the admin put in a host's
+    plugin_dir (which its agent lists as ``plugin:<module>`` capabilities) may be named."""
+    for spec in plugins:
+        module = spec.partition(":")[0]
+        if f"{PLUGIN_CAPABILITY}{module}" not in agent.capabilities:
+            offered = sorted(
+                c.removeprefix(PLUGIN_CAPABILITY)
+                for c in agent.capabilities
+                if c.startswith(PLUGIN_CAPABILITY)
+            )
+            raise PermissionDeniedError(
+                f"plugin {spec} is not one the admin installed on {agent.host} (modules in "
+                f"its plugin_dir: {', '.join(offered) or 'none'}); plugins run as root, so "
+                "only those can be named",
+                job=job,
+                host=agent.host,
+            )
+
+
 class RestartRun:
     def __init__(
         self,
@@ -72,6 +93,7 @@ class RestartRun:
         plugin_options: Mapping[str, str],
         lazy_hosts: frozenset[str],
         step_timeout: float,
+        owner: tuple[int, str],
         plane: Plane,
         store: Store,
         jobs: JobService,
@@ -87,6 +109,7 @@ class RestartRun:
         self._options = dict(plugin_options)
         self._lazy_hosts = lazy_hosts
         self._timeout = step_timeout
+        self._owner = owner
         self._plane = plane
         self._store = store
         self._jobs = jobs
@@ -138,6 +161,7 @@ class RestartRun:
         prepare.plugins.extend(self._plugins)
         prepare.plugin_options.update(self._options)
         prepare.lazy_pages = host in self._lazy_hosts
+        prepare.owner_uid, prepare.owner = self._owner
         prepare.hold_timeout = self._timeout * len(STEPS) + 10.0
         return order
 
@@ -413,7 +437,8 @@ class RestartService:
             addresses=addresses,
         )
         for host in placement.hosts:
-            self._jobs.require_alive(host, job)
+            agent = self._jobs.require_alive(host, job)
+            require_plugins(agent, request.plugins, job)
         restore = new_id("rst")
         self._jobs.claim(job, f"restart {restore}")
         self._store.begin_restart(
@@ -440,6 +465,7 @@ class RestartService:
             plugin_options=dict(request.plugin_options),
             lazy_hosts=frozenset(lazy),
             step_timeout=request.timeout_seconds or self._step_timeout,
+            owner=(record.owner_uid, record.owner),
             plane=self._plane,
             store=self._store,
             jobs=self._jobs,

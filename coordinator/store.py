@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crctl.errors import ConfigError
 
-SCHEMA_VERSION = 2  # 2: restarts
+SCHEMA_VERSION = 3  # 2: restarts; 3: job owners
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     job TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     created_at REAL NOT NULL,
-    latest_checkpoint TEXT
+    latest_checkpoint TEXT,
+    owner_uid INTEGER NOT NULL DEFAULT 0,  -- who launched it; its ranks run as this user
+    owner TEXT NOT NULL DEFAULT 'root'
 );
 CREATE TABLE IF NOT EXISTS ranks (
     job TEXT NOT NULL REFERENCES jobs(job),
@@ -106,6 +108,8 @@ class JobRecord:
     created_at: float
     latest_checkpoint: str | None
     ranks: tuple[RankRecord, ...]
+    owner_uid: int = 0
+    owner: str = "root"
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open state database {path}: {exc}") from None
         with self._transaction() as db:
@@ -179,6 +184,17 @@ class Store:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+
+    def _add_missing_columns(self) -> None:
+        """Columns later versions added to a table an earlier version made (its jobs were
+        root's: every job was, before owners)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, definition in (
+            ("owner_uid", "INTEGER NOT NULL DEFAULT 0"),
+            ("owner", "TEXT NOT NULL DEFAULT 'root'"),
+        ):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -252,13 +268,16 @@ class Store:
 
     # --- jobs and ranks ---------------------------------------------------------------------
 
-    def add_rank(self, record: RankRecord, now: float) -> None:
-        """Record a launched rank, creating its job on the first rank."""
+    def add_rank(
+        self, record: RankRecord, now: float, *, owner_uid: int = 0, owner: str = "root"
+    ) -> None:
+        """Record a launched rank, creating its job (owned by ``owner``) on the first rank."""
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO jobs(job, state, created_at) VALUES (?, 'running', ?) "
+                "INSERT INTO jobs(job, state, created_at, owner_uid, owner) "
+                "VALUES (?, 'running', ?, ?, ?) "
                 "ON CONFLICT(job) DO UPDATE SET state = 'running'",
-                (record.job, now),
+                (record.job, now, owner_uid, owner),
             )
             db.execute(
                 """INSERT INTO ranks(job, rank, host, pid, state, exit_status, command)
@@ -306,7 +325,9 @@ class Store:
 
     def job(self, job: str) -> JobRecord | None:
         row = self._db.execute(
-            "SELECT job, state, created_at, latest_checkpoint FROM jobs WHERE job = ?", (job,)
+            "SELECT job, state, created_at, latest_checkpoint, owner_uid, owner FROM jobs "
+            "WHERE job = ?",
+            (job,),
         ).fetchone()
         if row is None:
             return None
@@ -324,6 +345,8 @@ class Store:
                 RankRecord(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])))
                 for r in ranks
             ),
+            owner_uid=row[4],
+            owner=row[5],
         )
 
     def jobs(self) -> list[JobRecord]:

@@ -27,8 +27,22 @@ CONFIG_FILE_ENV = "CRCTL_CONFIG"
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    # Where the coordinator serves its gRPC API, and where clients reach it.
-    grpc_address: str = "127.0.0.1:50051"
+    # The coordinator's gRPC API on a Unix socket every local user may call: the kernel tells
+    # the coordinator who calls (crctl.identity). Clients call here unless api_address says.
+    api_socket: Path = Path("/run/crctl/api.sock")
+    # Where clients call the API: "" (the api_socket) or HOST:PORT (TLS with a client
+    # certificate: api_tls_* below).
+    api_address: str = ""
+    # The coordinator also serves the API over TCP here ("" = not at all), only with mutual TLS:
+    # its certificate and CA in keys_dir/api/ (`crctl keys api-init`).
+    api_tcp_address: str = ""
+    # Admins besides root (comma-separated user / group names or numbers): they may act on
+    # every job.
+    admin_users: str = ""
+    admin_groups: str = ""
+    # Restart plugins a caller may name (--plugin module:Class): modules the admin put here,
+    # on each agent's host (they run as root).
+    plugin_dir: Path = Path("/etc/crctl/plugins")
     # The coordinator's ZeroMQ endpoint for agents: it binds this, agents connect to it.
     control_endpoint: str = "tcp://127.0.0.1:50052"
     # The coordinator's durable state (SQLite).
@@ -59,6 +73,10 @@ class Config:
 
     def agent_key_name(self) -> str:
         return self.agent_key or self.host
+
+    def client_address(self) -> str:
+        """Where a client calls: api_address, else the coordinator's Unix socket."""
+        return self.api_address or f"unix:{self.api_socket}"
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -68,3 +68,11 @@ class CriuError(CrctlError):
 
 class PrerequisiteError(CrctlError):
     """Something the host must provide (root, CRIU, nft, namespaces) is missing."""
+
+
+class PermissionDeniedError(CrctlError):
+    """The caller is known but may not do this (another user's job, a plugin not the admin's)."""
+
+
+class UnauthenticatedError(CrctlError):
+    """The caller could not be identified (no credentials, or credentials not accepted)."""

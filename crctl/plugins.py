@@ -9,7 +9,10 @@ no-op by default), and register the class, either
       peers = "mypkg.crctl_plugins:PeersFile"
 
   (installed plugins are active for every restart), or
-* per restart: ``crctl restart JOB --plugin mypkg.crctl_plugins:PeersFile``.
+* per restart: ``crctl restart JOB --plugin peers_file:PeersFile``, where ``peers_file.py``
+  (or a package ``peers_file/``) is in the agents' ``plugin_dir`` (``/etc/crctl/plugins``).
+  Plugins run as root, so only what the admin installed can be named: any other module is
+  refused by the coordinator before an agent imports anything, and by the agent itself.
 
 Plugins run in the agent of each target host, once per rank restored there, in this order:
 
@@ -39,6 +42,8 @@ from typing import ClassVar
 
 from crctl.errors import CrctlError
 
+# An agent lists each module of its plugin_dir among its capabilities as "plugin:<module>".
+PLUGIN_CAPABILITY = "plugin:"
 ENTRY_POINT_GROUP = "crctl.restart_plugins"
 
 

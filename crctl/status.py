@@ -10,7 +10,9 @@ from crctl.errors import (
     CrctlError,
     CriuError,
     NotFoundError,
+    PermissionDeniedError,
     PrerequisiteError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -24,6 +26,8 @@ _TO_STATUS: tuple[tuple[type[CrctlError], grpc.StatusCode], ...] = (
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (PrerequisiteError, grpc.StatusCode.FAILED_PRECONDITION),
     (CriuError, grpc.StatusCode.INTERNAL),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
 )
 
 

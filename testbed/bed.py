@@ -27,7 +27,8 @@ from testbed import netns, procs
 
 PREFIX = "crctl"
 BRIDGE = f"{PREFIX}-br0"
-GRPC_ADDRESS = "127.0.0.1:50051"
+# The coordinator serves the default api_socket, so a plain `crctl` of any user reaches it.
+API_SOCKET = Path("/run/crctl/api.sock")
 CONTROL_PORT = 50052
 COORDINATOR = "coordinator"
 
@@ -43,7 +44,7 @@ class Host:
 @dataclass
 class State:
     directory: str
-    grpc_address: str
+    api_address: str
     control_endpoint: str
     heartbeat_interval: float
     agent_lost_after: float
@@ -104,8 +105,8 @@ def _daemon_argv(state: State, name: str) -> list[str]:
             *_crctl(),
             "coordinator",
             *common,
-            "--grpc-address",
-            state.grpc_address,
+            "--api-socket",
+            state.api_address.removeprefix("unix:"),
             "--state-db",
             str(state.dir / "coordinator.db"),
             "--checkpoint-dir",
@@ -161,14 +162,12 @@ def _project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def _port_free(address: str) -> bool:
+def _socket_live(path: Path) -> bool:
     import socket
 
-    host, port = address.rsplit(":", 1)
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         try:
-            sock.bind((host, int(port)))
+            sock.connect(str(path))
         except OSError:
             return False
     return True
@@ -179,7 +178,7 @@ def wait_for_agents(
 ) -> list[coordinator_pb2.Agent]:
     deadline = time.monotonic() + timeout
     last_error = ""
-    with CoordinatorClient(state.grpc_address, timeout=2.0) as client:
+    with CoordinatorClient(state.api_address, timeout=2.0) as client:
         while time.monotonic() < deadline:
             try:
                 agents = client.list_agents()
@@ -214,11 +213,11 @@ def up(
             raise CrctlError(
                 "a testbed is already up (or left over from a crash); run `crctl testbed down`"
             )
-        if not _port_free(GRPC_ADDRESS):
-            raise UnavailableError(f"port {GRPC_ADDRESS} is taken: is a coordinator running?")
+        if _socket_live(API_SOCKET):
+            raise UnavailableError(f"{API_SOCKET} is served already: is a coordinator running?")
         state = State(
             directory=str(directory),
-            grpc_address=GRPC_ADDRESS,
+            api_address=f"unix:{API_SOCKET}",
             control_endpoint=f"tcp://{netns.BRIDGE_ADDRESS}:{CONTROL_PORT}",
             heartbeat_interval=heartbeat_interval,
             agent_lost_after=agent_lost_after,

@@ -21,7 +21,7 @@ class RingJob:
     job: str
     hosts: list[str]
     status_dir: Path
-    grpc_address: str
+    api_address: str
 
     def status(self, rank: int) -> dict[str, Any]:
         """The rank's status record (rewritten in place by the rank; a torn read is retried)."""
@@ -85,7 +85,7 @@ def launch_ring(
     for old in status_dir.glob("*.json"):
         old.unlink()
     peers = ",".join(state.hosts[h].address for h in hosts)
-    with CoordinatorClient(state.grpc_address, timeout=60) as client:
+    with CoordinatorClient(state.api_address, timeout=60) as client:
         for rank, host in enumerate(hosts):
             argv = [
                 sys.executable,
@@ -107,4 +107,4 @@ def launch_ring(
                 str(print_every),
             ]
             client.launch(job, host, rank, argv, {})
-    return RingJob(job=job, hosts=hosts, status_dir=status_dir, grpc_address=state.grpc_address)
+    return RingJob(job=job, hosts=hosts, status_dir=status_dir, api_address=state.api_address)

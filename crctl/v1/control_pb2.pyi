@@ -83,7 +83,7 @@ class HeartbeatAck(_message.Message):
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
 class LaunchRank(_message.Message):
-    __slots__ = ("job", "rank", "argv", "env")
+    __slots__ = ("job", "rank", "argv", "env", "owner", "cwd", "umask")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,11 +95,31 @@ class LaunchRank(_message.Message):
     RANK_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    UMASK_FIELD_NUMBER: _ClassVar[int]
     job: str
     rank: int
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
-    def __init__(self, job: _Optional[str] = ..., rank: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    owner: RankOwner
+    cwd: str
+    umask: int
+    def __init__(self, job: _Optional[str] = ..., rank: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., owner: _Optional[_Union[RankOwner, _Mapping]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ...) -> None: ...
+
+class RankOwner(_message.Message):
+    __slots__ = ("job_owner_uid", "uid", "gid", "groups", "name")
+    JOB_OWNER_UID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    job_owner_uid: int
+    uid: int
+    gid: int
+    groups: _containers.RepeatedScalarFieldContainer[int]
+    name: str
+    def __init__(self, job_owner_uid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class RankLaunched(_message.Message):
     __slots__ = ("job", "rank", "pid", "error")
@@ -278,7 +298,7 @@ class RestoreRank(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., image: _Optional[_Union[RankImage, _Mapping]] = ...) -> None: ...
 
 class PrepareRestore(_message.Message):
-    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections", "lazy_pages", "peer_ranks")
+    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections", "lazy_pages", "peer_ranks", "owner_uid", "owner")
     class AddressMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -321,6 +341,8 @@ class PrepareRestore(_message.Message):
     CLOSE_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
     PEER_RANKS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_UID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     job: str
     restore: str
     checkpoint: str
@@ -335,7 +357,9 @@ class PrepareRestore(_message.Message):
     close_connections: _containers.RepeatedScalarFieldContainer[str]
     lazy_pages: bool
     peer_ranks: _containers.RepeatedCompositeFieldContainer[RestoreRank]
-    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ..., lazy_pages: _Optional[bool] = ..., peer_ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ...) -> None: ...
+    owner_uid: int
+    owner: str
+    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ..., lazy_pages: _Optional[bool] = ..., peer_ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., owner_uid: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class RestoreStep(_message.Message):
     __slots__ = ("restore", "step")

@@ -62,7 +62,7 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[Agent, _Mapping]]] = ...) -> None: ...
 
 class LaunchRequest(_message.Message):
-    __slots__ = ("job", "host", "rank", "argv", "env")
+    __slots__ = ("job", "host", "rank", "argv", "env", "cwd", "umask")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,12 +75,16 @@ class LaunchRequest(_message.Message):
     RANK_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    UMASK_FIELD_NUMBER: _ClassVar[int]
     job: str
     host: str
     rank: int
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
-    def __init__(self, job: _Optional[str] = ..., host: _Optional[str] = ..., rank: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    cwd: str
+    umask: int
+    def __init__(self, job: _Optional[str] = ..., host: _Optional[str] = ..., rank: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ...) -> None: ...
 
 class LaunchResponse(_message.Message):
     __slots__ = ("job", "rank", "host", "pid")
@@ -111,20 +115,24 @@ class Rank(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_status: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job", "state", "ranks", "latest_checkpoint", "created_at", "awaiting_decision")
+    __slots__ = ("job", "state", "ranks", "latest_checkpoint", "created_at", "awaiting_decision", "owner_uid", "owner")
     JOB_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LATEST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     AWAITING_DECISION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_UID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     job: str
     state: str
     ranks: _containers.RepeatedCompositeFieldContainer[Rank]
     latest_checkpoint: str
     created_at: _timestamp_pb2.Timestamp
     awaiting_decision: _containers.RepeatedCompositeFieldContainer[AwaitedDecision]
-    def __init__(self, job: _Optional[str] = ..., state: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., latest_checkpoint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., awaiting_decision: _Optional[_Iterable[_Union[AwaitedDecision, _Mapping]]] = ...) -> None: ...
+    owner_uid: int
+    owner: str
+    def __init__(self, job: _Optional[str] = ..., state: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., latest_checkpoint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., awaiting_decision: _Optional[_Iterable[_Union[AwaitedDecision, _Mapping]]] = ..., owner_uid: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class AwaitedDecision(_message.Message):
     __slots__ = ("checkpoint", "host", "decision")

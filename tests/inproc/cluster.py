@@ -29,6 +29,7 @@ from coordinator.daemon import Coordinator, build, sweep_period
 from coordinator.registry import ALIVE
 from crctl.clock import Clock
 from crctl.config import Config
+from crctl.identity import Identity
 from crctl.v1 import control_pb2, coordinator_pb2
 from tests.inproc import vtime
 from tests.inproc.fakehost import FakeEngine, FakeHost, FakeRank
@@ -42,6 +43,9 @@ HEARTBEAT = 0.5
 LOST_AFTER = 3.0
 PREPARE_TIMEOUT = 10.0
 COMMIT_TIMEOUT = 4.0
+
+
+ROOT = Identity(uid=0, gid=0, groups=(), name="root")
 
 
 class LoopClock(Clock):
@@ -220,7 +224,9 @@ class Cluster:
     async def launch(self, job: str, hosts: Sequence[str]) -> None:
         for rank, host in enumerate(hosts):
             await self.in_coordinator(
-                functools.partial(self.service.jobs.launch, job, host, rank, ["app"], {})
+                functools.partial(
+                    self.service.jobs.launch, job, host, rank, ["app"], {}, owner=ROOT
+                )
             )
 
     async def start_checkpoint(

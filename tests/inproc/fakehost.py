@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent import images
 from agent.engine import Rank
-from agent.ranks import rank_name
+from agent.ranks import RunAs, rank_name
 from agent.restoring import ImagesDamaged, RankFailure
 from crctl.errors import CriuError
 from crctl.fs import remove_tree
@@ -32,6 +32,7 @@ class FakeRank:
         self.rank = rank
         self.argv = list(argv)
         self.pid = next(_pids)
+        self.command_pid = self.pid + 100_000
         self.frozen = frozen
         self._exit: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
 
@@ -264,7 +265,7 @@ class FakeEngine:
         self.host = host
 
     async def launch(
-        self, job: str, rank: int, argv: Sequence[str], env: Mapping[str, str]
+        self, job: str, rank: int, argv: Sequence[str], env: Mapping[str, str], run_as: RunAs
     ) -> FakeRank:
         process = FakeRank(job, rank, argv)
         self.host.ranks[(job, rank)] = process

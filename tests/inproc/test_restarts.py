@@ -75,7 +75,7 @@ async def test_a_coordinator_dead_after_every_host_unlocked_rolls_the_restart_fo
     assert [r.state for r in job.ranks] == ["running", "running"]
     running = cluster.running(JOB)
     assert sorted(running) == [0, 1]
-    assert {r.rank: r.pid for r in job.ranks} == {n: p.pid for n, p in running.items()}
+    assert {r.rank: r.pid for r in job.ranks} == {n: p.command_pid for n, p in running.items()}
 
 
 @cluster_test(hosts=4)

@@ -30,7 +30,9 @@ async def _reached_async(*args: Any, **kwargs: Any) -> Any:
 
 
 DOMAIN = SimpleNamespace(
-    jobs=SimpleNamespace(launch=_reached_async, get=_reached, kill=_reached_async),
+    jobs=SimpleNamespace(
+        launch=_reached_async, get=_reached, kill=_reached_async, find=lambda job: None
+    ),
     checkpoints=SimpleNamespace(start=_reached, list=_reached),
     restarts=SimpleNamespace(start=_reached),
     agents=list,

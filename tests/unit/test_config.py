@@ -11,7 +11,8 @@ from crctl.errors import ConfigError
 def test_defaults_apply_when_nothing_is_given() -> None:
     config = load_config(env={}, flags={})
     assert config.heartbeat_interval == Config().heartbeat_interval
-    assert config.grpc_address == "127.0.0.1:50051"
+    assert config.api_socket == Path("/run/crctl/api.sock")
+    assert config.client_address() == "unix:/run/crctl/api.sock"
 
 
 def test_each_layer_overrides_the_one_below(tmp_path: Path) -> None:
@@ -33,8 +34,8 @@ def test_each_layer_overrides_the_one_below(tmp_path: Path) -> None:
 
 def test_config_file_can_be_named_by_environment(tmp_path: Path) -> None:
     file = tmp_path / "c.toml"
-    file.write_text('grpc_address = "10.9.9.9:1"\n')
-    assert load_config(env={"CRCTL_CONFIG": str(file)}).grpc_address == "10.9.9.9:1"
+    file.write_text('api_address = "10.9.9.9:1"\n')
+    assert load_config(env={"CRCTL_CONFIG": str(file)}).client_address() == "10.9.9.9:1"
 
 
 @pytest.mark.parametrize(

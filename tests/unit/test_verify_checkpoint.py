@@ -18,7 +18,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from cli.main import main
-from coordinator.api import create_server
 from coordinator.checkpoints import CheckpointService, CheckpointSettings
 from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
@@ -28,6 +27,7 @@ from crctl import digests
 from crctl.clock import ManualClock
 from crctl.errors import ConflictError, NotFoundError
 from crctl.v1 import control_pb2, coordinator_pb2
+from tests.unit.api_harness import call_api
 
 JOB = "ring"
 PAGES = 5 << 20  # past the threaded-hash size
@@ -41,7 +41,7 @@ class Coordinator:
         self.clock = ManualClock()
         self.store = Store(":memory:")
         self.files = CheckpointStore(root / "checkpoints")
-        jobs = JobService(
+        self.jobs = jobs = JobService(
             self.store,
             AgentRegistry(self.store, self.clock, lost_after=5),
             None,  # type: ignore[arg-type]
@@ -252,17 +252,9 @@ def test_the_coordinator_keeps_serving_while_it_hashes(coordinator: Coordinator)
 def run_cli(coordinator: Coordinator, *args: str) -> int:
     """``crctl ARGS`` against a coordinator API serving ``coordinator``'s checkpoints."""
 
-    async def scenario() -> int:
-        service = SimpleNamespace(checkpoints=coordinator.service)
-        server, port = await create_server(service, "127.0.0.1:0")  # type: ignore[arg-type]
-        await server.start()
-        try:
-            return await asyncio.to_thread(main, [*args, "--grpc-address", f"127.0.0.1:{port}"])
-        finally:
-            await server.stop(None)
-
+    service = SimpleNamespace(checkpoints=coordinator.service, jobs=coordinator.jobs)
     with capture_logs():  # the coordinator's events, kept out of the CLI's output
-        return asyncio.run(scenario())
+        return call_api(service, lambda address: main([*args, "--api-address", address]))
 
 
 def test_crctl_verify_exits_0_when_every_file_matches(
@@ -310,7 +302,7 @@ def test_crctl_verify_exits_4_for_an_unknown_job_or_checkpoint(
 def test_crctl_verify_exits_3_when_the_coordinator_is_unreachable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["verify", JOB, "--grpc-address", "127.0.0.1:1"]) == 3
+    assert main(["verify", JOB, "--api-address", "127.0.0.1:1"]) == 3
     assert "coordinator unreachable at 127.0.0.1:1" in capsys.readouterr().err
 
 
