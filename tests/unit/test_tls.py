@@ -1,4 +1,4 @@
-"""Mutual TLS for the API over TCP (crctl.tls): a real grpc.aio server on
+"""Mutual TLS for the API over TCP (crctl.tls, `crctl keys api-*`): a real grpc.aio server on
 127.0.0.1, port 0, with the standard health service and a method answering the caller's
 certificate name; only clients holding a certificate from the API's own CA get through."""
 
@@ -16,6 +16,8 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cli.exit_codes import ExitCode
+from cli.main import main
 from crctl import tls
 from crctl.config import Config, load_config
 from crctl.errors import ConfigError
@@ -203,6 +205,23 @@ def test_a_client_name_must_be_a_plain_user_name(api: Path) -> None:
 def test_a_client_certificate_needs_the_ca_first(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="crctl keys api-init"):
         tls.issue_client(tmp_path / "none", "alice")
+
+
+def test_the_cli_makes_the_files_once_and_refuses_a_second_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = tmp_path / "api"
+    assert main(["keys", "api-init", "--dir", str(api), "--host", "coord.example"]) == ExitCode.OK
+    assert main(["keys", "api-client", "slurm", "--dir", str(api)]) == ExitCode.OK
+    capsys.readouterr()
+
+    assert main(["keys", "api-init", "--dir", str(api)]) == ExitCode.USAGE
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["keys", "api-client", "slurm", "--dir", str(api)]) == ExitCode.USAGE
+    assert main(["keys", "api-client", "slurm", "--dir", str(api), "--force"]) == ExitCode.OK
+
+    _, name = _serve(tls.server_credentials(api), lambda t: _ask(t, _client(api, "slurm")))
+    assert name == "slurm"
 
 
 def test_the_api_directory_defaults_to_keys_dir_api() -> None:
