@@ -7,9 +7,10 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
-from cli import checkpoint_commands, job_commands, render, restart_commands
+from cli import checkpoint_commands, job_commands, key_commands, render, restart_commands
 from cli.arguments import between
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode, exit_code_for
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hosts", type=between(6, MAX_HOSTS), default=6, help="number of hosts (default 6)"
     )
 
-    keys_parser = sub.add_parser("keys", help="manage CurveZMQ keys")
+    keys_parser = sub.add_parser("keys", help="manage CurveZMQ keys and the API's TLS certificates")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     p = add_to(
         keys_sub,
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="create a key pair for this agent (repeatable)",
     )
+    key_commands.register(partial(add_to, keys_sub))
 
     tb = sub.add_parser("testbed", help="emulated hosts on this machine (network namespaces)")
     tb_sub = tb.add_subparsers(dest="testbed_command", required=True, metavar="ACTION")

@@ -51,6 +51,11 @@ class Config:
     checkpoint_dir: Path = Path("/var/lib/crctl/checkpoints")
     # CurveZMQ keys: coordinator.key(_secret) and agents/<name>.key(_secret).
     keys_dir: Path = Path("/etc/crctl/keys")
+    # A client's TLS files for a TCP API address (crctl keys api-client): the API's CA
+    # certificate, the client's certificate and its key; unset: no TLS.
+    api_tls_ca: Path | None = None
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
     # This agent's key pair name under keys_dir/agents/ (defaults to the host name).
     agent_key: str = ""
     # The agent's identity; defaults to the machine's host name.
@@ -91,7 +96,10 @@ _TYPES: dict[str, type] = typing.get_type_hints(Config)
 
 
 def _field_type(name: str) -> type:
-    return _TYPES[name]
+    """The key's type; an optional key (``X | None``) is coerced as an ``X``."""
+    wanted = _TYPES[name]
+    given = [arg for arg in typing.get_args(wanted) if arg is not type(None)]
+    return given[0] if len(given) == 1 else wanted
 
 
 def _coerce(name: str, value: object, source: str) -> object:

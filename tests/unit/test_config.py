@@ -51,6 +51,18 @@ def test_bad_values_name_the_key(env: dict[str, str], message: str) -> None:
         load_config(env=env)
 
 
+def test_an_optional_path_is_unset_by_default_and_a_path_when_given(tmp_path: Path) -> None:
+    assert load_config(env={}).api_tls_ca is None
+    file = tmp_path / "c.toml"
+    file.write_text('api_tls_ca = "/etc/crctl/keys/api/ca.pem"\n')
+    assert load_config(file=file, env={}).api_tls_ca == Path("/etc/crctl/keys/api/ca.pem")
+    file.write_text("api_tls_cert = 3\n")
+    with pytest.raises(ConfigError, match="bad value 3 for api_tls_cert: expected a path"):
+        load_config(file=file, env={})
+    with pytest.raises(ConfigError, match="for api_tls_key: expected a path"):
+        load_config(env={"CRCTL_API_TLS_KEY": ""})
+
+
 def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
     file = tmp_path / "c.toml"
     file.write_text("heartbeat = 1\n")
