@@ -35,7 +35,7 @@ def cmd_checkpoint(args: argparse.Namespace, config: Config) -> int:
     request_id = args.request_id or uuid.uuid4().hex
     deadline = time.monotonic() + RETRY_FOR
     outcome = None
-    with CoordinatorClient(config.client_address()) as client:
+    with CoordinatorClient.for_config(config) as client:
         while outcome is None:
             try:
                 for event in client.checkpoint(
@@ -85,7 +85,7 @@ def cmd_checkpoint(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.client_address()) as client:
+    with CoordinatorClient.for_config(config) as client:
         checkpoints = client.checkpoints(args.job)
     if args.json:
         render.print_json([render.to_dict(c) for c in checkpoints])
@@ -114,7 +114,7 @@ def _problem_kind(problem: coordinator_pb2.FileProblem) -> str:
 
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.client_address()) as client:
+    with CoordinatorClient.for_config(config) as client:
         result = client.verify(args.job, args.checkpoint)
     if args.json:
         render.print_json(

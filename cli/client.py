@@ -7,19 +7,45 @@ from typing import TypeVar
 
 import grpc
 
-from crctl.errors import CrctlError, UnavailableError
+from crctl.config import Config
+from crctl.errors import ConfigError, CrctlError, UnavailableError
 from crctl.status import ERROR_METADATA, error_for
+from crctl.tls import client_credentials
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 Reply = TypeVar("Reply")
 
 
 class CoordinatorClient:
-    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``address``: ``unix:PATH`` (the kernel tells the coordinator who calls), or
+        ``HOST:PORT`` with TLS ``credentials`` carrying a client certificate."""
         self.address = address
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        if credentials is not None:
+            self._channel = grpc.secure_channel(address, credentials)
+        else:
+            self._channel = grpc.insecure_channel(address)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+
+    @classmethod
+    def for_config(cls, config: Config, *, timeout: float = 10.0) -> CoordinatorClient:
+        """A client of the coordinator the configuration names (its Unix socket by default;
+        over TCP only with the api_tls_* certificate files)."""
+        address = config.client_address()
+        credentials = client_credentials(config)
+        if credentials is None and not address.startswith("unix:"):
+            raise ConfigError(
+                f"api_address {address} is a TCP address: the coordinator serves TCP only with "
+                "TLS; set api_tls_ca, api_tls_cert and api_tls_key (from `crctl keys api-client`)"
+            )
+        return cls(address, timeout=timeout, credentials=credentials)
 
     def close(self) -> None:
         self._channel.close()

@@ -25,7 +25,7 @@ def cmd_launch(args: argparse.Namespace, config: Config) -> int:
         )
     env = {**os.environ, **dict(args.env)}
     cwd = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
-    with CoordinatorClient(config.client_address(), timeout=60) as client:
+    with CoordinatorClient.for_config(config, timeout=60) as client:
         reply = client.launch(
             args.job, args.host, args.rank, argv, env, cwd=cwd, umask=current_umask()
         )
@@ -49,7 +49,7 @@ def _rank_status(rank: coordinator_pb2.Rank) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.client_address()) as client:
+    with CoordinatorClient.for_config(config) as client:
         jobs = client.jobs()
     if args.json:
         render.print_json([render.to_dict(j) for j in jobs])
@@ -84,7 +84,7 @@ def _print_job(job: coordinator_pb2.Job) -> None:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.client_address()) as client:
+    with CoordinatorClient.for_config(config) as client:
         job = client.job(args.job)
     if args.json:
         render.print_json(render.to_dict(job))
@@ -94,7 +94,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_kill(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.client_address(), timeout=60) as client:
+    with CoordinatorClient.for_config(config, timeout=60) as client:
         job = client.kill(args.job)
     if args.json:
         render.print_json(render.to_dict(job))

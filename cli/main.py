@@ -27,7 +27,15 @@ _STATE_NAMES = {
 }
 
 
-CLIENT_KEYS = ("api_socket", "api_address", "log_format", "log_level")
+CLIENT_KEYS = (
+    "api_socket",
+    "api_address",
+    "api_tls_ca",
+    "api_tls_cert",
+    "api_tls_key",
+    "log_format",
+    "log_level",
+)
 
 
 def _config_flags(keys: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -116,7 +124,7 @@ def _age(seconds: float) -> str:
 
 
 def cmd_agents(args: argparse.Namespace, config: Config) -> int:
-    with CoordinatorClient(config.client_address()) as client:
+    with CoordinatorClient.for_config(config) as client:
         agents = client.list_agents()
     if args.json:
         render.print_json([{**render.to_dict(a), "state": _STATE_NAMES[a.state]} for a in agents])

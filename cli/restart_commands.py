@@ -26,7 +26,7 @@ def cmd_restart(args: argparse.Namespace, config: Config) -> int:
         eager_pages=args.eager_pages,
     )
     outcome = None
-    with CoordinatorClient(config.client_address()) as client:
+    with CoordinatorClient.for_config(config) as client:
         for event in client.restart(request):
             if event.WhichOneof("event") == "step" and not args.json:
                 hosts = ", ".join(event.step.hosts)

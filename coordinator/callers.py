@@ -11,6 +11,7 @@ import grpc.aio
 from coordinator.front_door import FrontDoor
 from crctl.errors import CrctlError, UnauthenticatedError
 from crctl.identity import Identity, of_user
+from crctl.tls import certificate_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -26,10 +27,8 @@ class Callers:
             found = self._door.identity(peer)
             if found is not None:
                 return found
-        auth = context.auth_context()
-        names = list(auth.get("x509_common_name") or [])
-        if list(auth.get("transport_security_type") or []) == [b"ssl"] and names:
-            name = names[0].decode(errors="replace")
+        name = certificate_name(context.auth_context())
+        if name is not None:
             try:
                 return of_user(name)
             except CrctlError:

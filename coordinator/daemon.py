@@ -25,6 +25,7 @@ from crctl.clock import Clock, SystemClock
 from crctl.config import Config
 from crctl.errors import ConfigError, CrctlError
 from crctl.identity import group_ids, user_ids
+from crctl.tls import api_dir, server_credentials
 
 log = structlog.get_logger()
 
@@ -95,9 +96,7 @@ def tcp_credentials(config: Config) -> grpc.ServerCredentials | None:
     """The TCP listener's mutual-TLS credentials (keys_dir/api), if it is configured."""
     if not config.api_tcp_address:
         return None
-    from crctl import tls
-
-    return tls.server_credentials(config.keys_dir / "api")
+    return server_credentials(api_dir(config))
 
 
 def sweep_period(config: Config) -> float:

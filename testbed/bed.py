@@ -49,6 +49,7 @@ class State:
     heartbeat_interval: float
     agent_lost_after: float
     commit_timeout: float = 10.0
+    plugin_dir: str = ""  # the agents' plugin_dir ("": <testbed dir>/plugins, empty)
     hosts: dict[str, Host] = field(default_factory=dict)
     processes: dict[str, procs.ProcessRef] = field(default_factory=dict)
 
@@ -126,6 +127,8 @@ def _daemon_argv(state: State, name: str) -> list[str]:
         host.name,
         "--agent-work-dir",
         str(state.dir / "agents" / host.name),
+        "--plugin-dir",
+        state.plugin_dir or str(state.dir / "plugins"),
     ]
 
 
@@ -202,6 +205,7 @@ def up(
     heartbeat_interval: float = 0.5,
     agent_lost_after: float = 3.0,
     commit_timeout: float = 10.0,
+    plugin_dir: Path | None = None,
     timeout: float = 60.0,
 ) -> State:
     if os.geteuid() != 0:
@@ -222,6 +226,7 @@ def up(
             heartbeat_interval=heartbeat_interval,
             agent_lost_after=agent_lost_after,
             commit_timeout=commit_timeout,
+            plugin_dir=str(plugin_dir or ""),
         )
         names = [f"h{i}" for i in range(1, hosts + 1)]
         keys.init_keys(directory / "keys", names)

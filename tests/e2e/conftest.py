@@ -9,6 +9,7 @@ from testbed import bed
 
 LOST_AFTER = 3.0
 COMMIT_TIMEOUT = 4.0
+PLUGIN_DIR = Path(__file__).with_name("plugins")
 
 
 def _testbed(hosts: int) -> Iterator[bed.State]:
@@ -22,6 +23,7 @@ def _testbed(hosts: int) -> Iterator[bed.State]:
         heartbeat_interval=0.5,
         agent_lost_after=LOST_AFTER,
         commit_timeout=COMMIT_TIMEOUT,
+        plugin_dir=PLUGIN_DIR,
     )
     try:
         yield state

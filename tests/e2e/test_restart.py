@@ -226,7 +226,7 @@ def test_a_plugin_hook_that_raises_fails_the_restart_closed(
 ) -> None:
     checkpoint_and_stop(ring)
     code, _, stderr = restart(
-        ring, "--map", "h1=h4,h2=h5,h3=h6", "--plugin", "tests.e2e.restart_plugins:FailingPlugin"
+        ring, "--map", "h1=h4,h2=h5,h3=h6", "--plugin", "restart_plugins:FailingPlugin"
     )
     assert code == 1
     assert "plugin failing failed in after_restore" in stderr
@@ -280,7 +280,7 @@ def test_plugin_hooks_run_in_order_with_the_right_context(
         "--map",
         "h1=h4,h2=h5,h3=h6",
         "--plugin",
-        "tests.e2e.restart_plugins:RecordingPlugin",
+        "restart_plugins:RecordingPlugin",
         "--plugin-option",
         f"record_to={record}",
     )

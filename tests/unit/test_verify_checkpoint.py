@@ -302,8 +302,8 @@ def test_crctl_verify_exits_4_for_an_unknown_job_or_checkpoint(
 def test_crctl_verify_exits_3_when_the_coordinator_is_unreachable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["verify", JOB, "--api-address", "127.0.0.1:1"]) == 3
-    assert "coordinator unreachable at 127.0.0.1:1" in capsys.readouterr().err
+    assert main(["verify", JOB, "--api-address", "unix:/nonexistent/api.sock"]) == 3
+    assert "coordinator unreachable at unix:/nonexistent/api.sock" in capsys.readouterr().err
 
 
 def test_the_manifest_lines_cross_the_wire_with_their_algorithm() -> None:

@@ -1,5 +1,5 @@
-"""Restart plugins used by the end-to-end tests (imported by the agents: the testbed puts the
-project root on their path)."""
+"""Restart plugins used by the end-to-end tests: this folder is the testbed agents'
+plugin_dir (the admin's), so a restart may name ``restart_plugins:<Class>``."""
 
 from __future__ import annotations
 
