@@ -7,7 +7,7 @@
 # What it does (idempotent; a second run with the cache present downloads and
 # builds nothing):
 #   1. apt-installs crctl's run-time tools: nftables iptables iproute2
-#      util-linux procps (function crctl_install_runtime_deps).
+#      util-linux procps tini (function crctl_install_runtime_deps).
 #   2. Fetches the CRIU 4.2.1 source (Debian sid's orig tarball, through a
 #      private apt configuration; the system's apt sources are not touched) into
 #      the cache.  pycriu is generated from it, so this always happens.
@@ -45,7 +45,8 @@ CRIU_INSTALL_PATH=/usr/local/sbin/criu
 CRIU_PATCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/criu-patches
 PYCRIU_STAGE_REV=1
 
-CRCTL_RUNTIME_PACKAGES=(nftables iptables iproute2 util-linux procps)
+# tini: the root-owned PID 1 of a rank whose command runs as another user.
+CRCTL_RUNTIME_PACKAGES=(nftables iptables iproute2 util-linux procps tini)
 # Build dependencies, all from Debian 12 (see FINDINGS 3), plus the compiler.
 CRIU_BUILD_PACKAGES=(gcc make libc6-dev pkgconf patch
     libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
@@ -167,10 +168,10 @@ crctl_install_runtime_deps() {
     log_init
     apt_install "${CRCTL_RUNTIME_PACKAGES[@]}"
     local tool
-    for tool in nft iptables ip nsenter unshare pkill; do
+    for tool in nft iptables ip nsenter unshare setpriv pkill tini; do
         command -v "$tool" >/dev/null || die "'$tool' not found on PATH after installing ${CRCTL_RUNTIME_PACKAGES[*]}"
     done
-    say "run-time tools present (nftables iptables iproute2 util-linux procps)"
+    say "run-time tools present (${CRCTL_RUNTIME_PACKAGES[*]})"
 }
 
 # ------------------------------------------------------------ criu source --
