@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install CRIU (>= 4.2) and make pycriu importable for crctl.
+# Install CRIU 4.2.1 with crctl's patches and make pycriu importable for crctl.
 #
 #   deploy/install-criu.sh [--python /path/to/bin/python]... [--no-runtime-deps]
 #   deploy/install-criu.sh --runtime-deps-only
@@ -7,14 +7,18 @@
 # What it does (idempotent; a second run with the cache present downloads and
 # builds nothing):
 #   1. apt-installs crctl's run-time tools: nftables iptables iproute2
-#      util-linux procps (function crctl_install_runtime_deps).
+#      util-linux procps tini (function crctl_install_runtime_deps).
 #   2. Fetches the CRIU 4.2.1 source (Debian sid's orig tarball, through a
 #      private apt configuration; the system's apt sources are not touched) into
 #      the cache.  pycriu is generated from it, so this always happens.
-#   3. Makes `criu` >= 4.2 available on PATH: an existing good one, else the
-#      distribution package if its candidate is >= 4.2, else a
-#      build of 4.2.1 from the cached source installed as /usr/local/sbin/criu.
-#      Ends with `criu check`, which must say "Looks good".
+#   3. Builds CRIU 4.2.1 from that source with the patches in
+#      deploy/criu-patches/ (applied in name order; see the README there) and
+#      installs it as /usr/local/sbin/criu.  The build is cached under a key
+#      made of the version and the patches' sha256: a changed patch set, or an
+#      unpatched build left by an older version of this script, is rebuilt once.
+#      Neither a distribution package nor another criu will do: they lack the
+#      patches.  Ends with `criu check`, which must say "Looks good", and checks
+#      that the `criu` on PATH is this build.
 #   4. For every --python interpreter: generates pycriu's protobuf modules with
 #      that interpreter's grpc_tools.protoc (grpcio-tools must be installed
 #      there), stages the package in the cache and writes crctl-pycriu.pth
@@ -30,7 +34,6 @@ set -Eeuo pipefail
 # CRIU 4.2 is the first release that dumps INET sockets on kernels >= 6.16 (which restrict
 # SO_PASSCRED/SO_PASSSEC to unix sockets: 4.1.x fails with "Can't get 1:16 opt", criu#2705).
 CRIU_VERSION=4.2.1
-CRIU_MIN_VERSION=4.2
 CRIU_SUITE=sid
 CRIU_DEB_VERSION=4.2.1-1
 CRIU_ORIG_TARBALL=criu_${CRIU_VERSION}.orig.tar.xz
@@ -39,11 +42,13 @@ CRIU_ORIG_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b
 DEBIAN_MIRROR=http://deb.debian.org/debian
 DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 CRIU_INSTALL_PATH=/usr/local/sbin/criu
+CRIU_PATCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/criu-patches
 PYCRIU_STAGE_REV=1
 
-CRCTL_RUNTIME_PACKAGES=(nftables iptables iproute2 util-linux procps)
+# tini: the root-owned PID 1 of a rank whose command runs as another user.
+CRCTL_RUNTIME_PACKAGES=(nftables iptables iproute2 util-linux procps tini)
 # Build dependencies, all from Debian 12 (see FINDINGS 3), plus the compiler.
-CRIU_BUILD_PACKAGES=(gcc make libc6-dev pkgconf
+CRIU_BUILD_PACKAGES=(gcc make libc6-dev pkgconf patch
     libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
     libcap-dev libnl-3-dev libnet1-dev libnftables-dev libbsd-dev
     libgnutls28-dev python3-protobuf uuid-dev libaio-dev)
@@ -163,10 +168,10 @@ crctl_install_runtime_deps() {
     log_init
     apt_install "${CRCTL_RUNTIME_PACKAGES[@]}"
     local tool
-    for tool in nft iptables ip nsenter unshare pkill; do
+    for tool in nft iptables ip nsenter unshare setpriv pkill tini; do
         command -v "$tool" >/dev/null || die "'$tool' not found on PATH after installing ${CRCTL_RUNTIME_PACKAGES[*]}"
     done
-    say "run-time tools present (nftables iptables iproute2 util-linux procps)"
+    say "run-time tools present (${CRCTL_RUNTIME_PACKAGES[*]})"
 }
 
 # ------------------------------------------------------------ criu source --
@@ -249,29 +254,56 @@ criu_version() {
     "$1" --version 2>/dev/null | sed -n 's/^Version: *\([0-9][0-9.]*\).*/\1/p' | head -n 1
 }
 
-version_ge() { dpkg --compare-versions "$1" ge "$2"; }
-version_ok() { [[ -n $1 ]] && version_ge "$1" "$CRIU_MIN_VERSION"; }
-
-# criu_good BIN: version >= minimum and `criu check` looks good.
-criu_good() {
-    local bin=$1 v out
-    v=$(criu_version "$bin")
-    version_ok "$v" || return 1
-    out=$("$bin" check 2>&1) || { echo "$bin check: $out" >>"$LOG"; return 1; }
-    grep -q "Looks good" <<<"$out" || { echo "$bin check: $out" >>"$LOG"; return 1; }
+# criu_patches: crctl's patches to CRIU, one path a line, in the order they apply.
+criu_patches() {
+    compgen -G "$CRIU_PATCH_DIR/*.patch" | LC_ALL=C sort || true
 }
 
+# criu_build_key: names a build: the version and the sha256 of the patch set
+# (names and contents), e.g. 4.2.1+crctl.0123456789abcdef.
+criu_build_key() {
+    local sum p
+    sum=$({
+        echo "$CRIU_VERSION"
+        while IFS= read -r p; do
+            basename "$p"
+            cat "$p"
+        done < <(criu_patches)
+    } | sha256sum | cut -c1-16)
+    echo "$CRIU_VERSION+crctl.$sum"
+}
+
+# The cached build is $CRIU_CACHE/bin/criu; bin/.built holds its key (an
+# older version of this script left it empty: that build is unpatched).
+cached_build_current() {
+    [[ -x $CRIU_CACHE/bin/criu && -f $CRIU_CACHE/bin/.built &&
+        $(cat "$CRIU_CACHE/bin/.built") == "$(criu_build_key)" ]]
+}
+
+# Builds in a fresh unpack ($CRIU_CACHE/build), so that the shared source tree
+# in $CRIU_CACHE/src (pycriu is generated from it) stays as released.
 build_criu() {
-    local src=$CRIU_CACHE/src bin=$CRIU_CACHE/bin/criu
-    [[ -x $bin && -f $CRIU_CACHE/bin/.built ]] && return 0
-    ensure_criu_source
-    apt_install "${CRIU_BUILD_PACKAGES[@]}"
-    say "building CRIU $CRIU_VERSION (make criu; log: $LOG)"
+    cached_build_current && return 0
+    local key build=$CRIU_CACHE/build bin=$CRIU_CACHE/bin/criu p
+    key=$(criu_build_key)
+    fetch_criu_tarball
+    apt_install xz-utils "${CRIU_BUILD_PACKAGES[@]}"
+    say "building CRIU $key (make criu; log: $LOG)"
     local t0=$SECONDS
-    run_logged "make criu" make -C "$src" -j"$(nproc)" criu
+    rm -rf "$build"
+    mkdir -p "$build"
+    run_logged "unpacking $CRIU_ORIG_TARBALL" \
+        tar -xJf "$CRIU_CACHE/$CRIU_ORIG_TARBALL" -C "$build" --strip-components=1 --no-same-owner
+    while IFS= read -r p; do
+        say "applying $(basename "$p")"
+        run_logged "applying $p" patch -d "$build" -p1 --batch --forward -i "$p"
+    done < <(criu_patches)
+    run_logged "make criu" make -C "$build" -j"$(nproc)" criu
     mkdir -p "$CRIU_CACHE/bin"
-    install -m 0755 "$src/criu/criu" "$bin"
-    touch "$CRIU_CACHE/bin/.built"
+    rm -f "$CRIU_CACHE/bin/.built"
+    install -m 0755 "$build/criu/criu" "$bin"
+    echo "$key" >"$CRIU_CACHE/bin/.built"
+    rm -rf "$build"
     say "built CRIU in $((SECONDS - t0)) s"
 }
 
@@ -279,40 +311,13 @@ install_cached_criu() {
     # The build libraries' run-time parts must be there (no-op when installed).
     apt_install "${CRIU_BUILD_PACKAGES[@]}"
     if ! cmp -s "$CRIU_CACHE/bin/criu" "$CRIU_INSTALL_PATH"; then
-        say "installing $CRIU_INSTALL_PATH (cached build of $CRIU_VERSION)"
+        say "installing $CRIU_INSTALL_PATH (cached build $(cat "$CRIU_CACHE/bin/.built"))"
+        # install(1) unlinks the old file first: running criu processes keep theirs.
         install -D -m 0755 "$CRIU_CACHE/bin/criu" "$CRIU_INSTALL_PATH"
     fi
 }
 
 ensure_criu() {
-    local cur
-    cur=$(command -v criu || true)
-    if [[ -n $cur ]] && criu_good "$cur"; then
-        say "criu $(criu_version "$cur") at $cur is good, using it"
-        return 0
-    fi
-    if [[ -n $cur ]]; then
-        say "criu at $cur (version $(criu_version "$cur")) is older than $CRIU_MIN_VERSION or fails 'criu check'"
-    fi
-
-    if [[ -x $CRIU_CACHE/bin/criu && -f $CRIU_CACHE/bin/.built ]]; then
-        install_cached_criu
-        criu_good "$CRIU_INSTALL_PATH" && return 0
-        say "cached build does not pass 'criu check'; trying other sources"
-    fi
-
-    if apt_lists_stale; then apt_update_once; fi
-    local cand
-    cand=$(apt-cache policy criu 2>/dev/null | sed -n 's/^ *Candidate: *//p' | head -n 1)
-    if [[ -n $cand && $cand != "(none)" ]] && version_ge "$cand" "$CRIU_MIN_VERSION"; then
-        say "distribution offers criu $cand"
-        apt_install criu
-        cur=$(command -v criu || true)
-        if [[ -n $cur ]] && criu_good "$cur"; then return 0; fi
-        say "distribution criu $cand does not pass 'criu check'; building $CRIU_VERSION"
-    else
-        say "distribution criu candidate is ${cand:-none} (< $CRIU_MIN_VERSION); building $CRIU_VERSION from source"
-    fi
     build_criu
     install_cached_criu
 }
@@ -321,16 +326,16 @@ final_criu_check() {
     local cur v out
     cur=$(command -v criu || true)
     [[ -n $cur ]] || die "no 'criu' on PATH (is $(dirname "$CRIU_INSTALL_PATH") in PATH? PATH=$PATH)"
+    cmp -s "$cur" "$CRIU_CACHE/bin/criu" ||
+        die "'criu' on PATH is $cur, not crctl's patched build ($CRIU_INSTALL_PATH): put $(dirname "$CRIU_INSTALL_PATH") first in PATH or remove $cur"
     v=$(criu_version "$cur")
-    version_ok "$v" ||
-        die "'criu' on PATH ($cur) is version '${v:-unknown}', need >= $CRIU_MIN_VERSION (PATH order?)"
     echo "+ $cur check" >>"$LOG"
     if ! out=$("$cur" check 2>&1) || ! grep -q "Looks good" <<<"$out"; then
         echo "$out" >>"$LOG"
         die_log "'$cur check' failed: CRIU $v cannot checkpoint on this kernel/config:
 $out"
     fi
-    say "criu $v at $cur: criu check: Looks good."
+    say "criu $v ($(cat "$CRIU_CACHE/bin/.built")) at $cur: criu check: Looks good."
 }
 
 # ---------------------------------------------------------------- pycriu --

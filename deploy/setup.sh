@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything crctl needs on a Debian machine, as root: system packages (nftables,
-# iproute2, ...), CRIU >= 4.2 (distribution package or built from Debian's source, cached),
+# iproute2, tini, ...), CRIU 4.2.1 with crctl's patches (built from Debian's source, cached),
 # the Python environment in .venv with crctl and its development tools, pycriu in it, and
 # /usr/local/bin/crctl, which every local user can run (checked as user nobody at the end).
 # Idempotent: a second run only checks.
