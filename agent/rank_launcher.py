@@ -1,18 +1,19 @@
-"""Starts one rank as the init of a new PID namespace. Run as a program by ``agent.ranks``
-(``python -I -S rank_launcher.py ...``), never imported by the agent: it uses the standard
-library only and must start fast.
+"""Starts one rank as the init of new PID and IPC namespaces. Run as a program by
+``agent.ranks`` (``python -I -S rank_launcher.py ...``), never imported by the agent: it uses
+the standard library only and must start fast.
 
     rank_launcher.py --cgroup-procs FILE --init-cwd DIR --cwd DIR --umask OCTAL
                      --user UID:GID:GROUPS --stdout-fd N -- COMMAND [ARG]...
 
-The launcher unshares its PID namespace and forks; the child becomes PID 1 of the new
-namespace, makes itself a session leader (``setsid``), joins the rank's freezer cgroup (writing
-``0`` to ``cgroup.procs``: "myself", whatever the PID namespace), takes stdin from /dev/null and
-stdout/stderr from fd N, sets the umask, restores default signal dispositions, and execs
-``tini`` in ``--init-cwd`` (a directory of the rank's own). tini, staying root, runs COMMAND as
-its only child with the owner's credentials (``setpriv``: uid, gid, supplementary groups, no
-capabilities) in ``--cwd`` (``env --chdir``), reaps orphans, passes signals on and exits with
-COMMAND's status.
+The launcher unshares its PID and IPC namespaces (CRIU dumps SysV shared memory, semaphores and
+queues only with the IPC namespace they live in: PostgreSQL keeps a segment) and forks; the
+child becomes PID 1 of the new namespace, makes itself a session leader (``setsid``), joins the
+rank's freezer cgroup (writing ``0`` to ``cgroup.procs``: "myself", whatever the PID namespace),
+takes stdin from /dev/null and stdout/stderr from fd N, sets the umask, restores default signal
+dispositions, and execs ``tini`` in ``--init-cwd`` (a directory of the rank's own). tini,
+staying root, runs COMMAND as its only child with the owner's credentials (``setpriv``: uid,
+gid, supplementary groups, no capabilities) in ``--cwd`` (``env --chdir``), reaps orphans,
+passes signals on and exits with COMMAND's status.
 
 Why a root init: CRIU's parasite in a dump's root task mounts a /proc of the task's PID
 namespace, which an unprivileged task may not do; and it does so in that task's working
@@ -35,6 +36,7 @@ import signal
 import sys
 
 CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
 TINI = "/usr/bin/tini"
 SETPRIV = "/usr/bin/setpriv"
 ENV = "/usr/bin/env"
@@ -140,9 +142,9 @@ def _become_rank(values: dict[str, str], command: list[str]) -> None:
 def main(argv: list[str]) -> int:
     values, command = _parse(argv)
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWPID) != 0:
+    if libc.unshare(CLONE_NEWPID | CLONE_NEWIPC) != 0:
         err = ctypes.get_errno()
-        print(f"unshare(CLONE_NEWPID) failed: {os.strerror(err)}", file=sys.stderr)
+        print(f"unshare(CLONE_NEWPID | CLONE_NEWIPC) failed: {os.strerror(err)}", file=sys.stderr)
         return 1
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()

@@ -37,7 +37,8 @@ class AccessPolicy:
         if self.may_see(caller, job):
             return
         raise PermissionDeniedError(
-            f"{caller} may not {action} job {job.job}: it belongs to {job.owner} "
+            f"permission denied: {caller} may not {action} job {job.job}: it belongs to "
+            f"{job.owner} "
             f"(uid {job.owner_uid}); only its owner and the coordinator's admins may",
             job=job.job,
         )
