@@ -102,6 +102,30 @@ else
     say "$command_link -> $system_venv/bin/crctl (a copy: run deploy/setup.sh again after changing the checkout)"
 fi
 
+# The services the end-to-end tests move between hosts as their own users' jobs. Installed
+# without starting them (no policy-rc.d start, no default cluster): the tests run their own.
+say "installing the services the tests move (PostgreSQL, nginx), not started"
+(
+    # shellcheck source=install-criu.sh
+    source "$here/deploy/install-criu.sh"
+    if ! pkg_installed postgresql-15 || ! pkg_installed nginx-light; then
+        mkdir -p /etc/postgresql-common
+        conf=/etc/postgresql-common/createcluster.conf
+        if grep -q '^ *create_main_cluster' "$conf" 2>/dev/null; then
+            sed -i 's/^ *create_main_cluster.*/create_main_cluster = false/' "$conf"
+        else
+            echo 'create_main_cluster = false' >>"$conf"
+        fi
+        policy=/usr/sbin/policy-rc.d
+        had_policy=0
+        [ -e "$policy" ] && had_policy=1
+        [ "$had_policy" = 1 ] || printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        apt_install postgresql-15 nginx-light
+        [ "$had_policy" = 1 ] || rm -f "$policy"
+    fi
+)
+
 say "checking the host"
 "$venv/bin/crctl" doctor
 

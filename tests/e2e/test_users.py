@@ -62,35 +62,35 @@ def alice_ring(testbed6: bed.State, users: dict[str, pwd.struct_passwd]) -> Iter
     os.chown(program, alice.pw_uid, alice.pw_gid)
     peers = ",".join(testbed6.hosts[h].address for h in OLD)
     job = "ring-of-alice"
-    for rank, host in enumerate(OLD):
-        result = crctl_as(
-            "alice",
-            "launch",
-            "--job",
-            job,
-            "--host",
-            host,
-            "--rank",
-            str(rank),
-            "--",
-            "/usr/bin/python3",
-            str(program),
-            "--rank",
-            str(rank),
-            "--peers",
-            peers,
-            "--port",
-            str(RING_PORT),
-            "--status",
-            str(folder / f"{rank}.json"),
-            "--interval",
-            "0.01",
-            cwd=folder,
-        )
-        assert result.returncode == 0, result.stderr
-    ring = RingJob(job=job, hosts=OLD, status_dir=folder, api_address=testbed6.api_address)
-    ring.wait_for_tokens(10, timeout=20)
     try:
+        for rank, host in enumerate(OLD):
+            result = crctl_as(
+                "alice",
+                "launch",
+                "--job",
+                job,
+                "--host",
+                host,
+                "--rank",
+                str(rank),
+                "--",
+                "/usr/bin/python3",
+                str(program),
+                "--rank",
+                str(rank),
+                "--peers",
+                peers,
+                "--port",
+                str(RING_PORT),
+                "--status",
+                str(folder / f"{rank}.json"),
+                "--interval",
+                "0.01",
+                cwd=folder,
+            )
+            assert result.returncode == 0, result.stderr
+        ring = RingJob(job=job, hosts=OLD, status_dir=folder, api_address=testbed6.api_address)
+        ring.wait_for_tokens(10, timeout=20)
         yield ring
     finally:
         if crctl("status", job, "--json", check=False).returncode == 0:
