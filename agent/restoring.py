@@ -18,6 +18,7 @@ from agent.plugin_runner import load_plugins, run_hook
 from agent.ranks import (
     RankProcess,
     RestorePipe,
+    command_pid,
     prepare_restore,
     rank_log,
     rank_name,
@@ -337,7 +338,7 @@ class HostRestore:
             if isinstance(result, BaseException):
                 raise RankFailure(rank.rank, str(result))
             rank.pid = result
-            rank.context = _with_pid(rank.context, result)
+            rank.context = _with_pid(rank.context, command_pid(result))
         for rank in self.ranks:
             await run_hook(self.plugins, "after_restore", rank.context)
         return {r.rank: r.pid for r in self.ranks}
@@ -478,4 +479,5 @@ async def finish_earlier_restores(
 
 
 def _with_pid(context: RestartContext, pid: int) -> RestartContext:
+    """The context with the rank's command's PID (as ``crctl status`` shows it)."""
     return replace(context, pid=pid)

@@ -55,10 +55,11 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
         render.print_json([render.to_dict(j) for j in jobs])
         return ExitCode.OK
     render.print_table(
-        ["job", "state", "ranks", "hosts", "latest checkpoint"],
+        ["job", "owner", "state", "ranks", "hosts", "latest checkpoint"],
         [
             [
                 j.job,
+                j.owner,
                 j.state,
                 len(j.ranks),
                 ",".join(sorted({r.host for r in j.ranks})),
@@ -71,7 +72,10 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
 
 
 def _print_job(job: coordinator_pb2.Job) -> None:
-    print(f"job {job.job}: {job.state}; latest checkpoint: {job.latest_checkpoint or '-'}")
+    print(
+        f"job {job.job} of {job.owner}: {job.state}; "
+        f"latest checkpoint: {job.latest_checkpoint or '-'}"
+    )
     render.print_table(
         ["rank", "host", "pid", "state", "command"],
         [[r.rank, r.host, r.pid, _rank_status(r), " ".join(r.argv)] for r in job.ranks],

@@ -211,6 +211,23 @@ def check_namespaces() -> Check:
     return Check("namespaces", True, "net, pid and mount namespaces usable")
 
 
+def check_rank_init() -> Check:
+    """A rank's init and the tools it runs its owner's command with (agent/rank_launcher.py)."""
+    missing = [
+        t
+        for t in ("/usr/bin/tini", "/usr/bin/setpriv", "/usr/bin/env")
+        if not os.access(t, os.X_OK)
+    ]
+    if missing:
+        return Check(
+            "rank-init",
+            False,
+            f"missing {', '.join(missing)}: ranks cannot be started",
+            "run deploy/install-criu.sh (installs tini and util-linux)",
+        )
+    return Check("rank-init", True, "tini runs each rank's command as its owner")
+
+
 ALL_CHECKS: tuple[Callable[[], Check], ...] = (
     check_privileges,
     check_criu,
@@ -221,6 +238,7 @@ ALL_CHECKS: tuple[Callable[[], Check], ...] = (
     check_lazy_pages,
     check_freezer,
     check_namespaces,
+    check_rank_init,
 )
 
 

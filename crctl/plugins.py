@@ -19,8 +19,8 @@ Plugins run in the agent of each target host, once per rank restored there, in t
 1. ``before_restore``: the rank's working copy of the images is ready (``context.images_dir``,
    writable; the checkpoint itself is never touched) and the host is locked. Rewrite images or
    files the rank will read.
-2. ``after_restore``: the rank exists (``context.pid``) but is held frozen by CRIU at
-   ``post-restore``; its connections are still locked.
+2. ``after_restore``: the rank exists (``context.pid``: its command's process) but is held
+   frozen by CRIU at ``post-restore``; its connections are still locked.
 3. ``before_resume``: every rank of the job is held and the locks are lifted; the rank resumes
    right after this hook.
 
