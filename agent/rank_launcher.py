@@ -3,7 +3,12 @@
 the standard library only and must start fast.
 
     rank_launcher.py --cgroup-procs FILE --init-cwd DIR --cwd DIR --umask OCTAL
-                     --user UID:GID:GROUPS --stdout-fd N -- COMMAND [ARG]...
+                     --user UID:GID:GROUPS --stdout-fd N --env-fd M -- COMMAND [ARG]...
+
+fd M is a memfd holding the rank's environment (JSON). The launcher itself, tini and setpriv
+run as root with an environment of their own: only the last step, as the owner, takes the
+rank's (the owner's environment in a root process would let LD_PRELOAD and its kind run the
+owner's code as root).
 
 The launcher unshares its PID and IPC namespaces (CRIU dumps SysV shared memory, semaphores and
 queues only with the IPC namespace they live in: PostgreSQL keeps a segment) and forks; the
@@ -12,8 +17,9 @@ rank's freezer cgroup (writing ``0`` to ``cgroup.procs``: "myself", whatever the
 takes stdin from /dev/null and stdout/stderr from fd N, sets the umask, restores default signal
 dispositions, and execs ``tini`` in ``--init-cwd`` (a directory of the rank's own). tini,
 staying root, runs COMMAND as its only child with the owner's credentials (``setpriv``: uid,
-gid, supplementary groups, no capabilities) in ``--cwd`` (``env --chdir``), reaps orphans,
-passes signals on and exits with COMMAND's status.
+gid, supplementary groups, no capabilities) in ``--cwd`` (a last step in Python reads the
+environment, changes directory, execs), reaps orphans, passes signals on and exits with
+COMMAND's status.
 
 Why a root init: CRIU's parasite in a dump's root task mounts a /proc of the task's PID
 namespace, which an unprivileged task may not do; and it does so in that task's working
@@ -37,10 +43,27 @@ import sys
 
 CLONE_NEWPID = 0x20000000
 CLONE_NEWIPC = 0x08000000
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TINI = "/usr/bin/tini"
 SETPRIV = "/usr/bin/setpriv"
-ENV = "/usr/bin/env"
-_OPTIONS = {"--cgroup-procs", "--init-cwd", "--cwd", "--umask", "--user", "--stdout-fd"}
+# The last step, as the owner: the rank's environment from the inherited memfd (closed, so the
+# command does not hold it), the working directory, the exec. Inline, so that it needs no file
+# the owner might not be allowed to read.
+BECOME = """
+import json, os, sys
+fd, cwd, command = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+env = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
+os.close(fd)
+try:
+    os.chdir(cwd)
+    os.execvpe(command[0], command, env)
+except OSError as exc:
+    print(f"crctl: cannot run {command[0]} in {cwd}: {exc.strerror}", file=sys.stderr)
+    sys.exit(127)
+"""
+_OPTIONS = {
+    "--cgroup-procs", "--init-cwd", "--cwd", "--umask", "--user", "--stdout-fd", "--env-fd",
+}  # fmt: skip
 _USAGE = "usage: rank_launcher.py " + " ".join(f"{o} X" for o in sorted(_OPTIONS)) + " -- CMD"
 
 
@@ -82,7 +105,17 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return values, command
 
 
-def _check_as_owner(owner: Owner, cwd: str, command: list[str]) -> str:
+def _python() -> str:
+    """An interpreter every user may run (the agent's own may live in root's home)."""
+    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+
+def _rank_env(fd: int) -> dict[str, str]:
+    env: dict[str, str] = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
+    return env
+
+
+def _check_as_owner(owner: Owner, cwd: str, command: list[str], path: str) -> str:
     """Whether the owner may enter ``cwd`` and run ``command`` there: "" or the reason."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -96,7 +129,7 @@ def _check_as_owner(owner: Owner, cwd: str, command: list[str]) -> str:
             if "/" in program:
                 found = program if os.access(program, os.X_OK) else None
             else:
-                found = shutil.which(program, path=os.environ.get("PATH", os.defpath))
+                found = shutil.which(program, path=path)
             if found is None or os.path.isdir(found):
                 reason = f"{program}: command not found or not executable (as uid {owner.uid})"
         except OSError as exc:
@@ -121,7 +154,9 @@ def _become_rank(values: dict[str, str], command: list[str]) -> None:
         os.close(fd)
     owner = Owner(values["--user"])
     os.umask(int(values["--umask"], 8))
-    reason = _check_as_owner(owner, values["--cwd"], command)
+    env_fd = int(values["--env-fd"])
+    path = _rank_env(env_fd).get("PATH", os.defpath)
+    reason = _check_as_owner(owner, values["--cwd"], command, path)
     if reason:
         raise PermissionError(reason)
     os.chdir(values["--init-cwd"])
@@ -132,11 +167,14 @@ def _become_rank(values: dict[str, str], command: list[str]) -> None:
     os.dup2(stdout_fd, 2)
     for extra in {devnull, stdout_fd} - {0, 1, 2}:
         os.close(extra)
+    os.set_inheritable(env_fd, True)
     # Python ignores SIGPIPE (and SIGXFSZ); an ignored disposition survives exec.
     for signum in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(signum, signal.SIG_DFL)
-    init = [TINI, "--", *owner.setpriv(), ENV, f"--chdir={values['--cwd']}", "--", *command]
-    os.execv(TINI, init)
+    become = [_python(), "-I", "-S", "-c", BECOME, str(env_fd), values["--cwd"], *command]
+    # tini and setpriv run as root: with an environment of ours, never the owner's
+    # (LD_PRELOAD and its kind would run the owner's code as root).
+    os.execve(TINI, [TINI, "--", *owner.setpriv(), *become], {"PATH": SAFE_PATH})
 
 
 def main(argv: list[str]) -> int:

@@ -42,6 +42,7 @@ from crctl.errors import CrctlError
 log = structlog.get_logger()
 
 LAUNCHER = Path(__file__).with_name("rank_launcher.py")
+LAUNCHER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _DRAIN_AFTER_EXIT = 5.0
 
 
@@ -181,6 +182,13 @@ async def _command_started(init: int, wait: float = 2.0) -> None:
         await asyncio.sleep(0.001)
 
 
+def _environment_memfd(env: Mapping[str, str]) -> int:
+    """A memfd holding ``env`` (JSON) for the launcher to hand to the rank's last step."""
+    fd = os.memfd_create("crctl-rank-env", os.MFD_CLOEXEC)
+    os.write(fd, json.dumps(dict(env)).encode())
+    return fd
+
+
 def _nsenter(netns: Path | None) -> list[str]:
     return ["nsenter", f"--net={netns}", "--"] if netns is not None else []
 
@@ -233,6 +241,7 @@ async def launch(
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pipe_inode = os.fstat(write_fd).st_ino
     pump = LogPump(read_fd, log_path)
+    env_fd = _environment_memfd(os.environ if env is None else env)
     command = [
         *_nsenter(netns),
         sys.executable,
@@ -246,6 +255,8 @@ async def launch(
         *(run_as or RunAs()).launcher_args(work_dir),
         "--stdout-fd",
         str(write_fd),
+        "--env-fd",
+        str(env_fd),
         "--",
         *argv,
     ]
@@ -255,15 +266,17 @@ async def launch(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            pass_fds=(write_fd,),
-            env=dict(env) if env is not None else None,
+            pass_fds=(write_fd, env_fd),
+            env={"PATH": LAUNCHER_PATH},  # the rank's environment is in env_fd, not here
         )
         out, err = await launcher.communicate()
     except BaseException:
         os.close(write_fd)
+        os.close(env_fd)
         pump.close()
         raise
     os.close(write_fd)
+    os.close(env_fd)
     if launcher.returncode != 0:
         await pump.abandon()
         with contextlib.suppress(CrctlError, OSError):

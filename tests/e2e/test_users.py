@@ -255,3 +255,29 @@ def test_a_plugin_the_admin_did_not_install_is_refused_before_any_agent_imports_
         assert crctl_as("alice", "restart", "alice-plugin", "--map", "h1=h2").returncode == 0
     finally:
         crctl("kill", "alice-plugin", check=False)
+
+
+def test_the_callers_environment_reaches_only_the_process_that_runs_as_them(
+    testbed6: bed.State, users: dict[str, pwd.struct_passwd]
+) -> None:
+    """The environment is the caller's to choose, LD_PRELOAD included: the rank's root init
+    (tini) never runs with it, only the command does, as its owner."""
+    launched = crctl_as("alice", "launch", "--job", "alice-env", "--host", "h1",
+                        "--env", "LD_PRELOAD=/nonexistent/evil.so", "--env", "CRCTL_MARK=yes",
+                        "--", "/bin/sleep", "600")  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    try:
+        pid = status_as("alice", "alice-env")["ranks"][0]["pid"]
+        init = int(Path(f"/proc/{pid}/status").read_text().split("PPid:")[1].split()[0])
+        assert ps_user(pid) == "alice" and ps_user(init) == "root"
+        assert Path(f"/proc/{init}/exe").resolve() == Path("/usr/bin/tini")
+
+        def environ(of: int) -> dict[str, str]:
+            raw = Path(f"/proc/{of}/environ").read_bytes().split(b"\0")
+            return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+        assert environ(pid)["LD_PRELOAD"] == "/nonexistent/evil.so"
+        assert environ(pid)["CRCTL_MARK"] == "yes" and environ(pid)["USER"] == "alice"
+        assert "LD_PRELOAD" not in environ(init) and "CRCTL_MARK" not in environ(init)
+    finally:
+        crctl("kill", "alice-env", check=False)

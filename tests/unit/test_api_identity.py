@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from structlog.testing import capture_logs
 
 from coordinator.access import AccessPolicy
 from coordinator.store import JobRecord
@@ -168,6 +169,7 @@ def test_the_health_service_answers_any_user_on_the_unix_socket() -> None:
     check = """
 import sys, grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from structlog.testing import capture_logs
 with grpc.insecure_channel(sys.argv[1]) as channel:
     stub = health_pb2_grpc.HealthStub(channel)
     print(stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status)
@@ -261,3 +263,30 @@ def test_the_policy_names_the_owner_and_counts_admin_groups() -> None:
     AccessPolicy(admin_uids=frozenset({1002})).require(bob, job, "kill")
     AccessPolicy().require(Identity(uid=1001, gid=1001, groups=(), name="alice"), job, "kill")
     assert AccessPolicy().is_admin(Identity(uid=0, gid=0, groups=(), name="root"))
+
+
+def test_mutating_calls_are_audited_with_the_callers_identity_allowed_or_not() -> None:
+    kill = """
+import sys, grpc
+from crctl.v1 import coordinator_pb2 as pb, coordinator_pb2_grpc as rpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    try:
+        rpc.CoordinatorStub(channel).KillJob(pb.KillJobRequest(job="j"), timeout=10)
+    except grpc.RpcError as exc:
+        print(exc.code().name)
+"""
+
+    def call(served: Served) -> str:
+        refused = as_nobody(sys.executable, "-c", kill, served.unix)
+        with grpc.insecure_channel(served.unix) as channel, pytest.raises(grpc.RpcError):
+            rpc.CoordinatorStub(channel).KillJob(pb.KillJobRequest(job="j"), timeout=10)
+        return refused
+
+    with capture_logs() as logs:
+        assert serve_api(Domain(), call) == "PERMISSION_DENIED"
+    audits = [
+        (e["caller"], e["uid"], e["action"], e["job"], e["allowed"])
+        for e in logs
+        if e["event"] == "audit"
+    ]
+    assert audits == [("nobody", NOBODY, "kill", "j", False), ("root", 0, "kill", "j", True)]
