@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -198,6 +201,7 @@ class HostRestore:
                 address_map=dict(self.order.address_map),
                 images_dir=working,
                 options=dict(self.order.plugin_options),
+                **owner_rights(self.order.owner_uid),
             )
             restore = RankRestore(entry.rank, entry.image, working, context)
             self.ranks.append(restore)
@@ -476,6 +480,15 @@ async def finish_earlier_restores(
     await asyncio.gather(*(finish(d, pid) for d, pid in daemons.items()))
     for root in restores.iterdir():
         remove_tree(root)
+
+
+def owner_rights(uid: int) -> dict[str, Any]:
+    """The owner's uid, gid and groups on this host, for a plugin's RestartContext."""
+    if uid == 0:
+        return {}
+    entry = pwd.getpwuid(uid)
+    groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
+    return {"owner_uid": uid, "owner_gid": entry.pw_gid, "owner_groups": groups}
 
 
 def _with_pid(context: RestartContext, pid: int) -> RestartContext:

@@ -77,6 +77,11 @@ class RestartContext:
     options: Mapping[str, str] = field(default_factory=dict)
     # The restored rank's PID (in the agent's namespace), from after_restore on.
     pid: int | None = None
+    # The job's owner: plugins run as root, so files a caller names are touched with these
+    # rights only (agent.fs_owner.as_owner), never root's.
+    owner_uid: int = 0
+    owner_gid: int = 0
+    owner_groups: tuple[int, ...] = ()
 
 
 class RestartPlugin:

@@ -14,6 +14,9 @@ in one simultaneous pass (h1->h2 with h2->h3 turns "h1 h2" into "h2 h3"), whole 
   ``2001:db8::1:5``); it matches as written in the map (compressed, lower case);
 * host names match case-sensitively, as given.
 
+Files are read and written with the rights of the job's owner, never root's
+(``agent.fs_owner``): a file the owner could not rewrite themselves is refused.
+
 A file is replaced atomically (a new file beside it, renamed in) with its mode and owner. The
 restart fails, naming the file, if a listed file is missing, or if the rank holds it open: CRIU
 recorded its size in the images and reopens it by path, so a rewrite would break the restore.
@@ -39,6 +42,7 @@ from typing import ClassVar
 import structlog
 
 from agent import images
+from agent.fs_owner import as_owner
 from crctl.plugins import PluginError, RestartContext, RestartPlugin
 
 log = structlog.get_logger()
@@ -110,6 +114,26 @@ class HostFiles(RestartPlugin):
         if not paths:
             return
         held = {f.path: f for f in self._held_files(context.images_dir) if not f.ghost}
+        try:
+            as_owner(
+                context.owner_uid,
+                context.owner_gid,
+                context.owner_groups,
+                lambda: self._rewrite_all(paths, held, context),
+            )
+        except OSError as exc:  # the owner may not even look at a path they named
+            raise PluginError(
+                f"{OPTION}: cannot rewrite {exc.filename}: {exc.strerror or exc}",
+                job=context.job,
+                checkpoint=context.checkpoint,
+                host=context.new_host,
+                phase="before_restore",
+                errno=exc.errno,
+            ) from exc
+
+    def _rewrite_all(
+        self, paths: list[Path], held: Mapping[str, images.RegularFile], context: RestartContext
+    ) -> None:
         for path in paths:
             if not path.is_file():
                 raise PluginError(
@@ -207,6 +231,7 @@ class HostFiles(RestartPlugin):
 def _replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` beside ``path`` and rename it over it, with its mode and owner."""
     target = Path(os.path.realpath(path))  # replace the file a symbolic link points to
+    os.close(os.open(target, os.O_WRONLY))  # may this thread write it? (fsuid: agent.fs_owner)
     st = target.stat()
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:

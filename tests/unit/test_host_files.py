@@ -206,3 +206,45 @@ def test_without_the_option_nothing_is_read(tmp_path: Path) -> None:
 
     for value in (None, "", " , "):
         rewrite(context(tmp_path, value), HostFiles(held_files=unexpected))
+
+
+NOBODY_UID, NOBODY_GID = 65534, 65534
+
+
+def owned_by_nobody(ctx: RestartContext) -> RestartContext:
+    from dataclasses import replace
+
+    return replace(ctx, owner_uid=NOBODY_UID, owner_gid=NOBODY_GID, owner_groups=())
+
+
+def test_files_are_rewritten_with_the_owners_rights_never_roots() -> None:
+    """A user's restart may name any path: root's file is refused (the owner could not write
+    it), the owner's own file is rewritten, and nothing else changed."""
+    import shutil
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="crctl-owner-"))
+    tmp_path.chmod(0o777)
+    try:
+        _owner_rights(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _owner_rights(tmp_path: Path) -> None:
+    root_file = tmp_path / "roots.conf"
+    root_file.write_text("peer h1\n")
+    root_file.chmod(0o644)
+    secret = tmp_path / "secret"
+    secret.write_text("h1\n")
+    secret.chmod(0o600)
+    theirs = tmp_path / "theirs.conf"
+    theirs.write_text("peer h1\n")
+    os.chown(theirs, NOBODY_UID, NOBODY_GID)
+
+    for refused in (root_file, secret):
+        with pytest.raises(PluginError, match=f"cannot rewrite {refused}: Permission denied"):
+            rewrite(owned_by_nobody(context(tmp_path, str(refused))))
+        assert "h1" in refused.read_text()
+    rewrite(owned_by_nobody(context(tmp_path, str(theirs))))
+    assert theirs.read_text() == "peer h2\n" and theirs.stat().st_uid == NOBODY_UID
