@@ -73,6 +73,10 @@ def crctl_cli(job: str) -> float:
     return time.perf_counter() - started
 
 
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/status").read_text().split("PPid:")[1].split()[0])
+
+
 def plain_dump(state: bed.State, pids: dict[str, int], scratch: Path) -> float:
     """Every rank dumped by plain CRIU at once; the dumps are kept as crctl keeps its
     checkpoints (the newest RETAIN, older ones removed after the new one is written), so that
@@ -145,7 +149,8 @@ def measure(state: bed.State, scratch: Path, row: Row) -> Row:
     ring = launch_ring(state, job, hosts, memory_mib=row.memory_mib)
     ring.wait_for_tokens(10, timeout=120)
     with CoordinatorClient(state.api_address) as client:
-        pids = {r.host: r.pid for r in client.job(job).ranks}
+        # CRIU dumps a rank from its PID-namespace init (tini), the parent of the PID shown
+        pids = {r.host: parent_pid(r.pid) for r in client.job(job).ranks}
     crctl_api(state.api_address, job)  # warm-up: first dumps page in CRIU itself
     plain_dump(state, pids, scratch)
     ring.wait_for_progress(tokens=5, timeout=30)
