@@ -10,7 +10,14 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-from cli import checkpoint_commands, job_commands, key_commands, render, restart_commands
+from cli import (
+    checkpoint_commands,
+    job_commands,
+    key_commands,
+    mpi_commands,
+    render,
+    restart_commands,
+)
 from cli.arguments import between
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode, exit_code_for
@@ -268,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_commands.register(add)
     checkpoint_commands.register(add)
     restart_commands.register(add)
+    mpi_commands.register(add)
 
     p = add("demo", cmd_demo, "run the one-machine demo on emulated hosts, then clean up")
     p.add_argument(

@@ -68,7 +68,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 say "installing crctl and its development tools into $venv"
 "$venv/bin/python" -m pip install "${pip_quiet[@]}" --upgrade pip
-"$venv/bin/python" -m pip install "${pip_quiet[@]}" -e "$here[dev]"
+"$venv/bin/python" -m pip install "${pip_quiet[@]}" -e "$here[dev,mpi]"
 
 say "installing CRIU, pycriu and the system tools"
 "$here/deploy/install-criu.sh" --python "$venv/bin/python"
