@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from agent import criu, images, netlock
+from agent import criu, images, netlock, uncarried
 from agent.ranks import RankProcess, rank_name
 from agent.thaw_guard import ThawGuard
 from crctl import connections, failpoints
@@ -82,6 +82,7 @@ class HostCheckpoint:
         self._log.info("checkpoint_prepare", phase="prepare", ranks=sorted(self.ranks))
         try:
             await self._memory_complete()
+            uncarried.require_carriable({n: p.cgroup.pids() for n, p in self.ranks.items()})
             for number, exc in await self._start_dumps():
                 raise _RankError(number, exc)
             if self.finished.is_set():

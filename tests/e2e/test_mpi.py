@@ -83,6 +83,7 @@ def mpi_job(testbed6: bed.State, request: pytest.FixtureRequest) -> Iterator[Any
     """``start(hosts, *options)`` runs the example under `crctl mpirun` as a job named after
     the test; it is killed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="crctl-mpi-"))
+    segments = set(Path("/dev/shm").glob("mpich_shm_*"))
     name = "mpi-" + request.node.name.removeprefix("test_")[:40].replace("_", "-").strip("-")
     started: list[str] = []
 
@@ -100,6 +101,10 @@ def mpi_job(testbed6: bed.State, request: pytest.FixtureRequest) -> Iterator[Any
             if crctl_json("status", job)["state"] == "running":
                 crctl("kill", job, check=False)
         shutil.rmtree(folder, ignore_errors=True)
+        # MPICH's per-rank segments: a rank killed (by a stop-mode checkpoint, or a kill)
+        # leaves its own behind; a finished job has removed them.
+        for segment in set(Path("/dev/shm").glob("mpich_shm_*")) - segments:
+            segment.unlink(missing_ok=True)
 
 
 def test_an_mpi_job_checkpointed_and_moved_mid_run_ends_with_the_uninterrupted_result(
@@ -194,3 +199,35 @@ def test_a_restart_onto_hosts_without_mpi_is_refused_in_prepare(mpi_job: Any) ->
     assert crctl_json("status", job.job)["state"] == "stopped"
     crctl("restart", job.job, "--map", "h1=h4,h2=h5,h3=h6")
     assert job.result() == uninterrupted(3)
+
+
+SHARER = """
+import mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(fd, 4096)
+memory = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
+while True:
+    memory[0] = (memory[0] + 1) % 256
+    time.sleep(0.01)
+"""
+
+
+def test_memory_shared_between_two_ranks_is_refused_before_anything_is_frozen(
+    testbed6: bed.State,
+) -> None:
+    """What a shared-memory transport between two process trees does; a restart elsewhere
+    would split it, so the checkpoint is refused in its prepare step and the job runs on."""
+    segment = Path("/dev/shm") / f"crctl-test-{os.getpid()}"
+    try:
+        for _ in range(2):
+            crctl("launch", "--job", "sharing", "--host", "h1", "--", sys.executable, "-c",
+                  SHARER, str(segment))  # fmt: skip
+        wait_for(segment.exists, timeout=10, what="the shared segment")
+        refused = crctl("checkpoint", "sharing", check=False)
+        assert refused.returncode != 0
+        assert "ranks [0, 1] share the memory of " + str(segment) in refused.stdout + refused.stderr
+        assert crctl_json("status", "sharing")["state"] == "running"
+        assert faultmatrix.leftovers(faultmatrix.Bed(testbed6)) == []
+    finally:
+        crctl("kill", "sharing", check=False)
+        segment.unlink(missing_ok=True)
