@@ -230,7 +230,7 @@ def cmd_testbed_down(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from cli.demo import run_demo
 
-    run_demo(args.hosts)
+    run_demo(args.hosts, with_mpi=args.mpi)
     return ExitCode.OK
 
 
@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     mpi_commands.register(add)
 
     p = add("demo", cmd_demo, "run the one-machine demo on emulated hosts, then clean up")
+    p.add_argument("--mpi", action="store_true", help="also move an MPI job (MPICH) mid-run")
     p.add_argument(
         "--hosts", type=between(6, MAX_HOSTS), default=6, help="number of hosts (default 6)"
     )
