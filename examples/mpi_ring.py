@@ -23,10 +23,16 @@ from mpi4py import MPI
 MODULUS = (1 << 61) - 1
 
 
-def write_status(folder: Path, rank: int, step: int, value: int) -> None:
+STALL = 0.05  # a gap between two steps this long is recorded (what a checkpoint costs the job)
+
+
+def write_status(
+    folder: Path, rank: int, step: int, value: int, stalls: list[tuple[float, float]]
+) -> None:
     path = folder / f"{rank}.json"
     tmp = folder / f".{rank}.json.tmp"
-    tmp.write_text(json.dumps({"rank": rank, "step": step, "value": value, "at": time.time()}))
+    record = {"rank": rank, "step": step, "value": value, "at": time.time(), "stalls": stalls}
+    tmp.write_text(json.dumps(record))
     os.replace(tmp, path)
 
 
@@ -44,12 +50,18 @@ def main() -> None:
     ballast = bytearray(range(256)) * (args.memory_mib * 4096)  # the same in every run
     value = (rank + 1) * 1_000_003 + sum(ballast[::4096])
     right, left = (rank + 1) % size, (rank - 1) % size
+    stalls: list[tuple[float, float]] = []  # (when it ended, seconds), the last 20
+    last = time.time()
     for step in range(1, args.steps + 1):
         received = comm.sendrecv(value, dest=right, source=left)
         total = comm.allreduce(value % 1_000_000_007, op=MPI.SUM)
         value = (value * 31 + received * 17 + total + step) % MODULUS
+        now = time.time()
+        if now - last >= STALL:
+            stalls = [*stalls[-19:], (now, now - last)]
+        last = now
         if args.status is not None and (step % 20 == 0 or step == args.steps):
-            write_status(args.status, rank, step, value)
+            write_status(args.status, rank, step, value, stalls)
         if args.interval:
             time.sleep(args.interval)
     results = comm.gather(value, root=0)
