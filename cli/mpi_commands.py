@@ -100,6 +100,9 @@ def cmd_mpirun(args: argparse.Namespace, config: Config) -> int:
             args.job, hosts[0].name, 0, launcher, env, cwd=os.getcwd(), umask=current_umask()
         )
         job = _started(client, args.job, len(hosts))
+        early = _ended_early(job)
+        if early is not None and not args.wait:
+            raise early
         if not args.json:
             print(
                 f"mpi job {args.job}: {ranks} MPI ranks on {','.join(names)} "
@@ -118,18 +121,13 @@ def cmd_mpirun(args: argparse.Namespace, config: Config) -> int:
 
 
 def _started(client: CoordinatorClient, job: str, proxies: int) -> coordinator_pb2.Job:
-    """Wait until mpiexec and every proxy run; a launcher that ended instead is an error."""
+    """Wait until mpiexec and every proxy run, or mpiexec ended (a short job, or a failure)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         record = client.job(job)
         launcher = next((r for r in record.ranks if r.rank == 0), None)
         if launcher is not None and launcher.state != "running":
-            raise CrctlError(
-                f"mpiexec of job {job} ended ({launcher.state}, exit "
-                f"{launcher.exit_status}) before every proxy ran: see its log on "
-                f"{launcher.host} (rank-0.log of job {job} in the agent's work dir)",
-                job=job,
-            )
+            return record
         if _running(record) >= proxies + 1:
             return record
         if time.monotonic() > deadline:
@@ -139,6 +137,21 @@ def _started(client: CoordinatorClient, job: str, proxies: int) -> coordinator_p
                 job=job,
             )
         time.sleep(0.1)
+
+
+def _ended_early(job: coordinator_pb2.Job) -> CrctlError | None:
+    """mpiexec ended with an error before the job ran: what to tell the caller."""
+    launcher = next(r for r in job.ranks if r.rank == 0)
+    if launcher.state == "running" or (
+        launcher.HasField("exit_status") and not launcher.exit_status
+    ):
+        return None
+    return CrctlError(
+        f"mpiexec of job {job.job} ended ({launcher.state}, exit {launcher.exit_status}) "
+        f"before the job ran: see its log on {launcher.host} (rank-0.log of job {job.job} in "
+        "the agent's work dir)",
+        job=job.job,
+    )
 
 
 def _finished(client: CoordinatorClient, job: str) -> coordinator_pb2.Job:

@@ -231,3 +231,14 @@ def test_memory_shared_between_two_ranks_is_refused_before_anything_is_frozen(
     finally:
         crctl("kill", "sharing", check=False)
         segment.unlink(missing_ok=True)
+
+
+def test_mpirun_wait_exits_with_the_jobs_status(testbed6: bed.State) -> None:
+    short = crctl("mpirun", "--job", "mpi-wait", "--hosts", "h1,h2", "--wait", "--",
+                  sys.executable, str(PROGRAM), "--steps", "50", check=False)  # fmt: skip
+    assert short.returncode == 0, short.stderr
+    assert "mpiexec exited 0" in short.stdout
+    failing = crctl("mpirun", "--job", "mpi-fail", "--hosts", "h1,h2", "--wait", "--",
+                    sys.executable, "-c", "import sys; from mpi4py import MPI; sys.exit(3)",
+                    check=False)  # fmt: skip
+    assert failing.returncode == 3, (failing.stdout, failing.stderr)
