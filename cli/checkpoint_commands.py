@@ -9,7 +9,7 @@ import time
 import uuid
 
 from cli import render
-from cli.arguments import seconds
+from cli.arguments import between, seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from crctl.config import Config
@@ -81,6 +81,10 @@ def cmd_checkpoint(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return ExitCode.ABORTED
+    if args.requeue_exit_code is not None:
+        if args.leave_running:
+            return ExitCode.OK
+        return int(args.requeue_exit_code)
     return ExitCode.OK
 
 
@@ -176,6 +180,12 @@ def register(add: render.AddCommand) -> None:
         "--request-id",
         default="",
         help="idempotency key: a retry with the same id never starts a second one",
+    )
+    p.add_argument(
+        "--requeue-exit-code",
+        type=between(1, 255),
+        metavar="N",
+        help="exit N after a committed stop-mode checkpoint (for Slurm's RequeueExit=N)",
     )
     p = add("checkpoints", cmd_checkpoints, "list a job's checkpoints", True)
     p.add_argument("job")

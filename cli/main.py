@@ -17,6 +17,7 @@ from cli import (
     mpi_commands,
     render,
     restart_commands,
+    run_command,
 )
 from cli.arguments import between
 from cli.client import CoordinatorClient
@@ -164,8 +165,10 @@ def cmd_keys_init(args: argparse.Namespace, config: Config) -> int:
 def cmd_testbed_up(args: argparse.Namespace, config: Config) -> int:
     from testbed import bed
 
-    state = bed.up(args.hosts, args.dir)
+    state = bed.up(args.hosts, args.dir, with_slurm=args.slurm)
     print(f"testbed up: {len(state.hosts)} hosts, coordinator at {state.api_address}")
+    if state.slurm:
+        print("  Slurm: nodes h1..hN in partition debug (sbatch, squeue, scontrol, scancel)")
     for host in state.hosts.values():
         print(f"  {host.name}  {host.address}  (nsenter --net=/run/netns/{host.namespace})")
     return ExitCode.OK
@@ -276,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint_commands.register(add)
     restart_commands.register(add)
     mpi_commands.register(add)
+    run_command.register(add)
 
     p = add("demo", cmd_demo, "run the one-machine demo on emulated hosts, then clean up")
     p.add_argument("--mpi", action="store_true", help="also move an MPI job (MPICH) mid-run")
@@ -307,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_to(tb_sub, "up", cmd_testbed_up, "create hosts h1..hN, start a coordinator and agents")
     p.add_argument(
         "--hosts", type=between(1, MAX_HOSTS), default=3, help="number of hosts (default 3)"
+    )
+    p.add_argument(
+        "--slurm", action="store_true", help="also run Slurm: munge, slurmctld, a slurmd per host"
     )
     add_to(tb_sub, "status", cmd_testbed_status, "show the testbed's daemons", True)
     p = add_to(tb_sub, "start", cmd_testbed_start, "start a stopped testbed daemon")

@@ -7,7 +7,6 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from cli.arguments import key_value
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from cli.job_commands import current_umask
-from crctl import mpi
+from crctl import hostlists, mpi
 from crctl.config import Config
 from crctl.errors import ConfigError, CrctlError, PrerequisiteError
 from crctl.v1 import coordinator_pb2
@@ -31,18 +30,7 @@ def _command(argv: list[str]) -> list[str]:
 
 def allocation_hosts() -> list[str]:
     """The hosts of the Slurm allocation this runs in, if any (SLURM_JOB_NODELIST)."""
-    nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
-    if not nodelist:
-        return []
-    scontrol = shutil.which("scontrol")
-    if scontrol is None:
-        raise PrerequisiteError("SLURM_JOB_NODELIST is set but scontrol is not on PATH")
-    listed = subprocess.run(
-        [scontrol, "show", "hostnames", nodelist], capture_output=True, text=True, check=False
-    )
-    if listed.returncode != 0:
-        raise ConfigError(f"scontrol show hostnames {nodelist}: {listed.stderr.strip()}")
-    return listed.stdout.split()
+    return hostlists.expand(os.environ.get("SLURM_JOB_NODELIST", ""))
 
 
 def find_mpiexec() -> str:
@@ -78,7 +66,7 @@ def cmd_mpirun(args: argparse.Namespace, config: Config) -> int:
     if args.mpi in mpi.REFUSED:
         raise ConfigError(mpi.REFUSED[args.mpi])
     command = _command(list(args.argv))
-    names = [h for h in (args.hosts or "").split(",") if h] or allocation_hosts()
+    names = hostlists.expand(args.hosts or "") or allocation_hosts()
     if not names:
         raise ConfigError("give --hosts h1,h2,... (or run inside a Slurm allocation)")
     with CoordinatorClient.for_config(config, timeout=60) as client:

@@ -9,6 +9,7 @@ from cli import render
 from cli.arguments import host_map, key_value, seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
+from crctl import hostlists
 from crctl.config import Config
 from crctl.errors import ConfigError
 from crctl.v1 import coordinator_pb2
@@ -19,7 +20,7 @@ def cmd_restart(args: argparse.Namespace, config: Config) -> int:
         job=args.job,
         checkpoint=args.checkpoint,
         host_map=args.map,
-        hosts=[h for h in (args.hosts or "").split(",") if h],
+        hosts=hostlists.expand(args.hosts or ""),
         plugins=args.plugin,
         plugin_options=dict(args.plugin_option),
         timeout_seconds=args.timeout,

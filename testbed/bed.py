@@ -23,7 +23,7 @@ from crctl.errors import CrctlError, PrerequisiteError, UnavailableError
 from crctl.fs import remove_tree
 from crctl.v1 import coordinator_pb2
 from testbed import DEFAULT_DIR as DEFAULT_DIR  # re-exported: callers name bed.DEFAULT_DIR
-from testbed import netns, procs
+from testbed import netns, procs, slurm
 
 PREFIX = "crctl"
 BRIDGE = f"{PREFIX}-br0"
@@ -50,6 +50,7 @@ class State:
     agent_lost_after: float
     commit_timeout: float = 10.0
     plugin_dir: str = ""  # the agents' plugin_dir ("": <testbed dir>/plugins, empty)
+    slurm: bool = False  # real Slurm on the hosts (testbed.slurm)
     hosts: dict[str, Host] = field(default_factory=dict)
     processes: dict[str, procs.ProcessRef] = field(default_factory=dict)
 
@@ -206,6 +207,7 @@ def up(
     agent_lost_after: float = 3.0,
     commit_timeout: float = 10.0,
     plugin_dir: Path | None = None,
+    with_slurm: bool = False,
     timeout: float = 60.0,
 ) -> State:
     if os.geteuid() != 0:
@@ -227,6 +229,7 @@ def up(
             agent_lost_after=agent_lost_after,
             commit_timeout=commit_timeout,
             plugin_dir=str(plugin_dir or ""),
+            slurm=with_slurm,
         )
         names = [f"h{i}" for i in range(1, hosts + 1)]
         keys.init_keys(directory / "keys", names)
@@ -247,6 +250,14 @@ def up(
             for name in names:
                 start(state, agent_process(name))
             wait_for_agents(state, names, timeout)
+            if with_slurm:
+                daemons = slurm.start(
+                    state.dir / "slurm",
+                    {n: h.address for n, h in state.hosts.items()},
+                    {n: h.namespace for n, h in state.hosts.items()},
+                )
+                state.processes.update(daemons)
+                state.save()
         except CrctlError as exc:
             tails = _log_tails(state)
             _teardown(directory)
@@ -294,6 +305,8 @@ def _teardown(directory: Path) -> list[str]:
         netns.delete_namespace(namespace)
         removed.append(f"namespace {namespace}")
     removed.extend(_remove_empty_rank_cgroups())
+    if slurm.remove_conf():
+        removed.append(f"file {slurm.CONF}")
     for link in [BRIDGE, *(h.veth for h in (state.hosts.values() if state else []))]:
         if netns.link_exists(link):
             netns.delete_link(link)

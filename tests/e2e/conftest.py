@@ -12,7 +12,7 @@ COMMIT_TIMEOUT = 4.0
 PLUGIN_DIR = Path(__file__).with_name("plugins")
 
 
-def _testbed(hosts: int) -> Iterator[bed.State]:
+def _testbed(hosts: int, *, with_slurm: bool = False) -> Iterator[bed.State]:
     if bed.status(bed.DEFAULT_DIR) is not None:
         pytest.fail(
             "a testbed is already up; run `crctl testbed down` before the tests", pytrace=False
@@ -24,6 +24,7 @@ def _testbed(hosts: int) -> Iterator[bed.State]:
         agent_lost_after=LOST_AFTER,
         commit_timeout=COMMIT_TIMEOUT,
         plugin_dir=PLUGIN_DIR,
+        with_slurm=with_slurm,
     )
     try:
         yield state
@@ -45,3 +46,9 @@ def testbed6() -> Iterator[bed.State]:
 
 def coordinator_log(state: bed.State) -> str:
     return (Path(state.directory) / "logs" / "coordinator.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def testbed_slurm() -> Iterator[bed.State]:
+    """Four hosts with real Slurm: munge, slurmctld, a slurmd per host (nodes h1..h4)."""
+    yield from _testbed(4, with_slurm=True)

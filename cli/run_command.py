@@ -1,0 +1,208 @@
+"""`crctl run`: a whole job in one command, for batch scripts. It launches the job (or, in a
+requeued Slurm run, restarts it from its latest checkpoint onto this allocation), waits for it,
+and on SIGUSR1 or SIGTERM (Slurm's `--signal=B:USR1@T`, preemption) checkpoints it and has
+Slurm requeue the batch job. The job's ranks never outlive it: it kills them on its way out.
+
+Exit codes: the job's own status when it ends by itself (the first failing rank's); 10 after a
+committed checkpoint on a signal (and, with checkpoint-requeue in a Slurm job, `scontrol
+requeue` done); 11 when that checkpoint failed (the job is killed, not requeued); 12 when a
+signal came with --on-signal none (the job is killed); the usual crctl codes (2-9) for
+refusals before anything ran."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from types import FrameType
+
+from cli import render
+from cli.arguments import key_value, seconds
+from cli.client import CoordinatorClient
+from cli.exit_codes import ExitCode
+from cli.job_commands import current_umask
+from crctl import batch
+from crctl.config import Config
+from crctl.errors import CrctlError, NotFoundError
+from crctl.v1 import coordinator_pb2
+
+CHECKPOINTED = 10
+CHECKPOINT_FAILED = 11
+SIGNALLED = 12
+ENDED = ("exited", "killed", "lost", "failed")
+
+
+class _Signals:
+    def __init__(self) -> None:
+        self.received: int | None = None
+        for signum in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+
+def _job(client: CoordinatorClient, job: str) -> coordinator_pb2.Job | None:
+    try:
+        return client.job(job)
+    except NotFoundError:
+        return None
+
+
+def _addresses(client: CoordinatorClient, hosts: tuple[str, ...]) -> list[str]:
+    agents = {a.host: a for a in client.list_agents()}
+    found = []
+    for host in hosts:
+        agent = agents.get(host)
+        if agent is None:
+            raise NotFoundError(f"unknown host {host!r}: no agent registered there", host=host)
+        ipv4 = [a for a in agent.addresses if ":" not in a] or list(agent.addresses)
+        found.append(ipv4[0] if ipv4 else host)
+    return found
+
+
+def _start(client: CoordinatorClient, plan: batch.Plan, args: argparse.Namespace) -> None:
+    if plan.restart_from:
+        request = coordinator_pb2.RestartRequest(
+            job=plan.job, checkpoint=plan.restart_from, hosts=list(plan.hosts)
+        )
+        outcome = None
+        for event in client.restart(request):
+            if event.WhichOneof("event") == "outcome":
+                outcome = event.outcome
+        if outcome is None or not outcome.restarted:
+            reason = outcome.reason if outcome is not None else "no outcome"
+            raise CrctlError(f"restart of {plan.job} from {plan.restart_from} failed: {reason}")
+        print(f"crctl run: restarted {plan.job} from {plan.restart_from} on {','.join(plan.hosts)}")
+        return
+    addresses = _addresses(client, plan.hosts)
+    command = list(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+    for rank, host in enumerate(plan.hosts):
+        env = {**os.environ, **dict(args.env), **batch.rank_environment(plan.job, rank, addresses)}
+        client.launch(plan.job, host, rank, command, env, cwd=os.getcwd(), umask=current_umask())
+    print(f"crctl run: launched {plan.job}: {len(plan.hosts)} ranks on {','.join(plan.hosts)}")
+
+
+def _checkpoint(client: CoordinatorClient, job: str, timeout: float) -> tuple[bool, str]:
+    outcome = None
+    for event in client.checkpoint(
+        job, leave_running=False, timeout=timeout, request_id=uuid.uuid4().hex
+    ):
+        if event.WhichOneof("event") == "outcome":
+            outcome = event.outcome
+    if outcome is None:
+        return False, "no outcome"
+    return outcome.committed, outcome.checkpoint if outcome.committed else outcome.reason
+
+
+def _requeue(plan: batch.Plan) -> str:
+    """Have Slurm requeue this batch job; what happened, for the log."""
+    if not plan.in_slurm:
+        return "not a Slurm job: nothing to requeue"
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return "scontrol is not on PATH: the job was not requeued"
+    done = subprocess.run(
+        [scontrol, "requeue", plan.slurm_job], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        return f"scontrol requeue {plan.slurm_job} failed: {done.stderr.strip()}"
+    return f"Slurm job {plan.slurm_job} requeued"
+
+
+def _on_signal(client: CoordinatorClient, plan: batch.Plan, args: argparse.Namespace) -> int:
+    if args.on_signal == "none":
+        print(f"crctl run: signal received: killing {plan.job}", file=sys.stderr)
+        return SIGNALLED
+    committed, what = _checkpoint(client, plan.job, args.checkpoint_timeout)
+    if not committed:
+        print(
+            f"crctl run: the checkpoint of {plan.job} failed ({what}); the job is killed and "
+            "not requeued: its latest checkpoint stays the one before",
+            file=sys.stderr,
+        )
+        return CHECKPOINT_FAILED
+    print(f"crctl run: checkpointed {plan.job} as {what}", flush=True)
+    if args.on_signal == "checkpoint-requeue":
+        print(f"crctl run: {_requeue(plan)}", flush=True)
+    return CHECKPOINTED
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    if args.mpi:
+        raise CrctlError("crctl run --mpi is not built yet: use crctl mpirun inside the script")
+    signals = _Signals()
+    with CoordinatorClient.for_config(config, timeout=60) as client:
+        slurm_job = os.environ.get("SLURM_JOB_ID", "")
+        name = args.job or (f"slurm-{slurm_job}" if slurm_job else "")
+        existing = _job(client, name) if name else None
+        plan = batch.plan(
+            job=args.job,
+            hosts=args.hosts or "",
+            ranks_per_host=args.ranks_per_host,
+            environ=os.environ,
+            latest_checkpoint=existing.latest_checkpoint if existing else None,
+            running_ranks=sum(r.state == "running" for r in existing.ranks) if existing else 0,
+            existing=existing is not None,
+        )
+        code: int | None = None
+        try:
+            _start(client, plan, args)
+            while code is None:
+                if signals.received is not None:
+                    code = _on_signal(client, plan, args)
+                    break
+                job = client.job(plan.job)
+                if all(r.state in ENDED for r in job.ranks):
+                    code = batch.job_status(
+                        [r.exit_status if r.HasField("exit_status") else None for r in job.ranks]
+                    )
+                    print(f"crctl run: {plan.job} ended with status {code}")
+                time.sleep(0.2)
+        finally:
+            left = _job(client, plan.job)
+            if left is not None and any(r.state == "running" for r in left.ranks):
+                client.kill(plan.job)
+                print(f"crctl run: killed what was left of {plan.job}", file=sys.stderr)
+    if args.json:
+        render.print_json({"job": plan.job, "exit_code": code})
+    return int(code if code is not None else ExitCode.FAILED)
+
+
+def register(add: render.AddCommand) -> None:
+    p = add("run", cmd_run, "run a whole job for a batch script (see `crctl run --help`)", True)
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--job", default="", help="job name (default in Slurm: slurm-<job id>)")
+    p.add_argument("--hosts", help="host list, e.g. node[01-04] (default: the Slurm allocation)")
+    p.add_argument("--ranks-per-host", type=int, default=1, metavar="K", help="default 1")
+    p.add_argument("--mpi", action="store_true", help="run the command with crctl mpirun")
+    p.add_argument(
+        "--on-signal",
+        choices=batch.ON_SIGNAL,
+        default="checkpoint-requeue",
+        help="on SIGUSR1/SIGTERM: checkpoint and requeue (default), only checkpoint, or kill",
+    )
+    p.add_argument(
+        "--checkpoint-timeout",
+        type=seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="prepare deadline of the checkpoint on a signal (fit it in Slurm's lead time)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the ranks, besides yours (repeatable)",
+    )
+    p.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="each rank's command"
+    )

@@ -1,0 +1,98 @@
+"""Batch scripts under real Slurm on the testbed: `sbatch deploy/slurm/example.sbatch` runs a
+TCP ring through `crctl run`; Slurm's warning signal makes crctl checkpoint it and requeue the
+batch job; with the first nodes drained, the requeued run restarts the ring from that
+checkpoint on the other two nodes, where it counts on with no token lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed import bed
+from testbed.ringjob import RingJob
+
+from .helpers import crctl, crctl_json, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "slurm" / "example.sbatch"
+
+
+def slurm(*argv: str) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, (argv, done.stdout, done.stderr)
+    return done.stdout
+
+
+def job_state(job_id: str) -> str:
+    shown = slurm("scontrol", "show", "job", job_id, "-o")
+    return shown.split("JobState=")[1].split()[0]
+
+
+def restarts(job_id: str) -> int:
+    shown = slurm("scontrol", "show", "job", job_id, "-o")
+    return int(shown.split("Restarts=")[1].split()[0])
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="crctl-slurm-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_warning_signal_checkpoints_and_requeues_and_the_job_moves_to_other_nodes(
+    testbed_slurm: bed.State, folder: Path
+) -> None:
+    submitted = slurm("sbatch", "--parsable", f"--chdir={folder}",
+                      f"--export=ALL,CRCTL_RING_STATUS={folder}", str(SCRIPT))  # fmt: skip
+    job_id = submitted.strip().split(";")[0]
+    job = f"slurm-{job_id}"
+    try:
+        wait_for(lambda: job_state(job_id) == "RUNNING", timeout=60, what="the batch job running")
+        wait_for(
+            lambda: crctl("status", job, check=False).returncode == 0,
+            timeout=60,
+            what="crctl run launching the job",
+        )
+        hosts = [r["host"] for r in crctl_json("status", job)["ranks"]]
+        assert hosts == ["h1", "h2"]
+        ring = RingJob(job, hosts, folder, testbed_slurm.api_address)
+        ring.wait_for_tokens(20, timeout=30)
+
+        slurm("scontrol", "update", "nodename=h1,h2", "state=drain", "reason=crctl-test")
+        slurm("scancel", "--batch", "--signal=USR1", job_id)  # Slurm's warning, by hand
+        wait_for(lambda: restarts(job_id) >= 1, timeout=120, what="the batch job requeued")
+        tokens = ring.tokens()
+        wait_for(
+            lambda: (
+                {r["host"] for r in crctl_json("status", job)["ranks"]} == {"h3", "h4"}
+                and crctl_json("status", job)["state"] == "running"
+            ),
+            timeout=240,
+            what="the requeued run restarting the ring on h3, h4",
+        )
+        ring.hosts = ["h3", "h4"]
+        ring.wait_for_tokens(tokens + 30, timeout=60)
+        assert ring.errors() == []
+        output = next(folder.glob("crctl-ring-*.out")).read_text()
+        assert f"checkpointed {job}" in output and f"Slurm job {job_id} requeued" in output
+        assert f"restarted {job} from ckpt-" in output
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, check=False)
+        slurm("scontrol", "update", "nodename=h1,h2", "state=resume")
+        wait_for(
+            lambda: (
+                crctl("status", job, check=False).returncode != 0
+                or json.loads(crctl("status", job, "--json").stdout)["state"] == "stopped"
+            ),
+            timeout=60,
+            what="nothing of the job left running after scancel",
+        )
