@@ -51,8 +51,10 @@ def folder() -> Iterator[Path]:
 def test_the_warning_signal_checkpoints_and_requeues_and_the_job_moves_to_other_nodes(
     testbed_slurm: bed.State, folder: Path
 ) -> None:
+    ring_program = SCRIPT.parents[2] / "testbed" / "ring.py"
     submitted = slurm("sbatch", "--parsable", f"--chdir={folder}",
-                      f"--export=ALL,CRCTL_RING_STATUS={folder}", str(SCRIPT))  # fmt: skip
+                      f"--export=ALL,CRCTL_RING_STATUS={folder},CRCTL_RING={ring_program}",
+                      str(SCRIPT))  # fmt: skip
     job_id = submitted.strip().split(";")[0]
     job = f"slurm-{job_id}"
     try:
@@ -87,7 +89,7 @@ def test_the_warning_signal_checkpoints_and_requeues_and_the_job_moves_to_other_
         assert f"restarted {job} from ckpt-" in output
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, check=False)
-        slurm("scontrol", "update", "nodename=h1,h2", "state=resume")
+        subprocess.run(["scontrol", "update", "nodename=h1,h2", "state=resume"], check=False)
         wait_for(
             lambda: (
                 crctl("status", job, check=False).returncode != 0
