@@ -62,6 +62,32 @@ def _running(job: coordinator_pb2.Job) -> int:
     return sum(1 for r in job.ranks if r.state == "running")
 
 
+def start_mpi_job(
+    client: CoordinatorClient,
+    job: str,
+    names: list[str],
+    *,
+    ranks_per_host: int,
+    n: int | None,
+    command: list[str],
+    extra_env: dict[str, str],
+) -> tuple[coordinator_pb2.Job, int]:
+    """Launch the MPI job (mpiexec as rank 0, which starts the proxies); the job once every
+    proxy runs (or mpiexec ended), and its MPI rank count."""
+    hosts = _hosts(client, names)
+    ranks = mpi.rank_count(hosts, ranks_per_host, n)
+    mpiexec = mpi.mpiexec_argv(
+        find_mpiexec(), hosts, ranks=ranks, ranks_per_host=ranks_per_host, command=command
+    )
+    env = mpi.mpi_environment(os.environ, extra_env)
+    launcher = [
+        sys.executable, "-I", "-m", "cli", "mpi-launch", "--job", job,
+        "--hosts", mpi.format_hosts(hosts), "--", *mpiexec,
+    ]  # fmt: skip
+    client.launch(job, hosts[0].name, 0, launcher, env, cwd=os.getcwd(), umask=current_umask())
+    return _started(client, job, len(hosts)), ranks
+
+
 def cmd_mpirun(args: argparse.Namespace, config: Config) -> int:
     if args.mpi in mpi.REFUSED:
         raise ConfigError(mpi.REFUSED[args.mpi])
@@ -70,31 +96,22 @@ def cmd_mpirun(args: argparse.Namespace, config: Config) -> int:
     if not names:
         raise ConfigError("give --hosts h1,h2,... (or run inside a Slurm allocation)")
     with CoordinatorClient.for_config(config, timeout=60) as client:
-        hosts = _hosts(client, names)
-        ranks = mpi.rank_count(hosts, args.ranks_per_host, args.n)
-        mpiexec = mpi.mpiexec_argv(
-            find_mpiexec(),
-            hosts,
-            ranks=ranks,
+        job, ranks = start_mpi_job(
+            client,
+            args.job,
+            names,
             ranks_per_host=args.ranks_per_host,
+            n=args.n,
             command=command,
+            extra_env=dict(args.env),
         )
-        env = mpi.mpi_environment(os.environ, dict(args.env))
-        launcher = [
-            sys.executable, "-I", "-m", "cli", "mpi-launch", "--job", args.job,
-            "--hosts", mpi.format_hosts(hosts), "--", *mpiexec,
-        ]  # fmt: skip
-        client.launch(
-            args.job, hosts[0].name, 0, launcher, env, cwd=os.getcwd(), umask=current_umask()
-        )
-        job = _started(client, args.job, len(hosts))
         early = _ended_early(job)
         if early is not None and not args.wait:
             raise early
         if not args.json:
             print(
                 f"mpi job {args.job}: {ranks} MPI ranks on {','.join(names)} "
-                f"(crctl ranks: 0 mpiexec on {hosts[0].name}, 1-{len(hosts)} the hosts' proxies)"
+                f"(crctl ranks: 0 mpiexec on {names[0]}, 1-{len(names)} the hosts' proxies)"
             )
         if args.wait:
             job = _finished(client, args.job)

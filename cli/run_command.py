@@ -26,6 +26,7 @@ from cli.arguments import key_value, seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from cli.job_commands import current_umask
+from cli.mpi_commands import start_mpi_job
 from crctl import batch
 from crctl.config import Config
 from crctl.errors import CrctlError, NotFoundError
@@ -68,8 +69,10 @@ def _addresses(client: CoordinatorClient, hosts: tuple[str, ...]) -> list[str]:
 
 def _start(client: CoordinatorClient, plan: batch.Plan, args: argparse.Namespace) -> None:
     if plan.restart_from:
+        old = [r.host for r in sorted(client.job(plan.job).ranks, key=lambda r: r.rank)]
+        host_map, hosts = batch.restart_placement(old, list(plan.hosts))
         request = coordinator_pb2.RestartRequest(
-            job=plan.job, checkpoint=plan.restart_from, hosts=list(plan.hosts)
+            job=plan.job, checkpoint=plan.restart_from, host_map=host_map, hosts=hosts
         )
         outcome = None
         for event in client.restart(request):
@@ -80,8 +83,14 @@ def _start(client: CoordinatorClient, plan: batch.Plan, args: argparse.Namespace
             raise CrctlError(f"restart of {plan.job} from {plan.restart_from} failed: {reason}")
         print(f"crctl run: restarted {plan.job} from {plan.restart_from} on {','.join(plan.hosts)}")
         return
-    addresses = _addresses(client, plan.hosts)
     command = list(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+    if args.mpi:
+        hosts = list(dict.fromkeys(plan.hosts))
+        start_mpi_job(client, plan.job, hosts, ranks_per_host=args.ranks_per_host, n=None,
+                      command=command, extra_env=dict(args.env))  # fmt: skip
+        print(f"crctl run: launched MPI job {plan.job} on {','.join(hosts)}", flush=True)
+        return
+    addresses = _addresses(client, plan.hosts)
     for rank, host in enumerate(plan.hosts):
         env = {**os.environ, **dict(args.env), **batch.rank_environment(plan.job, rank, addresses)}
         client.launch(plan.job, host, rank, command, env, cwd=os.getcwd(), umask=current_umask())
@@ -134,8 +143,6 @@ def _on_signal(client: CoordinatorClient, plan: batch.Plan, args: argparse.Names
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    if args.mpi:
-        raise CrctlError("crctl run --mpi is not built yet: use crctl mpirun inside the script")
     signals = _Signals()
     with CoordinatorClient.for_config(config, timeout=60) as client:
         slurm_job = os.environ.get("SLURM_JOB_ID", "")
@@ -158,9 +165,11 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
                     code = _on_signal(client, plan, args)
                     break
                 job = client.job(plan.job)
-                if all(r.state in ENDED for r in job.ranks):
+                # An MPI job ends with mpiexec (rank 0), whose status is the job's.
+                ending = [r for r in job.ranks if r.rank == 0] if args.mpi else list(job.ranks)
+                if all(r.state in ENDED for r in ending):
                     code = batch.job_status(
-                        [r.exit_status if r.HasField("exit_status") else None for r in job.ranks]
+                        [r.exit_status if r.HasField("exit_status") else None for r in ending]
                     )
                     print(f"crctl run: {plan.job} ended with status {code}")
                 time.sleep(0.2)
@@ -181,7 +190,9 @@ def register(add: render.AddCommand) -> None:
     p.add_argument("--job", default="", help="job name (default in Slurm: slurm-<job id>)")
     p.add_argument("--hosts", help="host list, e.g. node[01-04] (default: the Slurm allocation)")
     p.add_argument("--ranks-per-host", type=int, default=1, metavar="K", help="default 1")
-    p.add_argument("--mpi", action="store_true", help="run the command with crctl mpirun")
+    p.add_argument(
+        "--mpi", action="store_true", help="run the command as an MPI program (crctl mpirun)"
+    )
     p.add_argument(
         "--on-signal",
         choices=batch.ON_SIGNAL,

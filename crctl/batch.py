@@ -61,6 +61,17 @@ def plan(
     return Plan(name, placement, restart_from, bool(slurm_job), slurm_job)
 
 
+def restart_placement(old: Sequence[str], new: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Where a requeued run puts the job's ranks: the old hosts (in rank order) mapped one to
+    one onto the new allocation's (so ranks that shared a host share one again: an MPI job's
+    mpiexec and first proxy); by rank order if their numbers differ."""
+    old_hosts = list(dict.fromkeys(old))
+    new_hosts = list(dict.fromkeys(new))
+    if len(old_hosts) == len(new_hosts):
+        return dict(zip(old_hosts, new_hosts, strict=True)), []
+    return {}, list(new)
+
+
 def rank_environment(job: str, rank: int, addresses: Sequence[str]) -> dict[str, str]:
     """What each rank learns of its job: its name, its rank, the size, every rank's host address
     in rank order."""

@@ -47,7 +47,7 @@ def ring_command(status_dir: Path) -> list[str]:
 @pytest.fixture
 def status_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    for job in ("batch-ring", "batch-exit", "batch-kill"):
+    for job in ("batch-ring", "batch-exit", "batch-kill", "batch-mpi"):
         if crctl("status", job, check=False).returncode == 0:
             crctl("kill", job, check=False)
 
@@ -101,3 +101,28 @@ def test_a_killed_run_takes_its_ranks_with_it(testbed6: bed.State, status_dir: P
     time.sleep(0.5)
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     assert crctl_json("status", "batch-kill")["state"] == "stopped"
+
+
+def test_an_mpi_job_checkpointed_on_the_signal_and_restarted_by_the_next_run(
+    testbed6: bed.State, status_dir: Path
+) -> None:
+    from .test_mpi import PROGRAM, STEPS, MpiJob, uninterrupted
+
+    command = [sys.executable, str(PROGRAM), "--steps", str(STEPS), "--interval", "0.004",
+               "--status", str(status_dir), "--result", str(status_dir / "result")]  # fmt: skip
+    first = run("--job", "batch-mpi", "--hosts", "h1,h2", "--mpi", "--", *command)
+    job = MpiJob("batch-mpi", status_dir)
+    job.wait_for_step(150)
+    first.send_signal(signal.SIGUSR1)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 10, (out, err)
+    stopped_at = job.step()
+    assert stopped_at < STEPS - 200
+
+    again = run("--job", "batch-mpi", "--hosts", "h3,h4", "--mpi", "--", *command,
+                env={"SLURM_RESTART_COUNT": "1"})  # fmt: skip
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0, (out, err)
+    assert "restarted batch-mpi" in out and "ended with status 0" in out
+    assert [r["host"] for r in crctl_json("status", "batch-mpi")["ranks"]] == ["h3", "h3", "h4"]
+    assert job.result() == uninterrupted(2)

@@ -68,3 +68,14 @@ def test_ranks_learn_their_job_rank_size_and_peers() -> None:
 )
 def test_the_job_status_is_the_first_failing_ranks(statuses: list[int | None], status: int) -> None:
     assert batch.job_status(statuses) == status
+
+
+def test_a_requeued_run_maps_the_old_hosts_onto_the_new_one_to_one() -> None:
+    # an MPI job: mpiexec and the first proxy on h1, the second proxy on h2
+    assert batch.restart_placement(["h1", "h1", "h2"], ["h3", "h4"]) == (
+        {"h1": "h3", "h2": "h4"}, [],
+    )  # fmt: skip
+    assert batch.restart_placement(["h1", "h2"], ["h5", "h5", "h6", "h6"]) == (
+        {"h1": "h5", "h2": "h6"}, [],
+    )  # fmt: skip
+    assert batch.restart_placement(["h1", "h2", "h3"], ["h4"]) == ({}, ["h4"])
