@@ -228,6 +228,25 @@ def check_rank_init() -> Check:
     return Check("rank-init", True, "tini runs each rank's command as its owner")
 
 
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")
+
+
+def check_slurm() -> Check:
+    """Slurm, for `crctl run` in batch scripts and `crctl testbed up --slurm` (optional)."""
+    path = "/usr/sbin:/usr/bin:/sbin:/bin"
+    missing = [t for t in SLURM_TOOLS if shutil.which(t, path=path) is None]
+    if missing:
+        return Check(
+            "slurm",
+            False,
+            f"Slurm is not installed ({', '.join(missing)} missing): only needed for batch "
+            "jobs and the testbed's --slurm",
+            "apt-get install slurm-wlm munge (deploy/setup.sh does)",
+            required=False,
+        )
+    return Check("slurm", True, "Slurm's daemons and commands are installed")
+
+
 ALL_CHECKS: tuple[Callable[[], Check], ...] = (
     check_privileges,
     check_criu,
@@ -239,6 +258,7 @@ ALL_CHECKS: tuple[Callable[[], Check], ...] = (
     check_freezer,
     check_namespaces,
     check_rank_init,
+    check_slurm,
 )
 
 
