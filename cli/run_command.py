@@ -3,11 +3,17 @@ requeued Slurm run, restarts it from its latest checkpoint onto this allocation)
 and on SIGUSR1 or SIGTERM (Slurm's `--signal=B:USR1@T`, preemption) checkpoints it and has
 Slurm requeue the batch job. The job's ranks never outlive it: it kills them on its way out.
 
+SIGUSR1 (the warning) checkpoints and requeues; SIGTERM (Slurm ending the job: scancel,
+preemption, the time limit) checkpoints but does not requeue: a cancelled job must not come
+back, and Slurm requeues a preempted job itself (PreemptMode=REQUEUE), which then restarts.
+
 Exit codes: the job's own status when it ends by itself (the first failing rank's); 10 after a
-committed checkpoint on a signal (and, with checkpoint-requeue in a Slurm job, `scontrol
-requeue` done); 11 when that checkpoint failed (the job is killed, not requeued); 12 when a
-signal came with --on-signal none (the job is killed); the usual crctl codes (2-9) for
-refusals before anything ran."""
+committed checkpoint on a signal (and, on SIGUSR1 with checkpoint-requeue in a Slurm job,
+`scontrol requeue` done); 11 when that checkpoint failed (the job is killed, not requeued); 12
+when a signal came with --on-signal none (the job is killed); the usual crctl codes (2-9) for
+refusals before anything ran, among them 5 for a requeued run with no committed checkpoint to
+restart from (its checkpoint failed): it never relaunches over the old ranks, nor restarts from
+a checkpoint that did not commit."""
 
 from __future__ import annotations
 
@@ -124,7 +130,9 @@ def _requeue(plan: batch.Plan) -> str:
     return f"Slurm job {plan.slurm_job} requeued"
 
 
-def _on_signal(client: CoordinatorClient, plan: batch.Plan, args: argparse.Namespace) -> int:
+def _on_signal(
+    client: CoordinatorClient, plan: batch.Plan, args: argparse.Namespace, signum: int
+) -> int:
     if args.on_signal == "none":
         print(f"crctl run: signal received: killing {plan.job}", file=sys.stderr)
         return SIGNALLED
@@ -137,8 +145,18 @@ def _on_signal(client: CoordinatorClient, plan: batch.Plan, args: argparse.Names
         )
         return CHECKPOINT_FAILED
     print(f"crctl run: checkpointed {plan.job} as {what}", flush=True)
-    if args.on_signal == "checkpoint-requeue":
-        print(f"crctl run: {_requeue(plan)}", flush=True)
+    if args.on_signal != "checkpoint-requeue":
+        return CHECKPOINTED
+    if signum == signal.SIGTERM:
+        # Slurm is ending the batch job (scancel, preemption, the time limit): a cancelled job
+        # must not come back, and a preempted one is requeued by Slurm's own PreemptMode.
+        print(
+            "crctl run: SIGTERM: Slurm is ending this job, so crctl does not requeue it (a "
+            "preempted job is requeued by Slurm itself with PreemptMode=REQUEUE)",
+            flush=True,
+        )
+        return CHECKPOINTED
+    print(f"crctl run: {_requeue(plan)}", flush=True)
     return CHECKPOINTED
 
 
@@ -162,7 +180,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             _start(client, plan, args)
             while code is None:
                 if signals.received is not None:
-                    code = _on_signal(client, plan, args)
+                    code = _on_signal(client, plan, args, signals.received)
                     break
                 job = client.job(plan.job)
                 # An MPI job ends with mpiexec (rank 0), whose status is the job's.

@@ -53,6 +53,13 @@ def plan(
         )
     restart_from = (latest_checkpoint or "") if restarts >= 1 else ""
     if existing and not restart_from:
+        if restarts >= 1:
+            raise ConflictError(
+                f"this requeued run has no committed checkpoint of {name} to restart from (the "
+                "checkpoint at the signal failed, or none was ever made): it is not relaunched "
+                "over its old ranks; submit it again with another --job",
+                job=name,
+            )
         raise ConflictError(
             f"job {name} exists and this is not a requeued run with a checkpoint to restart "
             f"from: remove it or choose another --job",

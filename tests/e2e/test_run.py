@@ -47,7 +47,7 @@ def ring_command(status_dir: Path) -> list[str]:
 @pytest.fixture
 def status_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    for job in ("batch-ring", "batch-exit", "batch-kill", "batch-mpi"):
+    for job in ("batch-ring", "batch-exit", "batch-kill", "batch-mpi", "batch-fail"):
         if crctl("status", job, check=False).returncode == 0:
             crctl("kill", job, check=False)
 
@@ -126,3 +126,31 @@ def test_an_mpi_job_checkpointed_on_the_signal_and_restarted_by_the_next_run(
     assert "restarted batch-mpi" in out and "ended with status 0" in out
     assert [r["host"] for r in crctl_json("status", "batch-mpi")["ranks"]] == ["h3", "h3", "h4"]
     assert job.result() == uninterrupted(2)
+
+
+def test_a_failed_checkpoint_on_the_signal_is_reported_and_never_restarted_from(
+    testbed6: bed.State, status_dir: Path
+) -> None:
+    from testbed import faultmatrix
+
+    first = run("--job", "batch-fail", "--hosts", "h1,h2", "--", *ring_command(status_dir))
+    ring = RingJob("batch-fail", ["h1", "h2"], status_dir, testbed6.api_address)
+    ring.wait_for_tokens(10, timeout=30)
+    fault = faultmatrix.Bed(testbed6)
+    fault.arm("agent-h2", "criu.fault", "3")  # CRIU's own fault injection: its dump fails
+    try:
+        first.send_signal(signal.SIGUSR1)
+        out, err = first.communicate(timeout=120)
+    finally:
+        fault.disarm()
+    assert first.returncode == 11, (out, err)
+    assert "the checkpoint of batch-fail failed" in err
+    assert crctl_json("status", "batch-fail")["state"] == "stopped"  # killed, nothing left
+    assert [c["state"] for c in crctl_json("checkpoints", "batch-fail")] == ["aborted"]
+
+    again = run("--job", "batch-fail", "--hosts", "h3,h4", "--", *ring_command(status_dir),
+                env={"SLURM_RESTART_COUNT": "1"})  # fmt: skip
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 5, (out, err)
+    assert "no committed checkpoint of batch-fail to restart from" in err
+    assert {r["host"] for r in crctl_json("status", "batch-fail")["ranks"]} == {"h1", "h2"}

@@ -98,3 +98,31 @@ def test_the_warning_signal_checkpoints_and_requeues_and_the_job_moves_to_other_
             timeout=60,
             what="nothing of the job left running after scancel",
         )
+
+
+def test_a_cancelled_batch_job_leaves_nothing_running(
+    testbed_slurm: bed.State, folder: Path
+) -> None:
+    ring_program = SCRIPT.parents[2] / "testbed" / "ring.py"
+    submitted = slurm("sbatch", "--parsable", f"--chdir={folder}",
+                      f"--export=ALL,CRCTL_RING_STATUS={folder},CRCTL_RING={ring_program}",
+                      str(SCRIPT))  # fmt: skip
+    job_id = submitted.strip().split(";")[0]
+    job = f"slurm-{job_id}"
+    wait_for(
+        lambda: (
+            crctl("status", job, check=False).returncode == 0
+            and crctl_json("status", job)["state"] == "running"
+        ),
+        timeout=90,
+        what="the batch job's ranks running",
+    )
+    pids = [r["pid"] for r in crctl_json("status", job)["ranks"]]
+    slurm("scancel", job_id)
+    wait_for(lambda: job_state(job_id) in ("CANCELLED", "COMPLETED"), timeout=90, what="cancelled")
+    wait_for(
+        lambda: not [pid for pid in pids if Path(f"/proc/{pid}").exists()],
+        timeout=60,
+        what="every rank gone",
+    )
+    assert crctl_json("status", job)["state"] == "stopped"

@@ -52,6 +52,9 @@ def test_refusals_say_what_to_do() -> None:
         plan(existing=True, running_ranks=2)
     with pytest.raises(ConflictError, match="not a requeued run"):
         plan(existing=True, latest_checkpoint="ckpt-1")
+    requeued = {**SLURM, "SLURM_RESTART_COUNT": "2"}
+    with pytest.raises(ConflictError, match="no committed checkpoint of slurm-77"):
+        plan(environ=requeued, existing=True, latest_checkpoint=None)
     with pytest.raises(ConfigError, match="at least 1"):
         plan(ranks_per_host=0)
 
