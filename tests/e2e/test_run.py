@@ -47,7 +47,8 @@ def ring_command(status_dir: Path) -> list[str]:
 @pytest.fixture
 def status_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    for job in ("batch-ring", "batch-exit", "batch-kill", "batch-mpi", "batch-fail"):
+    for job in ("batch-ring", "batch-exit", "batch-kill", "batch-mpi", "batch-fail",
+                "batch-requeue"):  # fmt: skip
         if crctl("status", job, check=False).returncode == 0:
             crctl("kill", job, check=False)
 
@@ -154,3 +155,15 @@ def test_a_failed_checkpoint_on_the_signal_is_reported_and_never_restarted_from(
     assert again.returncode == 5, (out, err)
     assert "no committed checkpoint of batch-fail to restart from" in err
     assert {r["host"] for r in crctl_json("status", "batch-fail")["ranks"]} == {"h1", "h2"}
+
+
+def test_checkpoint_exits_with_the_requeue_code_after_a_stop_mode_commit(
+    testbed6: bed.State, status_dir: Path
+) -> None:
+    """For hand-written scripts with Slurm's RequeueExit=N."""
+    crctl("launch", "--job", "batch-requeue", "--host", "h1", "--", "/bin/sleep", "600")
+    running = crctl("checkpoint", "batch-requeue", "--leave-running", "--requeue-exit-code", "85")
+    assert running.returncode == 0  # the job runs on: nothing to requeue
+    stopped = crctl("checkpoint", "batch-requeue", "--requeue-exit-code", "85", check=False)
+    assert stopped.returncode == 85, stopped.stderr
+    assert crctl_json("status", "batch-requeue")["state"] == "stopped"

@@ -126,3 +126,32 @@ def test_a_cancelled_batch_job_leaves_nothing_running(
         what="every rank gone",
     )
     assert crctl_json("status", job)["state"] == "stopped"
+
+
+def test_an_mpi_batch_job_is_checkpointed_requeued_and_finished_on_other_nodes(
+    testbed_slurm: bed.State, folder: Path
+) -> None:
+    from .test_mpi import STEPS, MpiJob, uninterrupted
+
+    script = SCRIPT.with_name("example-mpi.sbatch")
+    repo = SCRIPT.parents[2]
+    submitted = slurm("sbatch", "--parsable", f"--chdir={folder}",
+                      f"--export=ALL,CRCTL_REPO={repo},CRCTL_MPI_STATUS={folder},"
+                      f"CRCTL_MPI_STEPS={STEPS}", str(script))  # fmt: skip
+    job_id = submitted.strip().split(";")[0]
+    job = f"slurm-{job_id}"
+    mpi_job = MpiJob(job, folder)
+    try:
+        mpi_job.wait_for_step(150, timeout=120)
+        assert [r["host"] for r in crctl_json("status", job)["ranks"]] == ["h1", "h1", "h2"]
+        slurm("scontrol", "update", "nodename=h1,h2", "state=drain", "reason=crctl-test")
+        slurm("scancel", "--batch", "--signal=USR1", job_id)
+        wait_for(lambda: restarts(job_id) >= 1, timeout=120, what="the batch job requeued")
+        assert mpi_job.result(timeout=400) == uninterrupted(2)
+        assert [r["host"] for r in crctl_json("status", job)["ranks"]] == ["h3", "h3", "h4"]
+        wait_for(lambda: job_state(job_id) == "COMPLETED", timeout=60, what="the batch job done")
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, check=False)
+        subprocess.run(["scontrol", "update", "nodename=h1,h2", "state=resume"], check=False)
+        for segment in Path("/dev/shm").glob("mpich_shm_*"):
+            segment.unlink(missing_ok=True)
