@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,13 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> N
 
 def _mpi_story() -> None:
     folder = Path(tempfile.mkdtemp(prefix="crctl-demo-mpi-"))
+    try:
+        _mpi_moves(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mpi_moves(folder: Path) -> None:
     print("\n# an MPI job (MPICH, mpi4py): a ring exchange plus an allreduce per step", flush=True)
     _show("mpirun", "--job", "mpi", "--hosts", "h1,h2,h3", "--", sys.executable, str(EXAMPLE),
           "--steps", MPI_STEPS, "--interval", "0.004", "--status", str(folder),
