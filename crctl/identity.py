@@ -12,6 +12,7 @@ import os
 import pwd
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from crctl.errors import NotFoundError
@@ -83,30 +84,26 @@ def of_user(name: str) -> Identity:
     )
 
 
-def group_ids(names_or_ids: tuple[str, ...]) -> frozenset[int]:
-    """Group names or numbers (from the configuration) as gids; unknown names are skipped by
-    the caller's choice: they raise NotFoundError here."""
+def _ids(names_or_ids: tuple[str, ...], lookup: Callable[[str], int], kind: str) -> frozenset[int]:
     found: set[int] = set()
     for item in names_or_ids:
         if item.isdigit():
             found.add(int(item))
             continue
         try:
-            found.add(grp.getgrnam(item).gr_gid)
+            found.add(lookup(item))
         except KeyError:
-            raise NotFoundError(f"no local group {item!r}") from None
+            raise NotFoundError(f"no local {kind} {item!r}") from None
     return frozenset(found)
+
+
+def group_ids(names_or_ids: tuple[str, ...]) -> frozenset[int]:
+    """Group names or numbers (from the configuration) as gids; an unknown name raises
+    NotFoundError."""
+    return _ids(names_or_ids, lambda name: grp.getgrnam(name).gr_gid, "group")
 
 
 def user_ids(names_or_ids: tuple[str, ...]) -> frozenset[int]:
-    """User names or numbers (from the configuration) as uids."""
-    found: set[int] = set()
-    for item in names_or_ids:
-        if item.isdigit():
-            found.add(int(item))
-            continue
-        try:
-            found.add(pwd.getpwnam(item).pw_uid)
-        except KeyError:
-            raise NotFoundError(f"no local user {item!r}") from None
-    return frozenset(found)
+    """User names or numbers (from the configuration) as uids; an unknown name raises
+    NotFoundError."""
+    return _ids(names_or_ids, lambda name: pwd.getpwnam(name).pw_uid, "user")

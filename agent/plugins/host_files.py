@@ -122,13 +122,8 @@ class HostFiles(RestartPlugin):
                 lambda: self._rewrite_all(paths, held, context),
             )
         except OSError as exc:  # the owner may not even look at a path they named
-            raise PluginError(
-                f"{OPTION}: cannot rewrite {exc.filename}: {exc.strerror or exc}",
-                job=context.job,
-                checkpoint=context.checkpoint,
-                host=context.new_host,
-                phase="before_restore",
-                errno=exc.errno,
+            raise _failure(
+                context, f"cannot rewrite {exc.filename}: {exc.strerror or exc}", exc.errno
             ) from exc
 
     def _rewrite_all(
@@ -136,25 +131,19 @@ class HostFiles(RestartPlugin):
     ) -> None:
         for path in paths:
             if not path.is_file():
-                raise PluginError(
-                    f"{OPTION}: {path} is missing on {context.new_host}"
+                raise _failure(
+                    context,
+                    f"{path} is missing on {context.new_host}"
                     if not path.exists()
-                    else f"{OPTION}: {path} is not a regular file",
-                    job=context.job,
-                    checkpoint=context.checkpoint,
-                    host=context.new_host,
-                    phase="before_restore",
+                    else f"{path} is not a regular file",
                 )
             found = held.get(str(path)) or held.get(os.path.realpath(path))
             if found is not None:
                 size = "" if found.size is None else f" (dumped at {found.size} bytes)"
-                raise PluginError(
-                    f"{OPTION}: rank {context.rank} holds it open{size}, so CRIU reopens it "
-                    f"at restore and it cannot be rewritten: {path}",
-                    job=context.job,
-                    checkpoint=context.checkpoint,
-                    host=context.new_host,
-                    phase="before_restore",
+                raise _failure(
+                    context,
+                    f"rank {context.rank} holds it open{size}, so CRIU reopens it at restore "
+                    f"and it cannot be rewritten: {path}",
                 )
         tokens = replacements(context)
         pattern = compile_replacements(tokens)
@@ -170,13 +159,7 @@ class HostFiles(RestartPlugin):
                 continue
             path = Path(item)
             if not path.is_absolute():
-                raise PluginError(
-                    f"{OPTION}: {item} is not an absolute path",
-                    job=context.job,
-                    checkpoint=context.checkpoint,
-                    host=context.new_host,
-                    phase="before_restore",
-                )
+                raise _failure(context, f"{item} is not an absolute path")
             if path not in paths:
                 paths.append(path)
         return paths
@@ -207,13 +190,8 @@ class HostFiles(RestartPlugin):
             if count:
                 _replace_file(path, new)
         except OSError as exc:
-            raise PluginError(
-                f"{OPTION}: cannot rewrite {path}: {exc.strerror or exc}",
-                job=context.job,
-                checkpoint=context.checkpoint,
-                host=context.new_host,
-                phase="before_restore",
-                errno=exc.errno,
+            raise _failure(
+                context, f"cannot rewrite {path}: {exc.strerror or exc}", exc.errno
             ) from exc
         self._written[key] = hashlib.sha256(new).hexdigest()
         log.info(
@@ -226,6 +204,18 @@ class HostFiles(RestartPlugin):
             path=str(path),
             replacements=count,
         )
+
+
+def _failure(context: RestartContext, message: str, errno: int | None = None) -> PluginError:
+    """This plugin's error for the rank being restored (its option named first)."""
+    return PluginError(
+        f"{OPTION}: {message}",
+        job=context.job,
+        checkpoint=context.checkpoint,
+        host=context.new_host,
+        phase="before_restore",
+        errno=errno,
+    )
 
 
 def _replace_file(path: Path, data: bytes) -> None:
