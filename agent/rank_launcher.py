@@ -105,6 +105,15 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return values, command
 
 
+def _read_to_end(fd: int) -> str:
+    """What a child wrote on a pipe before closing it (by exiting or exec), then closed."""
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def _python() -> str:
     """An interpreter every user may run (the agent's own may live in root's home)."""
     return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
@@ -137,12 +146,9 @@ def _check_as_owner(owner: Owner, cwd: str, command: list[str], path: str) -> st
         os.write(write_fd, reason.encode())
         os._exit(0)
     os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 4096):
-        chunks.append(chunk)
-    os.close(read_fd)
+    reason = _read_to_end(read_fd)
     os.waitpid(pid, 0)
-    return b"".join(chunks).decode(errors="replace")
+    return reason
 
 
 def _become_rank(values: dict[str, str], command: list[str]) -> None:
@@ -197,13 +203,10 @@ def main(argv: list[str]) -> int:
             os.write(report_w, message.encode())
         os._exit(127)
     os.close(report_w)
-    chunks = []
-    while chunk := os.read(report_r, 4096):
-        chunks.append(chunk)
-    os.close(report_r)
-    if chunks:
+    failure = _read_to_end(report_r)
+    if failure:
         os.waitpid(pid, 0)
-        print(b"".join(chunks).decode(errors="replace"), file=sys.stderr)
+        print(failure, file=sys.stderr)
         return 1
     print(json.dumps({"pid": pid}), flush=True)
     return 0
