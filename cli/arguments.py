@@ -60,3 +60,15 @@ def host_map(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"host map entry names {old} twice")
         pairs[old] = new
     return pairs
+
+
+def add_env_option(parser: argparse.ArgumentParser, whose: str = "the ranks") -> None:
+    """``--env NAME=VALUE`` (repeatable): added to the caller's environment for ``whose``."""
+    parser.add_argument(
+        "--env",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"an environment variable for {whose}, besides yours (repeatable)",
+    )

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from cli import render
-from cli.arguments import between, key_value
+from cli.arguments import add_env_option, between
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from crctl.config import Config
@@ -117,14 +117,7 @@ def register(add: render.AddCommand) -> None:
         default=-1,
         help=f"rank number, 0 to {MAX_RANK} (default: the next free)",
     )
-    p.add_argument(
-        "--env",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for the rank, besides yours (repeatable)",
-    )
+    add_env_option(p, "the rank")
     p.add_argument(
         "--cwd",
         metavar="DIR",

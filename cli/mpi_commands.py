@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cli import render
-from cli.arguments import key_value
+from cli.arguments import add_env_option
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from cli.job_commands import current_umask
@@ -246,14 +246,7 @@ def register(add: render.AddCommand) -> None:
     p.add_argument("-n", type=int, help="MPI ranks (default: hosts x --ranks-per-host)")
     p.add_argument("--ranks-per-host", type=int, default=1, metavar="K", help="default 1")
     p.add_argument("--mpi", choices=["mpich", "openmpi"], default="mpich", help="default mpich")
-    p.add_argument(
-        "--env",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for the ranks, besides yours (repeatable)",
-    )
+    add_env_option(p)
     p.add_argument("--wait", action="store_true", help="wait for the job; exit with its status")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the program")
     p = add("mpi-launch", cmd_mpi_launch, "rank 0 of an MPI job (started by crctl mpirun)")

@@ -28,7 +28,7 @@ import uuid
 from types import FrameType
 
 from cli import render
-from cli.arguments import key_value, seconds
+from cli.arguments import add_env_option, seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from cli.job_commands import current_umask
@@ -163,8 +163,7 @@ def _on_signal(
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     signals = _Signals()
     with CoordinatorClient.for_config(config, timeout=60) as client:
-        slurm_job = os.environ.get("SLURM_JOB_ID", "")
-        name = args.job or (f"slurm-{slurm_job}" if slurm_job else "")
+        name = batch.job_name(args.job, os.environ)
         existing = _job(client, name) if name else None
         plan = batch.plan(
             job=args.job,
@@ -224,14 +223,7 @@ def register(add: render.AddCommand) -> None:
         metavar="SECONDS",
         help="prepare deadline of the checkpoint on a signal (fit it in Slurm's lead time)",
     )
-    p.add_argument(
-        "--env",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for the ranks, besides yours (repeatable)",
-    )
+    add_env_option(p)
     p.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="each rank's command"
     )

@@ -22,6 +22,12 @@ class Plan:
     slurm_job: str
 
 
+def job_name(job: str, environ: Mapping[str, str]) -> str:
+    """The job's name: the one given, else ``slurm-<job id>`` in a Slurm job, else ""."""
+    slurm_job = environ.get("SLURM_JOB_ID", "")
+    return job or (f"slurm-{slurm_job}" if slurm_job else "")
+
+
 def plan(
     *,
     job: str,
@@ -36,7 +42,7 @@ def plan(
     hosts to its nodes; a requeued run (``SLURM_RESTART_COUNT`` >= 1) of a job with a committed
     checkpoint restarts it from the latest, onto this allocation's hosts in rank order."""
     slurm_job = environ.get("SLURM_JOB_ID", "")
-    name = job or (f"slurm-{slurm_job}" if slurm_job else "")
+    name = job_name(job, environ)
     if not name:
         raise ConfigError("give --job NAME (outside a Slurm job there is no default)")
     nodes = hostlists.expand(hosts or environ.get("SLURM_JOB_NODELIST", ""))
