@@ -27,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from restart import checkpoint
 from store import add_option, bench_testbed
 
 from agent import images
@@ -94,20 +95,6 @@ def trees(client: CoordinatorClient) -> dict[int, tuple[str, int]]:
         status = Path(f"/proc/{rank.pid}/status").read_text()
         found[rank.rank] = (rank.host, int(status.split("PPid:")[1].split()[0]))
     return found
-
-
-def checkpoint(
-    client: CoordinatorClient, *, leave_running: bool
-) -> coordinator_pb2.CheckpointOutcome:
-    outcome = None
-    for event in client.checkpoint(
-        JOB, leave_running=leave_running, timeout=0, request_id=uuid.uuid4().hex
-    ):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
-    if outcome is None or not outcome.committed:
-        raise SystemExit(f"checkpoint failed: {outcome}")
-    return outcome
 
 
 def plain_dump(state: bed.State, pids: dict[int, tuple[str, int]], scratch: Path) -> float:
@@ -233,14 +220,14 @@ def main() -> int:
         job.wait_for_steps(50, timeout=120)
         with CoordinatorClient(state.api_address, timeout=120) as client:
             pids = trees(client)
-            checkpoint(client, leave_running=True)  # warm-up (CRIU's own pages)
+            checkpoint(client, JOB, leave_running=True)  # warm-up (CRIU's own pages)
             plain_dump(state, pids, scratch)
             for turn in range(args.repeat):
                 for side in ("crctl", "plain") if turn % 2 == 0 else ("plain", "crctl"):
                     since = time.time()
                     if side == "crctl":
                         started = time.perf_counter()
-                        checkpoint(client, leave_running=True)
+                        checkpoint(client, JOB, leave_running=True)
                         rows["crctl checkpoint --leave-running, API"].append(
                             time.perf_counter() - started
                         )
@@ -251,7 +238,7 @@ def main() -> int:
             here = OLD
             plain_failure = ""
             for _ in range(args.repeat):
-                outcome = checkpoint(client, leave_running=False)
+                outcome = checkpoint(client, JOB, leave_running=False)
                 stopped = {r.rank: r.host for r in client.job(JOB).ranks}
                 store = Path(state.directory) / "checkpoints" / JOB / outcome.checkpoint
                 if not plain_failure:

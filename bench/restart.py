@@ -44,10 +44,13 @@ from testbed import bed, netns
 from testbed.ringjob import RingJob, launch_ring
 
 
-def checkpoint(client: CoordinatorClient, job: str) -> coordinator_pb2.CheckpointOutcome:
+def checkpoint(
+    client: CoordinatorClient, job: str, *, leave_running: bool = False
+) -> coordinator_pb2.CheckpointOutcome:
+    """A committed checkpoint of ``job`` (the benchmark stops otherwise)."""
     outcome = None
     for event in client.checkpoint(
-        job, leave_running=False, timeout=0, request_id=uuid.uuid4().hex
+        job, leave_running=leave_running, timeout=0, request_id=uuid.uuid4().hex
     ):
         if event.WhichOneof("event") == "outcome":
             outcome = event.outcome

@@ -40,6 +40,21 @@ def restarts(job_id: str) -> int:
     return int(shown.split("Restarts=")[1].split()[0])
 
 
+def submit(script: Path, folder: Path, **env: str) -> str:
+    """sbatch ``script`` from ``folder`` with these variables besides ours; the job id."""
+    exports = ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())])
+    submitted = slurm(
+        "sbatch", "--parsable", f"--chdir={folder}", f"--export={exports}", str(script)
+    )
+    return submitted.strip().split(";")[0]
+
+
+def submit_ring(folder: Path) -> str:
+    """The example script's ring, its status files in ``folder``."""
+    ring = SCRIPT.parents[2] / "testbed" / "ring.py"
+    return submit(SCRIPT, folder, CRCTL_RING_STATUS=str(folder), CRCTL_RING=str(ring))
+
+
 @pytest.fixture
 def folder() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="crctl-slurm-"))
@@ -51,11 +66,7 @@ def folder() -> Iterator[Path]:
 def test_the_warning_signal_checkpoints_and_requeues_and_the_job_moves_to_other_nodes(
     testbed_slurm: bed.State, folder: Path
 ) -> None:
-    ring_program = SCRIPT.parents[2] / "testbed" / "ring.py"
-    submitted = slurm("sbatch", "--parsable", f"--chdir={folder}",
-                      f"--export=ALL,CRCTL_RING_STATUS={folder},CRCTL_RING={ring_program}",
-                      str(SCRIPT))  # fmt: skip
-    job_id = submitted.strip().split(";")[0]
+    job_id = submit_ring(folder)
     job = f"slurm-{job_id}"
     try:
         wait_for(lambda: job_state(job_id) == "RUNNING", timeout=60, what="the batch job running")
@@ -103,11 +114,7 @@ def test_the_warning_signal_checkpoints_and_requeues_and_the_job_moves_to_other_
 def test_a_cancelled_batch_job_leaves_nothing_running(
     testbed_slurm: bed.State, folder: Path
 ) -> None:
-    ring_program = SCRIPT.parents[2] / "testbed" / "ring.py"
-    submitted = slurm("sbatch", "--parsable", f"--chdir={folder}",
-                      f"--export=ALL,CRCTL_RING_STATUS={folder},CRCTL_RING={ring_program}",
-                      str(SCRIPT))  # fmt: skip
-    job_id = submitted.strip().split(";")[0]
+    job_id = submit_ring(folder)
     job = f"slurm-{job_id}"
     wait_for(
         lambda: (
@@ -135,10 +142,13 @@ def test_an_mpi_batch_job_is_checkpointed_requeued_and_finished_on_other_nodes(
 
     script = SCRIPT.with_name("example-mpi.sbatch")
     repo = SCRIPT.parents[2]
-    submitted = slurm("sbatch", "--parsable", f"--chdir={folder}",
-                      f"--export=ALL,CRCTL_REPO={repo},CRCTL_MPI_STATUS={folder},"
-                      f"CRCTL_MPI_STEPS={STEPS}", str(script))  # fmt: skip
-    job_id = submitted.strip().split(";")[0]
+    job_id = submit(
+        script,
+        folder,
+        CRCTL_REPO=str(repo),
+        CRCTL_MPI_STATUS=str(folder),
+        CRCTL_MPI_STEPS=str(STEPS),
+    )
     job = f"slurm-{job_id}"
     mpi_job = MpiJob(job, folder)
     try:
