@@ -246,8 +246,21 @@ def is_child_of_us(pid: int) -> bool:
     return parent_of(pid) == os.getpid()
 
 
-def our_zombies() -> list[int]:
-    """Children of this process that exited and were not reaped."""
+def _describe(pid: int) -> str:
+    """A leftover process's name, state, parent and threads, for a failure message."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return f"{pid}: gone"
+    keep = ("Name:", "State:", "Tgid:", "PPid:", "Threads:")
+    return f"{pid}: " + ", ".join(
+        " ".join(line.split()) for line in status if line.startswith(keep)
+    )
+
+
+def our_children(*, zombies: bool, comm: str | None = None) -> list[int]:
+    """Children of this process that exited and were not reaped (``zombies``), or that still
+    run; only those named ``comm`` if given."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -256,10 +269,18 @@ def our_zombies() -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) != os.getpid() or (state == "Z") != zombies:
+            continue
+        if comm is None or name == comm:
             found.append(int(entry.name))
     return found
+
+
+def our_zombies() -> list[int]:
+    """Children of this process that exited and were not reaped."""
+    return our_children(zombies=True)
 
 
 async def start_pair(job: Job, a: Host, b: Host) -> tuple[RankProcess, RankProcess]:
@@ -836,13 +857,20 @@ def test_restore_failing_after_fork_raises_and_leaves_no_zombie(
                 await held.held()
             assert "restore.log" in str(caught.value)
             await held.abort()
-            # CRIU's cgroup daemon outlives the failed restore and is adopted by us: the
-            # orphan reaper (started by ranks.launch) must collect it.
+            # CRIU's cgroup daemon outlives the failed restore and is adopted by us. It ends
+            # once every restored task has closed its socket, which a loaded machine can take
+            # seconds to finish; from then on the orphan reaper (started by ranks.launch) must
+            # collect it within two scans.
+            deadline = time.monotonic() + 15
+            while our_children(zombies=False, comm="criu") and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            helpers = our_children(zombies=False, comm="criu")
+            assert helpers == [], [_describe(pid) for pid in helpers]
             deadline = time.monotonic() + 3 * reaper.ORPHAN_SCAN_INTERVAL + 1
             while our_zombies() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             left = our_zombies()
-            assert left == [], [Path(f"/proc/{pid}/comm").read_text().strip() for pid in left]
+            assert left == [], [_describe(pid) for pid in left]
             assert not server.exited
         finally:
             await job.aclose()
