@@ -9,11 +9,18 @@ export PATH="$(dirname "$python"):$PATH"   # protoc plugins (mypy-protobuf) live
 out=$here
 if [ "${1:-}" = "--check" ]; then
     out=$(mktemp -d)
-    trap 'rm -rf "$out"' EXIT
+    out_tmp=$out
 fi
 mkdir -p "$out/crctl/v1"
 cd "$here"
-"$python" -m grpc_tools.protoc -Iproto \
+# google.longrunning comes with googleapis-common-protos, whose operations.proto is shipped as
+# operations_proto.proto (its module registers it under the standard name): seen under that.
+common=$("$python" -c 'import google.longrunning, pathlib; print(pathlib.Path(google.longrunning.__path__[0]).parent.parent)')
+standard=$(mktemp -d)
+trap 'rm -rf "$standard" ${out_tmp:-}' EXIT
+mkdir -p "$standard/google/longrunning"
+ln -s "$common/google/longrunning/operations_proto.proto" "$standard/google/longrunning/operations.proto"
+"$python" -m grpc_tools.protoc -Iproto -I"$standard" -I"$common" \
     --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" --mypy_grpc_out="$out" \
     proto/crctl/v1/*.proto
 printf '"""Generated protobuf and gRPC code (deploy/gen-proto.sh). Never edit by hand."""\n' \

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from crctl.v1 import control_pb2 as _control_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -62,7 +63,7 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[Agent, _Mapping]]] = ...) -> None: ...
 
 class LaunchRequest(_message.Message):
-    __slots__ = ("job", "host", "rank", "argv", "env", "cwd", "umask")
+    __slots__ = ("job", "host", "rank", "argv", "env", "cwd", "umask", "request_id")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +78,7 @@ class LaunchRequest(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
     UMASK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     job: str
     host: str
     rank: int
@@ -84,7 +86,8 @@ class LaunchRequest(_message.Message):
     env: _containers.ScalarMap[str, str]
     cwd: str
     umask: int
-    def __init__(self, job: _Optional[str] = ..., host: _Optional[str] = ..., rank: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, job: _Optional[str] = ..., host: _Optional[str] = ..., rank: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LaunchResponse(_message.Message):
     __slots__ = ("job", "rank", "host", "pid")
@@ -115,7 +118,7 @@ class Rank(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_status: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job", "state", "ranks", "latest_checkpoint", "created_at", "awaiting_decision", "owner_uid", "owner")
+    __slots__ = ("job", "state", "ranks", "latest_checkpoint", "created_at", "awaiting_decision", "owner_uid", "owner", "schedule")
     JOB_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +127,7 @@ class Job(_message.Message):
     AWAITING_DECISION_FIELD_NUMBER: _ClassVar[int]
     OWNER_UID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     job: str
     state: str
     ranks: _containers.RepeatedCompositeFieldContainer[Rank]
@@ -132,7 +136,8 @@ class Job(_message.Message):
     awaiting_decision: _containers.RepeatedCompositeFieldContainer[AwaitedDecision]
     owner_uid: int
     owner: str
-    def __init__(self, job: _Optional[str] = ..., state: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., latest_checkpoint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., awaiting_decision: _Optional[_Iterable[_Union[AwaitedDecision, _Mapping]]] = ..., owner_uid: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    schedule: Schedule
+    def __init__(self, job: _Optional[str] = ..., state: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., latest_checkpoint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., awaiting_decision: _Optional[_Iterable[_Union[AwaitedDecision, _Mapping]]] = ..., owner_uid: _Optional[int] = ..., owner: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
 
 class AwaitedDecision(_message.Message):
     __slots__ = ("checkpoint", "host", "decision")
@@ -161,10 +166,12 @@ class GetJobRequest(_message.Message):
     def __init__(self, job: _Optional[str] = ...) -> None: ...
 
 class KillJobRequest(_message.Message):
-    __slots__ = ("job",)
+    __slots__ = ("job", "request_id")
     JOB_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     job: str
-    def __init__(self, job: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, job: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class KillJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -251,7 +258,7 @@ class Manifest(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., leave_running: _Optional[bool] = ..., ranks: _Optional[_Iterable[_Union[_control_pb2.RankImage, _Mapping]]] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
-    __slots__ = ("checkpoint", "job", "state", "latest", "started_at", "finished_at", "reason", "directory", "manifest")
+    __slots__ = ("checkpoint", "job", "state", "latest", "started_at", "finished_at", "reason", "directory", "manifest", "pinned")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +268,7 @@ class CheckpointInfo(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     checkpoint: str
     job: str
     state: str
@@ -270,7 +278,8 @@ class CheckpointInfo(_message.Message):
     reason: str
     directory: str
     manifest: Manifest
-    def __init__(self, checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., state: _Optional[str] = ..., latest: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., directory: _Optional[str] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ...) -> None: ...
+    pinned: bool
+    def __init__(self, checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., state: _Optional[str] = ..., latest: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., directory: _Optional[str] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class ListCheckpointsRequest(_message.Message):
     __slots__ = ("job",)
@@ -323,7 +332,7 @@ class VerifyCheckpointResponse(_message.Message):
     def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., directory: _Optional[str] = ..., ok: _Optional[bool] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[FileProblem, _Mapping]]] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
 
 class RestartRequest(_message.Message):
-    __slots__ = ("job", "checkpoint", "host_map", "hosts", "plugins", "plugin_options", "timeout_seconds", "eager_pages")
+    __slots__ = ("job", "checkpoint", "host_map", "hosts", "plugins", "plugin_options", "timeout_seconds", "eager_pages", "request_id")
     class HostMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +355,7 @@ class RestartRequest(_message.Message):
     PLUGIN_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EAGER_PAGES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     job: str
     checkpoint: str
     host_map: _containers.ScalarMap[str, str]
@@ -354,7 +364,8 @@ class RestartRequest(_message.Message):
     plugin_options: _containers.ScalarMap[str, str]
     timeout_seconds: float
     eager_pages: bool
-    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., host_map: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., timeout_seconds: _Optional[float] = ..., eager_pages: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., host_map: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., timeout_seconds: _Optional[float] = ..., eager_pages: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RestartEvent(_message.Message):
     __slots__ = ("step", "outcome")
@@ -402,3 +413,157 @@ class RestartOutcome(_message.Message):
     ranks: _containers.RepeatedCompositeFieldContainer[Rank]
     address_map: _containers.ScalarMap[str, str]
     def __init__(self, restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., restarted: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., failed_rank: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class HostProgress(_message.Message):
+    __slots__ = ("host", "state", "reason")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    state: str
+    reason: str
+    def __init__(self, host: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CheckpointMetadata(_message.Message):
+    __slots__ = ("job", "checkpoint", "phase", "hosts", "started_at", "updated_at", "leave_running", "requested_by", "cancel_requested")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    phase: str
+    hosts: _containers.RepeatedCompositeFieldContainer[HostProgress]
+    started_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    leave_running: bool
+    requested_by: str
+    cancel_requested: bool
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., phase: _Optional[str] = ..., hosts: _Optional[_Iterable[_Union[HostProgress, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., leave_running: _Optional[bool] = ..., requested_by: _Optional[str] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
+
+class RestartMetadata(_message.Message):
+    __slots__ = ("job", "restore", "checkpoint", "step", "hosts", "started_at", "updated_at", "requested_by", "cancel_requested")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    restore: str
+    checkpoint: str
+    step: str
+    hosts: _containers.RepeatedCompositeFieldContainer[HostProgress]
+    started_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    requested_by: str
+    cancel_requested: bool
+    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., step: _Optional[str] = ..., hosts: _Optional[_Iterable[_Union[HostProgress, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requested_by: _Optional[str] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    def __init__(self, job: _Optional[str] = ...) -> None: ...
+
+class RankChanged(_message.Message):
+    __slots__ = ("rank", "host", "pid", "state", "exit_status", "reason")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    host: str
+    pid: int
+    state: str
+    exit_status: int
+    reason: str
+    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_status: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ScheduleSkipped(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("time", "job", "operation", "snapshot", "rank", "checkpoint_phase", "checkpoint_vote", "checkpoint_outcome", "restart_step", "restart_outcome", "schedule", "schedule_skipped")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PHASE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_VOTE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RESTART_STEP_FIELD_NUMBER: _ClassVar[int]
+    RESTART_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    job: str
+    operation: str
+    snapshot: Job
+    rank: RankChanged
+    checkpoint_phase: PhaseChanged
+    checkpoint_vote: HostVoted
+    checkpoint_outcome: CheckpointOutcome
+    restart_step: RestartStep
+    restart_outcome: RestartOutcome
+    schedule: Schedule
+    schedule_skipped: ScheduleSkipped
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[str] = ..., operation: _Optional[str] = ..., snapshot: _Optional[_Union[Job, _Mapping]] = ..., rank: _Optional[_Union[RankChanged, _Mapping]] = ..., checkpoint_phase: _Optional[_Union[PhaseChanged, _Mapping]] = ..., checkpoint_vote: _Optional[_Union[HostVoted, _Mapping]] = ..., checkpoint_outcome: _Optional[_Union[CheckpointOutcome, _Mapping]] = ..., restart_step: _Optional[_Union[RestartStep, _Mapping]] = ..., restart_outcome: _Optional[_Union[RestartOutcome, _Mapping]] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., schedule_skipped: _Optional[_Union[ScheduleSkipped, _Mapping]] = ...) -> None: ...
+
+class Schedule(_message.Message):
+    __slots__ = ("job", "every_seconds", "keep", "stop", "next_at", "last_at", "last_checkpoint", "last_outcome")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    EVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LAST_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    every_seconds: float
+    keep: int
+    stop: bool
+    next_at: _timestamp_pb2.Timestamp
+    last_at: _timestamp_pb2.Timestamp
+    last_checkpoint: str
+    last_outcome: str
+    def __init__(self, job: _Optional[str] = ..., every_seconds: _Optional[float] = ..., keep: _Optional[int] = ..., stop: _Optional[bool] = ..., next_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_checkpoint: _Optional[str] = ..., last_outcome: _Optional[str] = ...) -> None: ...
+
+class SetScheduleRequest(_message.Message):
+    __slots__ = ("job", "every_seconds", "keep", "stop", "request_id")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    EVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    every_seconds: float
+    keep: int
+    stop: bool
+    request_id: str
+    def __init__(self, job: _Optional[str] = ..., every_seconds: _Optional[float] = ..., keep: _Optional[int] = ..., stop: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PinCheckpointRequest(_message.Message):
+    __slots__ = ("job", "checkpoint", "pinned")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    pinned: bool
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...

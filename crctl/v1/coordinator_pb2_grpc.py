@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from crctl.v1 import coordinator_pb2 as crctl_dot_v1_dot_coordinator__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -79,6 +80,31 @@ class CoordinatorStub:
                 request_serializer=crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointRequest.SerializeToString,
                 response_deserializer=crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointResponse.FromString,
                 _registered_method=True)
+        self.StartCheckpoint = channel.unary_unary(
+                '/crctl.v1.Coordinator/StartCheckpoint',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.StartRestart = channel.unary_unary(
+                '/crctl.v1.Coordinator/StartRestart',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.RestartRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/crctl.v1.Coordinator/WatchJob',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.JobEvent.FromString,
+                _registered_method=True)
+        self.SetSchedule = channel.unary_unary(
+                '/crctl.v1.Coordinator/SetSchedule',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.SetScheduleRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.PinCheckpoint = channel.unary_unary(
+                '/crctl.v1.Coordinator/PinCheckpoint',
+                request_serializer=crctl_dot_v1_dot_coordinator__pb2.PinCheckpointRequest.SerializeToString,
+                response_deserializer=crctl_dot_v1_dot_coordinator__pb2.CheckpointInfo.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -148,6 +174,48 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartCheckpoint(self, request, context):
+        """Start a checkpoint and return at once: the Operation (name "operations/<checkpoint>")
+        carries CheckpointMetadata while it runs and a CheckpointOutcome when committed; an
+        aborted checkpoint ends with an error (ABORTED, or CANCELLED after CancelOperation) whose
+        details hold an ErrorInfo and the CheckpointOutcome. Poll, wait on or cancel it through
+        google.longrunning.Operations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRestart(self, request, context):
+        """The same for a restart: RestartMetadata, then a RestartOutcome (or an error with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """A job's events: first a snapshot of the job, then every rank start, exit or loss,
+        checkpoint and restart phase and outcome, schedule change, as they happen. Never ends by
+        itself; a watcher too slow to keep up is ended with UNAVAILABLE (watch again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSchedule(self, request, context):
+        """Periodic checkpoints: every every_seconds, keeping the newest keep (every_seconds 0:
+        no schedule). The schedule is durable; the job's GetJob shows it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinCheckpoint(self, request, context):
+        """A pinned checkpoint is never removed by retention (and does not count towards it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +263,31 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.VerifyCheckpoint,
                     request_deserializer=crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointRequest.FromString,
                     response_serializer=crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointResponse.SerializeToString,
+            ),
+            'StartCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartCheckpoint,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.CheckpointRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'StartRestart': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRestart,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.RestartRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.WatchJobRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.JobEvent.SerializeToString,
+            ),
+            'SetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSchedule,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.SetScheduleRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.Schedule.SerializeToString,
+            ),
+            'PinCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinCheckpoint,
+                    request_deserializer=crctl_dot_v1_dot_coordinator__pb2.PinCheckpointRequest.FromString,
+                    response_serializer=crctl_dot_v1_dot_coordinator__pb2.CheckpointInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +533,141 @@ class Coordinator:
             '/crctl.v1.Coordinator/VerifyCheckpoint',
             crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointRequest.SerializeToString,
             crctl_dot_v1_dot_coordinator__pb2.VerifyCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/StartCheckpoint',
+            crctl_dot_v1_dot_coordinator__pb2.CheckpointRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRestart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/StartRestart',
+            crctl_dot_v1_dot_coordinator__pb2.RestartRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crctl.v1.Coordinator/WatchJob',
+            crctl_dot_v1_dot_coordinator__pb2.WatchJobRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/SetSchedule',
+            crctl_dot_v1_dot_coordinator__pb2.SetScheduleRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crctl.v1.Coordinator/PinCheckpoint',
+            crctl_dot_v1_dot_coordinator__pb2.PinCheckpointRequest.SerializeToString,
+            crctl_dot_v1_dot_coordinator__pb2.CheckpointInfo.FromString,
             options,
             channel_credentials,
             insecure,
