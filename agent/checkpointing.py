@@ -43,7 +43,7 @@ class _RankError(CrctlError):
 
     def __init__(self, rank: int, cause: BaseException) -> None:
         super().__init__(str(cause))
-        self.rank = rank
+        self.failed_rank = rank
         self.cause = cause
 
 
@@ -161,8 +161,8 @@ class HostCheckpoint:
         await self._roll_back()  # also what the prepare started after an earlier abort
         vote = control_pb2.CheckpointVote(checkpoint=self.checkpoint, yes=False, failed_rank=-1)
         if isinstance(exc, _RankError):
-            vote.failed_rank = exc.rank
-            vote.reason = f"rank {exc.rank}: {exc.cause}"
+            vote.failed_rank = exc.failed_rank
+            vote.reason = f"rank {exc.failed_rank}: {exc.cause}"
         else:
             vote.reason = str(exc)
         full = store_full(self.images_dir)

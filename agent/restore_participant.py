@@ -177,7 +177,7 @@ class RestoreParticipant:
                 self._end(work, ())
                 await work.abort("aborted by the coordinator")
         except RankFailure as exc:
-            result.ok, result.reason, result.failed_rank = False, exc.message, exc.rank
+            result.ok, result.reason, result.failed_rank = False, exc.message, exc.failed_rank
             result.images_damaged = isinstance(exc, ImagesDamaged)
         except (CrctlError, OSError) as exc:
             result.ok, result.reason = False, str(exc)

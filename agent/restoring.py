@@ -44,7 +44,7 @@ class RankFailure(CrctlError):
 
     def __init__(self, rank: int, message: str) -> None:
         super().__init__(message, phase="restore")
-        self.rank = rank
+        self.failed_rank = rank
 
 
 class ImagesDamaged(RankFailure):

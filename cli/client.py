@@ -9,7 +9,7 @@ import grpc
 
 from crctl.config import Config
 from crctl.errors import ConfigError, CrctlError, UnavailableError
-from crctl.status import ERROR_METADATA, error_for
+from crctl.status import error_for, error_from_call
 from crctl.tls import client_credentials
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -57,10 +57,12 @@ class CoordinatorClient:
         self.close()
 
     def _error(self, exc: grpc.RpcError) -> CrctlError:
+        from_coordinator = error_from_call(exc)
+        if from_coordinator is not None:
+            return from_coordinator
         code = exc.code()
         details = exc.details() or ""
-        from_coordinator = any(item.key == ERROR_METADATA for item in exc.trailing_metadata() or ())
-        if code == grpc.StatusCode.UNAVAILABLE and not from_coordinator:
+        if code == grpc.StatusCode.UNAVAILABLE:
             return UnavailableError(
                 f"coordinator unreachable at {self.address} ({details}); "
                 "is `crctl coordinator` running? (set --api-address or CRCTL_API_ADDRESS)"

@@ -44,6 +44,21 @@ class AccessPolicy:
         )
 
 
+def authorized(
+    policy: AccessPolicy, caller: Identity, record: JobRecord, action: str, *, mutating: bool
+) -> JobRecord:
+    """``record``, if the caller may ``action`` it; mutating calls audited, allowed or not."""
+    try:
+        policy.require(caller, record, action)
+    except PermissionDeniedError as exc:
+        if mutating:
+            audit(caller, action, record.job, allowed=False, reason=exc.message)
+        raise
+    if mutating:
+        audit(caller, action, record.job, allowed=True)
+    return record
+
+
 def audit(caller: Identity, action: str, job: str, *, allowed: bool, reason: str = "") -> None:
     """One line per mutating call, allowed or refused: who, what, on which job."""
     log.info(

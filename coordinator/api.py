@@ -1,47 +1,53 @@
 """The gRPC API: a thin translator between protobuf and the coordinator's domain calls. Each
 request is checked first (coordinator.requests); domain errors, and refused requests, become gRPC
-status codes through crctl.status, in one place (``_domain_errors``)."""
+statuses through crctl.status, in one place (``coordinator.api_errors.domain_errors``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf.json_format import Parse
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from coordinator import requests
-from coordinator.access import AccessPolicy, audit
+from coordinator.access import AccessPolicy, audit, authorized
+from coordinator.api_errors import domain_errors
 from coordinator.callers import Callers
 from coordinator.checkpoints import CheckpointRun
 from coordinator.front_door import FrontDoor
+from coordinator.operations_api import OperationsServicer
 from coordinator.registry import ALIVE, LOST
+from coordinator.restarts import RestartRun
 from coordinator.service import CoordinatorService
 from coordinator.store import AgentRecord, CheckpointRecord, JobRecord
 from coordinator.verification import Verification
-from crctl.errors import ConfigError, CrctlError, PermissionDeniedError, UnavailableError
+from crctl.errors import ConfigError, UnavailableError
 from crctl.identity import Identity
-from crctl.status import ERROR_METADATA, status_for
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 SERVICE_NAME = "crctl.v1.Coordinator"
+OPERATIONS_SERVICE = "google.longrunning.Operations"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+# Every service the server offers: listed by reflection, each with its health status.
+SERVED = (SERVICE_NAME, OPERATIONS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+_REPLY_TYPES: dict[str, type[Any]] = {
+    "Launch": coordinator_pb2.LaunchResponse,
+    "KillJob": coordinator_pb2.KillJobResponse,
+    "StartCheckpoint": operations_pb2.Operation,
+    "StartRestart": operations_pb2.Operation,
+    "SetSchedule": coordinator_pb2.Schedule,
+}
+Reply = TypeVar("Reply", bound=Message)
+OutcomeT = TypeVar("OutcomeT", coordinator_pb2.CheckpointOutcome, coordinator_pb2.RestartOutcome)
 Context = grpc.aio.ServicerContext[Any, Any]
 _STATES = {ALIVE: coordinator_pb2.AGENT_STATE_ALIVE, LOST: coordinator_pb2.AGENT_STATE_LOST}
-
-
-@asynccontextmanager
-async def _domain_errors(context: Context) -> AsyncIterator[None]:
-    """A crctl error raised inside ends the RPC with its mapped status code and message."""
-    try:
-        yield
-    except CrctlError as exc:
-        # Marks the status as the coordinator's own answer, not a transport failure.
-        context.set_trailing_metadata(((ERROR_METADATA, type(exc).__name__),))
-        await context.abort(status_for(exc), str(exc))
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -100,24 +106,6 @@ def checkpoint_to_proto(
     return info
 
 
-def outcome_from_record(record: CheckpointRecord) -> coordinator_pb2.CheckpointEvent:
-    """The outcome of a finished checkpoint, for a retry with its request id."""
-    event = coordinator_pb2.CheckpointEvent()
-    outcome = event.outcome
-    outcome.checkpoint = record.checkpoint
-    outcome.committed = record.state == "committed"
-    outcome.reason = record.reason or (
-        "" if record.state != "preparing" else "still preparing on a previous coordinator"
-    )
-    outcome.failed_host = record.failed_host
-    if record.finished_at is not None:
-        outcome.duration_seconds = record.finished_at - record.started_at
-    if record.manifest:
-        manifest = Parse(record.manifest, coordinator_pb2.Manifest())
-        outcome.ranks.extend(manifest.ranks)
-    return event
-
-
 _PROBLEM_KINDS = {
     "missing": coordinator_pb2.FILE_PROBLEM_KIND_MISSING,
     "size": coordinator_pb2.FILE_PROBLEM_KIND_SIZE,
@@ -145,6 +133,15 @@ def verification_to_proto(result: Verification) -> coordinator_pb2.VerifyCheckpo
     )
 
 
+def outcome_in(operation: operations_pb2.Operation, outcome: OutcomeT) -> OutcomeT:
+    """A finished operation's outcome: its response, or the one in its error's details."""
+    if operation.HasField("response"):
+        operation.response.Unpack(outcome)
+    for detail in operation.error.details:
+        detail.Unpack(outcome)  # only the detail of the outcome's type unpacks
+    return outcome
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     """Every call is first identified (``Callers``: UNAUTHENTICATED otherwise), then authorized
     against the job's owner (``AccessPolicy``); mutating calls are audited."""
@@ -158,20 +155,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         """The job, if the caller may ``action`` it (refusals of mutating calls audited)."""
         requests.check_job(job)
         record = self._service.jobs.get(job)
-        try:
-            self._policy.require(caller, record, action)
-        except PermissionDeniedError as exc:
-            if mutating:
-                audit(caller, action, job, allowed=False, reason=exc.message)
-            raise
-        if mutating:
-            audit(caller, action, job, allowed=True)
-        return record
+        return authorized(self._policy, caller, record, action, mutating=mutating)
 
     async def ListAgents(
         self, request: coordinator_pb2.ListAgentsRequest, context: Context
     ) -> coordinator_pb2.ListAgentsResponse:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             self._callers.identify(context)
         return coordinator_pb2.ListAgentsResponse(
             agents=[agent_to_proto(a) for a in self._service.agents()]
@@ -180,7 +169,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Launch(
         self, request: coordinator_pb2.LaunchRequest, context: Context
     ) -> coordinator_pb2.LaunchResponse:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             caller = self._callers.identify(context)
             requests.check_launch(request)
             existing = self._service.jobs.find(request.job)
@@ -188,24 +177,50 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 self._job(caller, request.job, "launch a rank in", mutating=True)
             else:
                 audit(caller, "launch", request.job, allowed=True)
-            rank = await self._service.jobs.launch(
-                request.job,
-                request.host,
-                request.rank,
-                list(request.argv),
-                dict(request.env),
-                owner=caller,
-                cwd=request.cwd,
-                umask=request.umask if request.HasField("umask") else 0o022,
-            )
-        return coordinator_pb2.LaunchResponse(
-            job=rank.job, rank=rank.rank, host=rank.host, pid=rank.pid
+
+            async def launch() -> coordinator_pb2.LaunchResponse:
+                rank = await self._service.jobs.launch(
+                    request.job,
+                    request.host,
+                    request.rank,
+                    list(request.argv),
+                    dict(request.env),
+                    owner=caller,
+                    cwd=request.cwd,
+                    umask=request.umask if request.HasField("umask") else 0o022,
+                )
+                return coordinator_pb2.LaunchResponse(
+                    job=rank.job, rank=rank.rank, host=rank.host, pid=rank.pid
+                )
+
+            reply, _ = await self._once(caller, "Launch", request, launch)
+        return reply
+
+    async def _once(
+        self,
+        caller: Identity,
+        method: str,
+        request: Any,
+        call: Callable[[], Awaitable[Reply]],
+    ) -> tuple[Reply, bool]:
+        """``call()`` at most once per request id (scoped to the caller and the job)."""
+        if not request.request_id:
+            return await call(), False
+        reply_type: type[Reply] = _REPLY_TYPES[method]
+        return await self._service.ledger.once(
+            caller_uid=caller.uid,
+            job=request.job,
+            request_id=request.request_id,
+            method=method,
+            request=request,
+            reply_type=reply_type,
+            call=call,
         )
 
     async def ListJobs(
         self, request: coordinator_pb2.ListJobsRequest, context: Context
     ) -> coordinator_pb2.ListJobsResponse:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             caller = self._callers.identify(context)
         return coordinator_pb2.ListJobsResponse(
             jobs=[
@@ -218,58 +233,125 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def GetJob(
         self, request: coordinator_pb2.GetJobRequest, context: Context
     ) -> coordinator_pb2.Job:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             caller = self._callers.identify(context)
-            job = self._job(caller, request.job, "see", mutating=False)
-        proto = job_to_proto(job)
-        for checkpoint, host, decision in self._service.awaiting_decision(job.job):
+            self._job(caller, request.job, "see", mutating=False)
+            return self._job_proto(request.job)
+
+    def _job_proto(self, job: str) -> coordinator_pb2.Job:
+        proto = job_to_proto(self._service.jobs.get(job))
+        for checkpoint, host, decision in self._service.awaiting_decision(job):
             proto.awaiting_decision.add(checkpoint=checkpoint, host=host, decision=decision)
         return proto
 
     async def KillJob(
         self, request: coordinator_pb2.KillJobRequest, context: Context
     ) -> coordinator_pb2.KillJobResponse:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             caller = self._callers.identify(context)
             self._job(caller, request.job, "kill", mutating=True)
-            record = await self._service.jobs.kill(request.job)
-        return coordinator_pb2.KillJobResponse(job=job_to_proto(record))
+
+            async def kill() -> coordinator_pb2.KillJobResponse:
+                record = await self._service.jobs.kill(request.job)
+                return coordinator_pb2.KillJobResponse(job=job_to_proto(record))
+
+            reply, _ = await self._once(caller, "KillJob", request, kill)
+        return reply
+
+    async def _start_checkpoint(
+        self, caller: Identity, request: coordinator_pb2.CheckpointRequest
+    ) -> operations_pb2.Operation:
+        """The checkpoint's operation: started now, or the one this request id started."""
+        requests.check_checkpoint(request)
+        self._job(caller, request.job, "checkpoint", mutating=True)
+
+        async def start() -> operations_pb2.Operation:
+            run = self._service.checkpoints.start(
+                request.job,
+                leave_running=request.leave_running,
+                timeout=request.timeout_seconds,
+                external=request.external or "refuse",
+            )
+            return self._service.operations.track_checkpoint(run, requested_by=caller.name)
+
+        operation, replayed = await self._once(caller, "StartCheckpoint", request, start)
+        return self._service.operations.get(operation.name)[0] if replayed else operation
+
+    async def StartCheckpoint(
+        self, request: coordinator_pb2.CheckpointRequest, context: Context
+    ) -> operations_pb2.Operation:
+        async with domain_errors(context):
+            caller = self._callers.identify(context)
+            return await self._start_checkpoint(caller, request)
 
     async def Checkpoint(
         self, request: coordinator_pb2.CheckpointRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             caller = self._callers.identify(context)
-            requests.check_checkpoint(request)
-            self._job(caller, request.job, "checkpoint", mutating=True)
-            started = self._service.checkpoints.start(
-                request.job,
-                leave_running=request.leave_running,
-                timeout=request.timeout_seconds,
-                request_id=request.request_id,
-                external=request.external or "refuse",
-            )
-        if isinstance(started, CheckpointRun):
-            async for event in started.follow():
+            operation = await self._start_checkpoint(caller, request)
+            run = self._service.operations.run_of(operation.name)
+        if isinstance(run, CheckpointRun):
+            async for event in run.follow():
                 yield event
-        else:
-            yield outcome_from_record(started)
+            return
+        # Finished before: its outcome, as the operation keeps it.
+        yield coordinator_pb2.CheckpointEvent(
+            outcome=outcome_in(operation, coordinator_pb2.CheckpointOutcome())
+        )
+
+    async def _start_restart(
+        self, caller: Identity, request: coordinator_pb2.RestartRequest
+    ) -> operations_pb2.Operation:
+        requests.check_restart(request)
+        self._job(caller, request.job, "restart", mutating=True)
+
+        async def start() -> operations_pb2.Operation:
+            run = self._service.restarts.start(request)
+            return self._service.operations.track_restart(run, requested_by=caller.name)
+
+        operation, replayed = await self._once(caller, "StartRestart", request, start)
+        return self._service.operations.get(operation.name)[0] if replayed else operation
+
+    async def StartRestart(
+        self, request: coordinator_pb2.RestartRequest, context: Context
+    ) -> operations_pb2.Operation:
+        async with domain_errors(context):
+            caller = self._callers.identify(context)
+            return await self._start_restart(caller, request)
 
     async def Restart(
         self, request: coordinator_pb2.RestartRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.RestartEvent]:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             caller = self._callers.identify(context)
-            requests.check_restart(request)
-            self._job(caller, request.job, "restart", mutating=True)
-            run = self._service.restarts.start(request)
-        async for event in run.follow():
-            yield event
+            operation = await self._start_restart(caller, request)
+            run = self._service.operations.run_of(operation.name)
+        if isinstance(run, RestartRun):
+            async for event in run.follow():
+                yield event
+            return
+        yield coordinator_pb2.RestartEvent(
+            outcome=outcome_in(operation, coordinator_pb2.RestartOutcome())
+        )
+
+    async def WatchJob(
+        self, request: coordinator_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[coordinator_pb2.JobEvent]:
+        async with domain_errors(context):
+            caller = self._callers.identify(context)
+            self._job(caller, request.job, "watch", mutating=False)
+            events = self._service.events
+            subscription = events.subscribe(request.job)  # before the snapshot: nothing lost
+            snapshot = coordinator_pb2.JobEvent(snapshot=self._job_proto(request.job))
+            events.stamp(request.job, snapshot)
+            async for event in events.follow(subscription, first=snapshot):
+                yield event
 
     async def ListCheckpoints(
         self, request: coordinator_pb2.ListCheckpointsRequest, context: Context
     ) -> coordinator_pb2.ListCheckpointsResponse:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             caller = self._callers.identify(context)
             job = self._job(caller, request.job, "see the checkpoints of", mutating=False)
             records = self._service.checkpoints.list(request.job)
@@ -280,7 +362,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def VerifyCheckpoint(
         self, request: coordinator_pb2.VerifyCheckpointRequest, context: Context
     ) -> coordinator_pb2.VerifyCheckpointResponse:
-        async with _domain_errors(context):
+        async with domain_errors(context):
             caller = self._callers.identify(context)
             self._job(caller, request.job, "verify", mutating=True)
             result = await self._service.checkpoints.verify(request.job, request.checkpoint)
@@ -304,10 +386,15 @@ async def create_server(
             "with `crctl keys api-init` (an unauthenticated TCP API is not offered)"
         )
     server = grpc.aio.server()
-    servicer = CoordinatorServicer(service, Callers(front_door), policy)
+    callers = Callers(front_door)
+    servicer = CoordinatorServicer(service, callers, policy)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    operations_pb2_grpc.add_OperationsServicer_to_server(  # type: ignore[no-untyped-call]
+        OperationsServicer(service, callers, policy), server
+    )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(SERVED, server)
     if front_door is not None:
         front_door.prepare()
         if server.add_insecure_port(front_door.grpc_address) == 0:
@@ -318,6 +405,6 @@ async def create_server(
         port = server.add_secure_port(tcp_address, tls)
         if port == 0:
             raise UnavailableError(f"cannot serve the gRPC API on {tcp_address}: address in use?")
-    for name in ("", SERVICE_NAME):
+    for name in ("", *SERVED):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port

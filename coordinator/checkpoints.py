@@ -110,6 +110,14 @@ class CheckpointRun:
         self._lost.add(host)
         self._events.put_nowait(b.AgentLost(host))
 
+    def cancel(self, reason: str) -> bool:
+        """Abort the checkpoint unless it was decided already (then it finishes as decided).
+        True if it will be aborted."""
+        if self._barrier.phase not in (b.Phase.IDLE, b.Phase.READYING, b.Phase.PREPARING):
+            return False
+        self._events.put_nowait(b.Cancel(reason))
+        return True
+
     # --- the run ---
 
     async def run(self) -> None:
@@ -414,6 +422,23 @@ def committed_checkpoint(
     return found, Parse(found.manifest, coordinator_pb2.Manifest())
 
 
+def outcome_of(record: CheckpointRecord) -> coordinator_pb2.CheckpointOutcome:
+    """The outcome of a finished checkpoint, from its record (a retry, a restarted
+    coordinator)."""
+    outcome = coordinator_pb2.CheckpointOutcome(
+        checkpoint=record.checkpoint,
+        committed=record.state == "committed",
+        reason=record.reason
+        or ("" if record.state != "preparing" else "still preparing on a previous coordinator"),
+        failed_host=record.failed_host,
+    )
+    if record.finished_at is not None:
+        outcome.duration_seconds = record.finished_at - record.started_at
+    if record.manifest:
+        outcome.ranks.extend(Parse(record.manifest, coordinator_pb2.Manifest()).ranks)
+    return outcome
+
+
 def mark_damaged(store: Store, jobs: JobService, record: CheckpointRecord, reason: str) -> str:
     """A checkpoint whose images were found not to match its manifest is never offered again:
     the job's latest becomes its newest good checkpoint; a sentence saying so."""
@@ -534,17 +559,10 @@ class CheckpointService:
         *,
         leave_running: bool,
         timeout: float,
-        request_id: str,
         external: str = "refuse",
-    ) -> CheckpointRun | CheckpointRecord:
-        """Start a checkpoint, or find the one this request id already started."""
-        if request_id:
-            previous = self._store.checkpoint_by_request(request_id)
-            if previous is not None:
-                live = self._running.get(previous.job)
-                if live is not None and live.checkpoint == previous.checkpoint:
-                    return live
-                return previous
+    ) -> CheckpointRun:
+        """Start a checkpoint of ``job`` (a retry of the same request is the request ledger's:
+        coordinator.idempotency)."""
         record = self._jobs.get(job)
         running = [r for r in record.ranks if r.state == "running"]
         if not running:
@@ -576,7 +594,7 @@ class CheckpointService:
         checkpoint_record = CheckpointRecord(
             checkpoint=checkpoint,
             job=job,
-            request_id=request_id or None,
+            request_id=None,
             state="preparing",
             leave_running=leave_running,
             directory=str(directory),

@@ -15,7 +15,10 @@ from coordinator.api import create_server
 from coordinator.checkpoints import CheckpointService, CheckpointSettings
 from coordinator.control import ControlPlane, Plane
 from coordinator.front_door import FrontDoor
+from coordinator.idempotency import RequestLedger
+from coordinator.job_events import JobEvents
 from coordinator.jobs import JobService
+from coordinator.operations import Operations
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
 from coordinator.service import CoordinatorService
@@ -45,7 +48,8 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
     running event loop (recovery goes on in the background)."""
     store = Store(config.state_db)
     registry = AgentRegistry(store, clock, lost_after=config.agent_lost_after)
-    jobs = JobService(store, registry, plane, clock)
+    events = JobEvents(clock)
+    jobs = JobService(store, registry, plane, clock, events)
     checkpoints = CheckpointService(
         store=store,
         jobs=jobs,
@@ -68,8 +72,17 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
     )
     checkpoints.recover()
     restarts.recover()
+    operations = Operations(store, clock, events, keep_for=config.operations_keep_for)
+    operations.settle()
     service = CoordinatorService(
-        registry, jobs, checkpoints, restarts, heartbeat_interval=config.heartbeat_interval
+        registry,
+        jobs,
+        checkpoints,
+        restarts,
+        events=events,
+        operations=operations,
+        ledger=RequestLedger(store, clock),
+        heartbeat_interval=config.heartbeat_interval,
     )
     return Coordinator(store=store, registry=registry, service=service)
 

@@ -57,12 +57,16 @@ class JobEvents:
         an exception it raises is logged and swallowed)."""
         self._listeners.append(listener)
 
-    def publish(self, job: str, event: coordinator_pb2.JobEvent, *, operation: str = "") -> None:
-        """Stamp ``event`` (time, job, operation) and hand it to every subscriber of ``job``."""
+    def stamp(self, job: str, event: coordinator_pb2.JobEvent, operation: str = "") -> None:
+        """Set the event's time, job and operation."""
         event.job = job
         if operation:
             event.operation = operation
         event.time.FromNanoseconds(int(self._clock.now() * 1e9))
+
+    def publish(self, job: str, event: coordinator_pb2.JobEvent, *, operation: str = "") -> None:
+        """Stamp ``event`` and hand it to every listener and every subscriber of ``job``."""
+        self.stamp(job, event, operation)
         for listener in self._listeners:
             try:
                 listener(event)

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 
 from coordinator.control import Plane
+from coordinator.job_events import JobEvents, rank_changed
 from coordinator.registry import ALIVE, AgentRegistry
 from coordinator.store import AgentRecord, JobRecord, RankRecord, Store
 from crctl.clock import Clock
@@ -43,11 +44,14 @@ def rank_owner(caller: Identity, existing: JobRecord | None) -> control_pb2.Rank
 
 
 class JobService:
-    def __init__(self, store: Store, registry: AgentRegistry, plane: Plane, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, registry: AgentRegistry, plane: Plane, clock: Clock, events: JobEvents
+    ) -> None:
         self._store = store
         self._registry = registry
         self._plane = plane
         self._clock = clock
+        self._events = events
         self._busy: dict[str, str] = {}  # job -> what runs on it now
 
     def claim(self, job: str, operation: str) -> None:
@@ -127,6 +131,9 @@ class JobService:
         record = RankRecord(job, rank, host, launched.pid, "running", None, tuple(argv))
         self._store.add_rank(record, self._clock.now(), owner_uid=owner.uid, owner=owner.name)
         log.info("rank_launched", job=job, rank=rank, agent=host, pid=launched.pid)
+        self._events.publish(
+            job, rank_changed(rank, host, launched.pid, "running", reason="launched")
+        )
         return record
 
     async def kill(self, job: str) -> JobRecord:
@@ -146,7 +153,11 @@ class JobService:
             )
         self._store.set_job_ranks_state(job, "killed")
         log.info("job_killed", job=job, hosts=hosts)
-        return self.get(job)
+        killed = self.get(job)
+        for rank in record.ranks:
+            if rank.state == "running":
+                self._events.publish(job, rank_changed(rank.rank, rank.host, rank.pid, "killed"))
+        return killed
 
     def reconcile(self, host: str, running: list[control_pb2.RankRef]) -> None:
         """An agent (re)registered listing the ranks it runs: ranks believed running on that
@@ -160,6 +171,16 @@ class JobService:
                     and (job.job, rank.rank) not in listed
                 ):
                     self._store.set_rank_state(job.job, rank.rank, "lost")
+                    self._events.publish(
+                        job.job,
+                        rank_changed(
+                            rank.rank,
+                            host,
+                            rank.pid,
+                            "lost",
+                            reason="not running when its agent registered",
+                        ),
+                    )
                     log.warning(
                         "rank_lost",
                         job=job.job,
@@ -177,6 +198,10 @@ class JobService:
         if rank.state != "running":
             return
         self._store.set_rank_state(event.job, event.rank, "exited", event.exit_status)
+        self._events.publish(
+            event.job,
+            rank_changed(event.rank, host, rank.pid, "exited", exit_status=event.exit_status),
+        )
         log.info(
             "rank_exited", job=event.job, rank=event.rank, agent=host, exit_status=event.exit_status
         )

@@ -120,9 +120,34 @@ class RestartRun:
         )
         self._log = log.bind(job=job, checkpoint=checkpoint.checkpoint, restore=restore)
         self.outcome: coordinator_pb2.RestartOutcome | None = None
+        self.checkpoint = checkpoint.checkpoint
+        self.hosts = placement.hosts
+        self.step = ""  # the step under way
+        self._done_on: dict[str, str] = {}  # host -> the last step it completed
+        self._cancelled = asyncio.Event()
+        self._cancel_reason = ""
 
     def follow(self) -> AsyncIterator[coordinator_pb2.RestartEvent]:
         return self._feed.follow()
+
+    def progress(self) -> list[tuple[str, str]]:
+        """(host, where it is): the step under way, or "<step> done" once it completed it."""
+        return [
+            (h, f"{self.step} done" if self._done_on.get(h) == self.step else self.step)
+            for h in self.hosts
+        ]
+
+    def cancel(self, reason: str) -> bool:
+        """Abort the restart at once unless its ranks are being released (too late: they may
+        already run). True if it will be aborted."""
+        if self.step == "release" or self.outcome is not None:
+            return False
+        self._cancel_reason = reason
+        self._cancelled.set()
+        return True
+
+    def _cancellation(self) -> StepFailure:
+        return StepFailure("", -1, f"cancelled: {self._cancel_reason}")
 
     def agent_lost(self, host: str) -> None:
         """A target host went silent: the step under way fails at once (no deadline wait)."""
@@ -177,12 +202,19 @@ class RestartRun:
             raise StepFailure(host, -1, f"the agent on {host} was lost")
         asked = asyncio.ensure_future(self._plane.request(host, order, self._timeout))
         silence = asyncio.ensure_future(lost.wait())
+        # A release is never interrupted: once asked, ranks may run.
+        cancelled = asyncio.ensure_future(
+            self._cancelled.wait() if step != "release" else asyncio.Event().wait()
+        )
         try:
-            await asyncio.wait({asked, silence}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({asked, silence, cancelled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             silence.cancel()
+            cancelled.cancel()
         if not asked.done():
             asked.cancel()
+            if self._cancelled.is_set() and step != "release":
+                raise self._cancellation()
             raise StepFailure(host, -1, f"the agent on {host} was lost during {step}")
         try:
             reply = asked.result()
@@ -193,10 +225,14 @@ class RestartRun:
         result = reply.restore_result
         if not result.ok:
             raise StepFailure(host, result.failed_rank, result.reason, result.images_damaged)
+        self._done_on[host] = step
         return result
 
     async def _everywhere(self, step: str) -> list[control_pb2.RestoreResult]:
         hosts = self._placement.hosts
+        if self._cancelled.is_set():
+            raise self._cancellation()
+        self.step = step
         await self._step_event(step, hosts)
         await failpoints.reached(f"coordinator.restart.{step}")
         results = await asyncio.gather(

@@ -8,7 +8,10 @@ import asyncio
 import structlog
 
 from coordinator.checkpoints import CheckpointService
+from coordinator.idempotency import RequestLedger
+from coordinator.job_events import JobEvents
 from coordinator.jobs import JobService
+from coordinator.operations import Operations
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
 from coordinator.store import AgentRecord
@@ -25,12 +28,18 @@ class CoordinatorService:
         checkpoints: CheckpointService,
         restarts: RestartService,
         *,
+        events: JobEvents,
+        operations: Operations,
+        ledger: RequestLedger,
         heartbeat_interval: float,
     ) -> None:
         self._registry = registry
         self.jobs = jobs
         self.checkpoints = checkpoints
         self.restarts = restarts
+        self.events = events
+        self.operations = operations
+        self.ledger = ledger
         self._heartbeat_interval = heartbeat_interval
 
     async def on_agent_message(
@@ -100,6 +109,8 @@ class CoordinatorService:
     async def run_sweeper(self, period: float) -> None:
         while True:
             self.sweep()
+            self.operations.settle()
+            self.operations.expire()
             await asyncio.sleep(period)
 
     def agents(self) -> list[AgentRecord]:

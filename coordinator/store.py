@@ -74,6 +74,25 @@ CREATE TABLE IF NOT EXISTS restarts (
     finished_at REAL,
     reason TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS operations (
+    name TEXT PRIMARY KEY,            -- operations/<checkpoint or restore id>
+    kind TEXT NOT NULL,               -- checkpoint | restart
+    job TEXT NOT NULL,
+    done INTEGER NOT NULL,
+    operation BLOB NOT NULL,          -- the google.longrunning.Operation, serialized
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS operations_by_job ON operations(job, created_at);
+CREATE TABLE IF NOT EXISTS requests (
+    caller_uid INTEGER NOT NULL,      -- request ids are scoped to the caller and the job
+    job TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,        -- the method and a digest of the rest of the request
+    response BLOB NOT NULL,           -- the first call's answer, serialized
+    created_at REAL NOT NULL,
+    PRIMARY KEY (caller_uid, job, request_id)
+);
 """
 
 
@@ -125,6 +144,24 @@ class CheckpointRecord:
     reason: str
     failed_host: str
     manifest: str | None
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    name: str
+    kind: str  # checkpoint | restart
+    job: str
+    done: bool
+    operation: bytes  # a serialized google.longrunning.Operation
+    created_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    fingerprint: str
+    response: bytes
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -455,12 +492,6 @@ class Store:
         ).fetchone()
         return None if row is None else _checkpoint(row)
 
-    def checkpoint_by_request(self, request_id: str) -> CheckpointRecord | None:
-        row = self._db.execute(
-            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE request_id = ?", (request_id,)
-        ).fetchone()
-        return None if row is None else _checkpoint(row)
-
     def checkpoints(
         self, job: str | None = None, state: str | None = None, *, manifests: bool = True
     ) -> list[CheckpointRecord]:
@@ -563,3 +594,120 @@ class Store:
             )
             for r in rows
         ]
+
+    def restart(self, restore: str) -> RestartRecord | None:
+        return next((r for r in self.restarts() if r.restore == restore), None)
+
+    # --- operations and request ids ---------------------------------------------------------
+
+    def save_operation(self, record: OperationRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """INSERT INTO operations(name, kind, job, done, operation, created_at,
+                                          finished_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(name) DO UPDATE SET done = excluded.done,
+                       operation = excluded.operation, finished_at = excluded.finished_at""",
+                (
+                    record.name,
+                    record.kind,
+                    record.job,
+                    int(record.done),
+                    record.operation,
+                    record.created_at,
+                    record.finished_at,
+                ),
+            )
+
+    def operation(self, name: str) -> OperationRecord | None:
+        row = self._db.execute(
+            f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else _operation(row)
+
+    def operations(
+        self, *, job: str | None = None, done: bool | None = None, kind: str | None = None
+    ) -> list[OperationRecord]:
+        """Newest first."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        if job is not None:
+            clauses.append("job = ?")
+            params.append(job)
+        if done is not None:
+            clauses.append("done = ?")
+            params.append(int(done))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT {_OPERATION_COLUMNS} FROM operations {where} "
+            "ORDER BY created_at DESC, name DESC",
+            params,
+        ).fetchall()
+        return [_operation(r) for r in rows]
+
+    def delete_operation(self, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM operations WHERE name = ?", (name,))
+
+    def expire(self, before: float) -> list[str]:
+        """Remove operations finished before ``before``, and request ids recorded before it;
+        the names of the operations removed."""
+        with self._transaction() as db:
+            names = [
+                row[0]
+                for row in db.execute(
+                    "SELECT name FROM operations WHERE done = 1 AND finished_at < ?", (before,)
+                )
+            ]
+            db.execute("DELETE FROM operations WHERE done = 1 AND finished_at < ?", (before,))
+            db.execute("DELETE FROM requests WHERE created_at < ?", (before,))
+        return names
+
+    def request(self, caller_uid: int, job: str, request_id: str) -> RequestRecord | None:
+        row = self._db.execute(
+            "SELECT fingerprint, response, created_at FROM requests "
+            "WHERE caller_uid = ? AND job = ? AND request_id = ?",
+            (caller_uid, job, request_id),
+        ).fetchone()
+        return None if row is None else RequestRecord(row[0], bytes(row[1]), row[2])
+
+    def record_request(
+        self,
+        caller_uid: int,
+        job: str,
+        request_id: str,
+        record: RequestRecord,
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """INSERT OR IGNORE INTO requests(caller_uid, job, request_id, fingerprint,
+                                                  response, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (
+                    caller_uid,
+                    job,
+                    request_id,
+                    record.fingerprint,
+                    record.response,
+                    record.created_at,
+                ),
+            )
+
+
+_OPERATION_COLUMNS = "name, kind, job, done, operation, created_at, finished_at"
+
+
+def _operation(row: tuple[object, ...]) -> OperationRecord:
+    name, kind, job, done, operation, created_at, finished_at = row
+    return OperationRecord(
+        name=str(name),
+        kind=str(kind),
+        job=str(job),
+        done=bool(done),
+        operation=bytes(operation),  # type: ignore[call-overload]
+        created_at=float(created_at),  # type: ignore[arg-type]
+        finished_at=None if finished_at is None else float(finished_at),  # type: ignore[arg-type]
+    )

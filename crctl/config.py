@@ -70,6 +70,8 @@ class Config:
     commit_timeout: float = 30.0
     # Committed checkpoints kept per job; older ones are deleted after a newer one commits.
     retain_checkpoints: int = 3
+    # Seconds a finished checkpoint or restart operation (and a request id) is remembered.
+    operations_keep_for: float = 7 * 24 * 3600.0
     # Scratch space of an agent (working image copies, rank pipes).
     agent_work_dir: Path = Path("/var/lib/crctl/agent")
     # "auto" (JSON when not a terminal), "json" or "console".

@@ -1,8 +1,8 @@
 """The project's exception hierarchy. Every error carries the fields an operator needs
-(job, checkpoint, host, phase, errno) and renders as one readable line.
+(job, checkpoint, host, rank, phase, errno) and renders as one readable line.
 
-Mapping to gRPC status codes lives in ``coordinator.status_codes``; mapping to CLI exit codes
-lives in ``cli.exit_codes``. Nowhere else."""
+Mapping to gRPC statuses (codes and ErrorInfo) lives in ``crctl.status``; mapping to CLI exit
+codes lives in ``cli.exit_codes``. Nowhere else."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ class CrctlError(Exception):
         job: str | None = None,
         checkpoint: str | None = None,
         host: str | None = None,
+        rank: int | None = None,
         phase: str | None = None,
         errno: int | None = None,
     ) -> None:
@@ -27,6 +28,7 @@ class CrctlError(Exception):
         self.job = job
         self.checkpoint = checkpoint
         self.host = host
+        self.rank = rank
         self.phase = phase
         self.errno = errno
 
@@ -36,6 +38,7 @@ class CrctlError(Exception):
             "job": self.job,
             "checkpoint": self.checkpoint,
             "host": self.host,
+            "rank": self.rank,
             "phase": self.phase,
             "errno": self.errno,
         }

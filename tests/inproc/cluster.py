@@ -233,9 +233,7 @@ class Cluster:
         self, job: str, *, leave_running: bool = False, timeout: float = 0.0
     ) -> CheckpointRun:
         async def start() -> CheckpointRun:
-            run = self.service.checkpoints.start(
-                job, leave_running=leave_running, timeout=timeout, request_id=""
-            )
+            run = self.service.checkpoints.start(job, leave_running=leave_running, timeout=timeout)
             assert isinstance(run, CheckpointRun)
             return run
 

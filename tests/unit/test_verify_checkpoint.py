@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from cli.main import main
 from coordinator.checkpoints import CheckpointService, CheckpointSettings
+from coordinator.job_events import JobEvents
 from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
 from coordinator.storage import CheckpointStore
@@ -46,6 +47,7 @@ class Coordinator:
             AgentRegistry(self.store, self.clock, lost_after=5),
             None,  # type: ignore[arg-type]
             self.clock,
+            JobEvents(self.clock),
         )
         self.service = CheckpointService(
             store=self.store,
