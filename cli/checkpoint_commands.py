@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import uuid
 
 from cli import render
 from cli.arguments import between, seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
+from cli.follow import follow
 from crctl.config import Config
-from crctl.errors import UnavailableError
 from crctl.v1 import coordinator_pb2
-
-RETRY_FOR = 30.0  # seconds a checkpoint call is retried (same request id) when the link drops
 
 
 def _progress(event: coordinator_pb2.CheckpointEvent, quiet: bool) -> None:
@@ -31,27 +28,28 @@ def _progress(event: coordinator_pb2.CheckpointEvent, quiet: bool) -> None:
         print(f"  {event.vote.host} voted {vote}", file=sys.stderr)
 
 
+def _checkpoint_of(event: coordinator_pb2.CheckpointEvent) -> str:
+    kind = event.WhichOneof("event")
+    return getattr(event, kind).checkpoint if kind else ""
+
+
 def cmd_checkpoint(args: argparse.Namespace, config: Config) -> int:
     request_id = args.request_id or uuid.uuid4().hex
-    deadline = time.monotonic() + RETRY_FOR
-    outcome = None
     with CoordinatorClient.for_config(config) as client:
-        while outcome is None:
-            try:
-                for event in client.checkpoint(
-                    args.job,
-                    leave_running=args.leave_running,
-                    timeout=args.timeout,
-                    request_id=request_id,
-                    external=args.external,
-                ):
-                    _progress(event, args.json)
-                    if event.WhichOneof("event") == "outcome":
-                        outcome = event.outcome
-            except UnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)  # the same request id follows, never restarts, the checkpoint
+        outcome = follow(
+            client,
+            lambda: client.checkpoint(
+                args.job,
+                leave_running=args.leave_running,
+                timeout=args.timeout,
+                request_id=request_id,
+                external=args.external,
+            ),
+            run_id=_checkpoint_of,
+            outcome=lambda e: e.outcome if e.WhichOneof("event") == "outcome" else None,
+            empty=coordinator_pb2.CheckpointOutcome,
+            progress=lambda e: _progress(e, args.json),
+        )
     if args.json:
         render.print_json(
             {

@@ -6,12 +6,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2
 
 from crctl.config import Config
 from crctl.errors import ConfigError, CrctlError, UnavailableError
 from crctl.status import error_for, error_from_call
 from crctl.tls import client_credentials
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+OPERATION_PREFIX = "operations/"
 
 Reply = TypeVar("Reply")
 
@@ -33,6 +37,7 @@ class CoordinatorClient:
         else:
             self._channel = grpc.insecure_channel(address)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._operations = operations_pb2_grpc.OperationsStub(self._channel)  # type: ignore[no-untyped-call]
 
     @classmethod
     def for_config(cls, config: Config, *, timeout: float = 10.0) -> CoordinatorClient:
@@ -91,9 +96,16 @@ class CoordinatorClient:
         *,
         cwd: str = "",
         umask: int | None = None,
+        request_id: str = "",
     ) -> coordinator_pb2.LaunchResponse:
         request = coordinator_pb2.LaunchRequest(
-            job=job, host=host, rank=rank, argv=list(argv), env=dict(env), cwd=cwd
+            job=job,
+            host=host,
+            rank=rank,
+            argv=list(argv),
+            env=dict(env),
+            cwd=cwd,
+            request_id=request_id,
         )
         if umask is not None:
             request.umask = umask
@@ -105,8 +117,9 @@ class CoordinatorClient:
     def job(self, job: str) -> coordinator_pb2.Job:
         return self._call(self._stub.GetJob, coordinator_pb2.GetJobRequest(job=job))
 
-    def kill(self, job: str) -> coordinator_pb2.Job:
-        return self._call(self._stub.KillJob, coordinator_pb2.KillJobRequest(job=job)).job
+    def kill(self, job: str, request_id: str = "") -> coordinator_pb2.Job:
+        request = coordinator_pb2.KillJobRequest(job=job, request_id=request_id)
+        return self._call(self._stub.KillJob, request).job
 
     def checkpoint(
         self,
@@ -151,3 +164,49 @@ class CoordinatorClient:
             yield from self._stub.Restart(request)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
+
+    # --- operations (google.longrunning) ---
+
+    @staticmethod
+    def operation_name(name: str) -> str:
+        """``name`` as an operation's full name (an id alone may be given)."""
+        return name if name.startswith(OPERATION_PREFIX) else OPERATION_PREFIX + name
+
+    def operation(self, name: str) -> operations_pb2.Operation:
+        request = operations_pb2.GetOperationRequest(name=self.operation_name(name))
+        reply: operations_pb2.Operation = self._call(self._operations.GetOperation, request)
+        return reply
+
+    def operations(self, filter_text: str = "") -> list[operations_pb2.Operation]:
+        found: list[operations_pb2.Operation] = []
+        token = ""
+        while True:
+            request = operations_pb2.ListOperationsRequest(
+                name="operations", filter=filter_text, page_token=token
+            )
+            reply = self._call(self._operations.ListOperations, request)
+            found.extend(reply.operations)
+            token = reply.next_page_token
+            if not token:
+                return found
+
+    def wait_operation(self, name: str, seconds: float) -> operations_pb2.Operation:
+        """The operation once done, or as it is after ``seconds``."""
+        request = operations_pb2.WaitOperationRequest(
+            name=self.operation_name(name), timeout=duration_pb2.Duration(seconds=int(seconds))
+        )
+        try:
+            reply: operations_pb2.Operation = self._operations.WaitOperation(
+                request, timeout=seconds + self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return reply
+
+    def cancel_operation(self, name: str) -> None:
+        request = operations_pb2.CancelOperationRequest(name=self.operation_name(name))
+        self._call(self._operations.CancelOperation, request)
+
+    def delete_operation(self, name: str) -> None:
+        request = operations_pb2.DeleteOperationRequest(name=self.operation_name(name))
+        self._call(self._operations.DeleteOperation, request)

@@ -15,6 +15,7 @@ from cli import (
     job_commands,
     key_commands,
     mpi_commands,
+    operation_commands,
     render,
     restart_commands,
     run_command,
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_commands.register(add)
     checkpoint_commands.register(add)
     restart_commands.register(add)
+    operation_commands.register(add)
     mpi_commands.register(add)
     run_command.register(add)
 

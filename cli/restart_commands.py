@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 
 from cli import render
 from cli.arguments import host_map, key_value, seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
+from cli.follow import follow
 from crctl import hostlists
 from crctl.config import Config
-from crctl.errors import ConfigError
 from crctl.v1 import coordinator_pb2
 
 
@@ -25,17 +26,25 @@ def cmd_restart(args: argparse.Namespace, config: Config) -> int:
         plugin_options=dict(args.plugin_option),
         timeout_seconds=args.timeout,
         eager_pages=args.eager_pages,
+        request_id=args.request_id or uuid.uuid4().hex,
     )
-    outcome = None
+
+    def progress(event: coordinator_pb2.RestartEvent) -> None:
+        if event.WhichOneof("event") == "step" and not args.json:
+            hosts = ", ".join(event.step.hosts)
+            print(f"{event.step.restore}: {event.step.step} on {hosts}", file=sys.stderr)
+
     with CoordinatorClient.for_config(config) as client:
-        for event in client.restart(request):
-            if event.WhichOneof("event") == "step" and not args.json:
-                hosts = ", ".join(event.step.hosts)
-                print(f"{event.step.restore}: {event.step.step} on {hosts}", file=sys.stderr)
-            elif event.WhichOneof("event") == "outcome":
-                outcome = event.outcome
-    if outcome is None:
-        raise ConfigError("the coordinator ended the restart without an outcome")
+        outcome = follow(
+            client,
+            lambda: client.restart(request),
+            run_id=lambda e: (
+                e.step.restore if e.WhichOneof("event") == "step" else e.outcome.restore
+            ),
+            outcome=lambda e: e.outcome if e.WhichOneof("event") == "outcome" else None,
+            empty=coordinator_pb2.RestartOutcome,
+            progress=progress,
+        )
     if args.json:
         render.print_json(render.to_dict(outcome))
     elif outcome.restarted:
@@ -100,4 +109,10 @@ def register(add: render.AddCommand) -> None:
         default=0.0,
         metavar="SECONDS",
         help="deadline of each restart step, in seconds above 0 (default: checkpoint_timeout)",
+    )
+    p.add_argument(
+        "--request-id",
+        default="",
+        help="idempotency key: a retry with the same id follows the restart it started "
+        "(default: a new UUID)",
     )

@@ -5,6 +5,9 @@ Clients are plain grpcio stubs, as a scheduler's would be."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +24,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from grpc_status import rpc_status
 
+from cli.exit_codes import ExitCode
+from cli.main import main
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 from tests.inproc.api_cluster import ApiCluster, api_test, unpack
 
@@ -467,3 +472,30 @@ async def test_reflection_lists_the_services_and_health_answers_for_each(api: Ap
         assert code == grpc.StatusCode.NOT_FOUND
 
     await api.call(scenario)
+
+
+@api_test()
+async def test_the_cli_reattaches_to_its_checkpoint_across_a_coordinator_restart(
+    api: ApiCluster,
+) -> None:
+    """`crctl checkpoint` loses its stream when the coordinator dies mid-checkpoint, waits on
+    the checkpoint's operation until a new coordinator answers, and reports the outcome that
+    one recorded (undecided, hence aborted) with the aborted exit code."""
+    await launched(api)
+    api.cluster.fake["h1"].delays["dump"] = 30.0
+    said = io.StringIO()
+
+    def cli() -> int:
+        with contextlib.redirect_stderr(said):
+            return main(["checkpoint", JOB, "--api-address", api.address])
+
+    running = asyncio.create_task(asyncio.to_thread(cli))
+    store = api.cluster.service.operations._store
+    await api.cluster.until(lambda: store.operations(done=False), "the checkpoint started")
+    await asyncio.sleep(0.3)  # the CLI has had its first progress events
+    await api.restart_coordinator()
+    code = await asyncio.wait_for(running, 60)
+    assert code == ExitCode.ABORTED, said.getvalue()
+    text = said.getvalue()
+    assert "reattaching to operations/ckpt-" in text
+    assert "coordinator restarted before the decision" in text
