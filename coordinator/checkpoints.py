@@ -608,6 +608,10 @@ class CheckpointService:
         task.add_done_callback(finished)
         return run
 
+    def running_count(self) -> int:
+        """Checkpoints under way now (one per job at most)."""
+        return len(self._running)
+
     def list(self, job: str) -> list[CheckpointRecord]:
         self._jobs.get(job)
         return self._store.checkpoints(job)

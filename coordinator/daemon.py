@@ -15,7 +15,9 @@ from coordinator.api import create_server
 from coordinator.checkpoints import CheckpointService, CheckpointSettings
 from coordinator.control import ControlPlane, Plane
 from coordinator.front_door import FrontDoor
+from coordinator.job_events import JobEvents
 from coordinator.jobs import JobService
+from coordinator.metrics import CoordinatorMetrics, MetricsServer, serve_metrics
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
 from coordinator.service import CoordinatorService
@@ -37,6 +39,7 @@ class Coordinator:
     store: Store
     registry: AgentRegistry
     service: CoordinatorService
+    events: JobEvents  # every job's events: WatchJob callers and the metrics follow them
 
 
 def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
@@ -44,6 +47,7 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
     coordinator left unfinished (checkpoints never decided, restarts under way). Needs a
     running event loop (recovery goes on in the background)."""
     store = Store(config.state_db)
+    events = JobEvents(clock)
     registry = AgentRegistry(store, clock, lost_after=config.agent_lost_after)
     jobs = JobService(store, registry, plane, clock)
     checkpoints = CheckpointService(
@@ -71,7 +75,23 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
     service = CoordinatorService(
         registry, jobs, checkpoints, restarts, heartbeat_interval=config.heartbeat_interval
     )
-    return Coordinator(store=store, registry=registry, service=service)
+    return Coordinator(store=store, registry=registry, service=service, events=events)
+
+
+def start_metrics(config: Config, coordinator: Coordinator) -> MetricsServer | None:
+    """Metrics fed by the jobs' events, served at metrics_address (None when it is empty)."""
+    if not config.metrics_address:
+        return None
+    checkpoints, restarts = coordinator.service.checkpoints, coordinator.service.restarts
+    metrics = CoordinatorMetrics(
+        agent_states=lambda: [agent.state for agent in coordinator.registry.agents()],
+        in_flight=lambda: {
+            "checkpoint": checkpoints.running_count(),
+            "restart": restarts.running_count(),
+        },
+    )
+    coordinator.events.listen(metrics.on_event)
+    return serve_metrics(config.metrics_address, metrics.registry)
 
 
 def private_dir(api_socket: Path) -> Path:
@@ -108,6 +128,7 @@ async def serve(config: Config) -> None:
     plane = ControlPlane(config.control_endpoint, config.keys_dir)
     coordinator = build(config, plane, clock)
     store, registry, service = coordinator.store, coordinator.registry, coordinator.service
+    metrics = start_metrics(config, coordinator)  # before anything listens: a bad address fails
     plane.set_handler(service.on_agent_message)
     plane.start()
     door = FrontDoor(config.api_socket, private_dir(config.api_socket))
@@ -151,6 +172,8 @@ async def serve(config: Config) -> None:
     await door.close()
     await server.stop(grace=1.0)
     plane.close()
+    if metrics is not None:
+        await asyncio.to_thread(metrics.close)
     store.close()
     if failed:
         raise CrctlError(

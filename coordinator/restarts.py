@@ -303,6 +303,10 @@ class RestartService:
         for run in self._running.values():
             run.agent_lost(host)
 
+    def running_count(self) -> int:
+        """Restarts under way now: running, or being finished after a coordinator restart."""
+        return len(self._running) + len(self._recovering)
+
     def resolve(self, host: str, restoring: Sequence[str]) -> None:
         """An agent listed the restores under way on it: one that no run or recovery of this
         coordinator is carrying out was given up (this host was lost meanwhile, or the
