@@ -4,6 +4,8 @@ codes in one place (cli.exit_codes) and a one-line message on stderr."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -331,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _dispatch(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -342,3 +344,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_code_for(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_gone() -> int:
+    """Whoever read our stdout stopped (`| head`, a pager quit): end quietly, as a Unix tool
+    killed by SIGPIPE would, without setting SIGPIPE's default action, which would kill
+    long-running commands over any closed socket or child's pipe. Stdout now points at
+    /dev/null, so the interpreter's last flush of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)  # argparse's --help and usage errors exit from here too
+        finally:
+            sys.stdout.flush()  # in here, so that a reader gone is seen here
+    except BrokenPipeError:
+        return _reader_gone()

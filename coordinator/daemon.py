@@ -18,6 +18,7 @@ from coordinator.front_door import FrontDoor
 from coordinator.idempotency import RequestLedger
 from coordinator.job_events import JobEvents
 from coordinator.jobs import JobService
+from coordinator.metrics import CoordinatorMetrics, MetricsServer, serve_metrics
 from coordinator.operations import Operations
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
@@ -40,6 +41,7 @@ class Coordinator:
     store: Store
     registry: AgentRegistry
     service: CoordinatorService
+    events: JobEvents  # every job's events: WatchJob callers and the metrics follow them
 
 
 def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
@@ -84,7 +86,19 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
         ledger=RequestLedger(store, clock),
         heartbeat_interval=config.heartbeat_interval,
     )
-    return Coordinator(store=store, registry=registry, service=service)
+    return Coordinator(store=store, registry=registry, service=service, events=events)
+
+
+def start_metrics(config: Config, coordinator: Coordinator) -> MetricsServer | None:
+    """Metrics fed by the jobs' events, served at metrics_address (None when it is empty)."""
+    if not config.metrics_address:
+        return None
+    metrics = CoordinatorMetrics(
+        agent_states=lambda: [agent.state for agent in coordinator.registry.agents()],
+        in_flight=coordinator.service.operations.in_flight,
+    )
+    coordinator.events.listen(metrics.on_event)
+    return serve_metrics(config.metrics_address, metrics.registry)
 
 
 def private_dir(api_socket: Path) -> Path:
@@ -121,6 +135,7 @@ async def serve(config: Config) -> None:
     plane = ControlPlane(config.control_endpoint, config.keys_dir)
     coordinator = build(config, plane, clock)
     store, registry, service = coordinator.store, coordinator.registry, coordinator.service
+    metrics = start_metrics(config, coordinator)  # before anything listens: a bad address fails
     plane.set_handler(service.on_agent_message)
     plane.start()
     door = FrontDoor(config.api_socket, private_dir(config.api_socket))
@@ -164,6 +179,8 @@ async def serve(config: Config) -> None:
     await door.close()
     await server.stop(grace=1.0)
     plane.close()
+    if metrics is not None:
+        await asyncio.to_thread(metrics.close)
     store.close()
     if failed:
         raise CrctlError(

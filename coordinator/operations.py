@@ -271,7 +271,7 @@ class Operations:
 
     def in_flight(self) -> dict[str, int]:
         counts = dict.fromkeys(KINDS, 0)
-        for live in self._live.values():
+        for live in list(self._live.values()):  # also read by the metrics server's thread
             counts[live.kind] += 1
         return counts
 

@@ -36,6 +36,10 @@ class Config:
     # The coordinator also serves the API over TCP here ("" = not at all), only with mutual TLS:
     # its certificate and CA in keys_dir/api/ (`crctl keys api-init`).
     api_tcp_address: str = ""
+    # The coordinator's Prometheus metrics over HTTP (GET /metrics) at HOST:PORT, e.g.
+    # "127.0.0.1:9464" ("" = not served). No TLS, no authentication: bind it where only the
+    # monitoring system reaches it.
+    metrics_address: str = ""
     # Admins besides root (comma-separated user / group names or numbers): they may act on
     # every job.
     admin_users: str = ""
@@ -166,6 +170,16 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, object]:
     return _validated(layer, "environment")
 
 
+def host_and_port(value: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets: ``[::1]:9464``) as (host, port); port 0 means
+    any free port. A ConfigError naming ``key`` otherwise."""
+    host, colon, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key} must be HOST:PORT (e.g. 127.0.0.1:9464), not {value!r}")
+    return host, int(port)
+
+
 def load_config(
     *,
     file: Path | None = None,
@@ -183,4 +197,6 @@ def load_config(
         raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
     if config.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+    if config.metrics_address:
+        host_and_port(config.metrics_address, "metrics_address")
     return config
