@@ -12,12 +12,14 @@ import structlog
 
 from coordinator.access import AccessPolicy
 from coordinator.api import create_server
-from coordinator.checkpoints import CheckpointService, CheckpointSettings
+from coordinator.checkpoints import CheckpointRun, CheckpointService, CheckpointSettings
 from coordinator.control import ControlPlane, Plane
 from coordinator.front_door import FrontDoor
+from coordinator.job_events import JobEvents
 from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
+from coordinator.schedules import Scheduler
 from coordinator.service import CoordinatorService
 from coordinator.storage import CheckpointStore
 from coordinator.store import Store
@@ -37,6 +39,7 @@ class Coordinator:
     store: Store
     registry: AgentRegistry
     service: CoordinatorService
+    scheduler: Scheduler
 
 
 def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
@@ -68,10 +71,25 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
     )
     checkpoints.recover()
     restarts.recover()
-    service = CoordinatorService(
-        registry, jobs, checkpoints, restarts, heartbeat_interval=config.heartbeat_interval
+    events = JobEvents(clock)
+
+    def start_checkpoint(job: str, *, leave_running: bool, requested_by: str) -> CheckpointRun:
+        run = checkpoints.start(job, leave_running=leave_running, timeout=0, request_id="")
+        assert isinstance(run, CheckpointRun)  # no request id: always a new run
+        return run
+
+    scheduler = Scheduler(
+        store=store, jobs=jobs, events=events, clock=clock, start_checkpoint=start_checkpoint
     )
-    return Coordinator(store=store, registry=registry, service=service)
+    service = CoordinatorService(
+        registry,
+        jobs,
+        checkpoints,
+        restarts,
+        schedules=scheduler,
+        heartbeat_interval=config.heartbeat_interval,
+    )
+    return Coordinator(store=store, registry=registry, service=service, scheduler=scheduler)
 
 
 def private_dir(api_socket: Path) -> Path:
@@ -108,6 +126,7 @@ async def serve(config: Config) -> None:
     plane = ControlPlane(config.control_endpoint, config.keys_dir)
     coordinator = build(config, plane, clock)
     store, registry, service = coordinator.store, coordinator.registry, coordinator.service
+    scheduler = coordinator.scheduler
     plane.set_handler(service.on_agent_message)
     plane.start()
     door = FrontDoor(config.api_socket, private_dir(config.api_socket))
@@ -139,6 +158,7 @@ async def serve(config: Config) -> None:
             service.run_sweeper(sweep_period(config)),
             name="sweeper",
         ),
+        asyncio.create_task(scheduler.run(), name="scheduler"),
     ]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

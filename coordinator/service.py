@@ -11,6 +11,7 @@ from coordinator.checkpoints import CheckpointService
 from coordinator.jobs import JobService
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
+from coordinator.schedules import Scheduler
 from coordinator.store import AgentRecord
 from crctl.v1 import control_pb2
 
@@ -25,12 +26,14 @@ class CoordinatorService:
         checkpoints: CheckpointService,
         restarts: RestartService,
         *,
+        schedules: Scheduler,
         heartbeat_interval: float,
     ) -> None:
         self._registry = registry
         self.jobs = jobs
         self.checkpoints = checkpoints
         self.restarts = restarts
+        self.schedules = schedules
         self._heartbeat_interval = heartbeat_interval
 
     async def on_agent_message(
