@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
-from crctl.limits import MAX_TIMEOUT
+from crctl.limits import MAX_EVERY, MAX_TIMEOUT, MIN_EVERY
 
 
 def between(low: int, high: int) -> Callable[[str], int]:
@@ -72,3 +73,42 @@ def add_env_option(parser: argparse.ArgumentParser, whose: str = "the ranks") ->
         metavar="NAME=VALUE",
         help=f"an environment variable for {whose}, besides yours (repeatable)",
     )
+
+
+_DURATION = re.compile(
+    r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
+)
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def duration(text: str) -> float:
+    """An interval: ``90s``, ``2m``, ``1h30m``, ``1d``, or plain seconds (``90``, ``1.5``),
+    from MIN_EVERY to MAX_EVERY seconds."""
+    spelled = text.strip().lower()
+    match = _DURATION.fullmatch(spelled)
+    try:
+        if spelled and match is not None and any(match.groups()):
+            value = sum(float(n) * _UNIT_SECONDS[u] for u, n in match.groupdict().items() if n)
+        else:
+            value = float(spelled)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90s, 2m, 1h30m or a number of seconds, not {text!r}"
+        ) from None
+    if not (math.isfinite(value) and MIN_EVERY <= value <= MAX_EVERY):
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range: give {MIN_EVERY:.0f} second to {MAX_EVERY / 86_400:.0f} days"
+        )
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """90 -> "1m30s", 5400 -> "1h30m", 2 -> "2s", 1.5 -> "1.5s": as ``duration`` reads it."""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    rest, parts = int(seconds), []
+    for unit, size in _UNIT_SECONDS.items():
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"

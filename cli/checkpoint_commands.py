@@ -87,18 +87,21 @@ def cmd_checkpoint(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace, config: Config) -> int:
+    if args.pin or args.unpin:
+        return _pin(args, config)
     with CoordinatorClient.for_config(config) as client:
         checkpoints = client.checkpoints(args.job)
     if args.json:
         render.print_json([render.to_dict(c) for c in checkpoints])
         return ExitCode.OK
     render.print_table(
-        ["checkpoint", "state", "latest", "started", "ranks", "size", "reason"],
+        ["checkpoint", "state", "latest", "pinned", "started", "ranks", "size", "reason"],
         [
             [
                 c.checkpoint,
                 c.state,
                 "*" if c.latest else "",
+                "*" if c.pinned else "",
                 c.started_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
                 len(c.manifest.ranks),
                 f"{sum(r.bytes for r in c.manifest.ranks) / 2**20:.1f}M",
@@ -107,6 +110,20 @@ def cmd_checkpoints(args: argparse.Namespace, config: Config) -> int:
             for c in checkpoints
         ],
     )
+    return ExitCode.OK
+
+
+def _pin(args: argparse.Namespace, config: Config) -> int:
+    pinned = bool(args.pin)
+    checkpoint = args.pin or args.unpin
+    with CoordinatorClient.for_config(config) as client:
+        info = client.pin_checkpoint(args.job, checkpoint, pinned=pinned)
+    if args.json:
+        render.print_json(render.to_dict(info))
+    elif pinned:
+        print(f"pinned {info.checkpoint} of {info.job}: retention never removes it")
+    else:
+        print(f"unpinned {info.checkpoint} of {info.job}: retention counts it again")
     return ExitCode.OK
 
 
@@ -185,8 +202,13 @@ def register(add: render.AddCommand) -> None:
         metavar="N",
         help="exit N after a committed stop-mode checkpoint (for Slurm's RequeueExit=N)",
     )
-    p = add("checkpoints", cmd_checkpoints, "list a job's checkpoints", True)
+    p = add("checkpoints", cmd_checkpoints, "list a job's checkpoints, or pin one", True)
     p.add_argument("job")
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument(
+        "--pin", metavar="ID", help="keep checkpoint ID whatever the retention (not counted in it)"
+    )
+    pin.add_argument("--unpin", metavar="ID", help="let retention remove checkpoint ID again")
     p = add(
         "verify",
         cmd_verify,

@@ -165,6 +165,24 @@ class CoordinatorClient:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
+    def set_schedule(
+        self, job: str, *, every: float, keep: int = 0, stop: bool = False, request_id: str = ""
+    ) -> coordinator_pb2.Schedule:
+        """Checkpoint ``job`` every ``every`` seconds (0: no more), keeping its newest
+        ``keep`` (0: the coordinator's default)."""
+        request = coordinator_pb2.SetScheduleRequest(
+            job=job, every_seconds=every, keep=keep, stop=stop, request_id=request_id
+        )
+        return self._call(self._stub.SetSchedule, request)
+
+    def pin_checkpoint(
+        self, job: str, checkpoint: str, *, pinned: bool = True
+    ) -> coordinator_pb2.CheckpointInfo:
+        request = coordinator_pb2.PinCheckpointRequest(
+            job=job, checkpoint=checkpoint, pinned=pinned
+        )
+        return self._call(self._stub.PinCheckpoint, request)
+
     # --- operations (google.longrunning) ---
 
     @staticmethod

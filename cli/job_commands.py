@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from cli import render
+from cli import render, schedule_commands
 from cli.arguments import add_env_option, between
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
@@ -76,6 +76,8 @@ def _print_job(job: coordinator_pb2.Job) -> None:
         f"job {job.job} of {job.owner}: {job.state}; "
         f"latest checkpoint: {job.latest_checkpoint or '-'}"
     )
+    if job.HasField("schedule"):
+        print(f"schedule: {schedule_commands.describe(job.schedule)}")
     render.print_table(
         ["rank", "host", "pid", "state", "command"],
         [[r.rank, r.host, r.pid, _rank_status(r), " ".join(r.argv)] for r in job.ranks],
@@ -127,7 +129,12 @@ def register(add: render.AddCommand) -> None:
         "argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the rank's command"
     )
     add("jobs", cmd_jobs, "list jobs", True)
-    p = add("status", cmd_status, "show a job's ranks, hosts, PIDs and latest checkpoint", True)
+    p = add(
+        "status",
+        cmd_status,
+        "show a job's ranks, hosts, PIDs, latest checkpoint and schedule",
+        True,
+    )
     p.add_argument("job")
     p = add("kill", cmd_kill, "kill every rank of a job", True)
     p.add_argument("job")

@@ -21,6 +21,7 @@ from cli import (
     render,
     restart_commands,
     run_command,
+    schedule_commands,
 )
 from cli.arguments import between
 from cli.client import CoordinatorClient
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("agents", cmd_agents, "list agents known to the coordinator", True)
     job_commands.register(add)
     checkpoint_commands.register(add)
+    schedule_commands.register(add)
     restart_commands.register(add)
     operation_commands.register(add)
     mpi_commands.register(add)

@@ -25,6 +25,7 @@ from coordinator.front_door import FrontDoor
 from coordinator.operations_api import OperationsServicer
 from coordinator.registry import ALIVE, LOST
 from coordinator.restarts import RestartRun
+from coordinator.schedules import schedule_to_proto
 from coordinator.service import CoordinatorService
 from coordinator.store import AgentRecord, CheckpointRecord, JobRecord
 from coordinator.verification import Verification
@@ -78,6 +79,8 @@ def job_to_proto(record: JobRecord) -> coordinator_pb2.Job:
         owner_uid=record.owner_uid,
         owner=record.owner,
     )
+    if record.schedule is not None:
+        job.schedule.CopyFrom(schedule_to_proto(record.schedule))
     for rank in record.ranks:
         proto = job.ranks.add(
             rank=rank.rank, host=rank.host, pid=rank.pid, state=rank.state, argv=list(rank.argv)
@@ -98,6 +101,7 @@ def checkpoint_to_proto(
         started_at=_timestamp(record.started_at),
         reason=record.reason,
         directory=record.directory,
+        pinned=record.pinned,
     )
     if record.finished_at is not None:
         info.finished_at.CopyFrom(_timestamp(record.finished_at))
@@ -367,6 +371,36 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             self._job(caller, request.job, "verify", mutating=True)
             result = await self._service.checkpoints.verify(request.job, request.checkpoint)
         return verification_to_proto(result)
+
+    async def SetSchedule(
+        self, request: coordinator_pb2.SetScheduleRequest, context: Context
+    ) -> coordinator_pb2.Schedule:
+        async with domain_errors(context):
+            caller = self._callers.identify(context)
+            requests.check_schedule(request)
+            self._job(caller, request.job, "schedule checkpoints of", mutating=True)
+
+            async def set_schedule() -> coordinator_pb2.Schedule:
+                record = self._service.schedules.set(
+                    request.job,
+                    every_seconds=request.every_seconds,
+                    keep=request.keep,
+                    stop=request.stop,
+                )
+                return schedule_to_proto(record)
+
+            reply, _ = await self._once(caller, "SetSchedule", request, set_schedule)
+        return reply
+
+    async def PinCheckpoint(
+        self, request: coordinator_pb2.PinCheckpointRequest, context: Context
+    ) -> coordinator_pb2.CheckpointInfo:
+        async with domain_errors(context):
+            caller = self._callers.identify(context)
+            requests.check_pin(request)
+            job = self._job(caller, request.job, "pin checkpoints of", mutating=True)
+            record = self._service.checkpoints.pin(request.job, request.checkpoint, request.pinned)
+        return checkpoint_to_proto(record, job.latest_checkpoint)
 
 
 async def create_server(

@@ -370,16 +370,30 @@ class CheckpointRun:
         await self._publish(event)
 
     def _apply_retention(self) -> None:
-        """The newest ``retain`` good checkpoints stay, with any damaged one newer than the
-        oldest of them (kept to be looked at)."""
-        committed = self._store.checkpoints(self.job, state="committed", manifests=False)
-        kept = committed[: self._settings.retain]
+        """The newest ``keep`` good checkpoints stay, with any damaged one newer than the
+        oldest of them (kept to be looked at); pinned ones always stay and are not counted.
+        ``keep`` is the job's schedule's, read now (one set during the run counts), or the
+        coordinator's ``retain``."""
+        keep = retention_for(self._store, self.job, self._settings.retain)
+        committed = [
+            c
+            for c in self._store.checkpoints(self.job, state="committed", manifests=False)
+            if not c.pinned
+        ]
+        kept = committed[:keep]
         damaged = self._store.checkpoints(self.job, state="damaged", manifests=False)
-        older = [d for d in damaged if kept and d.started_at < kept[-1].started_at]
-        for old in committed[self._settings.retain :] + older:
+        older = [d for d in damaged if not d.pinned and kept and d.started_at < kept[-1].started_at]
+        for old in committed[keep:] + older:
             self._files.remove(self._files.directory(old.job, old.checkpoint))
             self._store.delete_checkpoint(old.checkpoint)
-            self._log.info("checkpoint_retired", retired=old.checkpoint)
+            self._log.info("checkpoint_retired", retired=old.checkpoint, keep=keep)
+
+
+def retention_for(store: Store, job: str, default: int) -> int:
+    """How many unpinned good checkpoints of ``job`` retention keeps: its schedule's ``keep``,
+    or ``default`` when it has none (or keep 0)."""
+    schedule = store.schedule(job)
+    return schedule.keep if schedule is not None and schedule.keep > 0 else default
 
 
 def committed_checkpoint(
@@ -625,6 +639,29 @@ class CheckpointService:
 
         task.add_done_callback(finished)
         return run
+
+    def pin(self, job: str, checkpoint: str, pinned: bool) -> CheckpointRecord:
+        """Pin (retention never removes it) or unpin one of the job's checkpoints; only a
+        committed (or damaged) one can be pinned: nothing else has images to keep."""
+        self._jobs.get(job)
+        found = self._store.checkpoint(checkpoint)
+        if found is None or found.job != job:
+            raise NotFoundError(
+                f"job {job} has no checkpoint {checkpoint}", job=job, checkpoint=checkpoint
+            )
+        if pinned and found.state not in ("committed", "damaged"):
+            raise ConflictError(
+                f"checkpoint {checkpoint} is {found.state}, not committed: there is nothing to pin",
+                job=job,
+                checkpoint=checkpoint,
+            )
+        self._store.pin_checkpoint(checkpoint, pinned)
+        log.info(
+            "checkpoint_pinned" if pinned else "checkpoint_unpinned", job=job, checkpoint=checkpoint
+        )
+        updated = self._store.checkpoint(checkpoint)
+        assert updated is not None  # pinning removes nothing
+        return updated
 
     def list(self, job: str) -> list[CheckpointRecord]:
         self._jobs.get(job)

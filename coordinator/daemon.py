@@ -12,7 +12,7 @@ import structlog
 
 from coordinator.access import AccessPolicy
 from coordinator.api import create_server
-from coordinator.checkpoints import CheckpointService, CheckpointSettings
+from coordinator.checkpoints import CheckpointRun, CheckpointService, CheckpointSettings
 from coordinator.control import ControlPlane, Plane
 from coordinator.front_door import FrontDoor
 from coordinator.idempotency import RequestLedger
@@ -22,6 +22,7 @@ from coordinator.metrics import CoordinatorMetrics, MetricsServer, serve_metrics
 from coordinator.operations import Operations
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
+from coordinator.schedules import Scheduler
 from coordinator.service import CoordinatorService
 from coordinator.storage import CheckpointStore
 from coordinator.store import Store
@@ -42,6 +43,7 @@ class Coordinator:
     registry: AgentRegistry
     service: CoordinatorService
     events: JobEvents  # every job's events: WatchJob callers and the metrics follow them
+    scheduler: Scheduler
 
 
 def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
@@ -74,8 +76,17 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
     )
     checkpoints.recover()
     restarts.recover()
+
+    def start_checkpoint(job: str, *, leave_running: bool, requested_by: str) -> CheckpointRun:
+        run = checkpoints.start(job, leave_running=leave_running, timeout=0)
+        operations.track_checkpoint(run, requested_by=requested_by)
+        return run
+
     operations = Operations(store, clock, events, keep_for=config.operations_keep_for)
     operations.settle()
+    scheduler = Scheduler(
+        store=store, jobs=jobs, events=events, clock=clock, start_checkpoint=start_checkpoint
+    )
     service = CoordinatorService(
         registry,
         jobs,
@@ -84,9 +95,12 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
         events=events,
         operations=operations,
         ledger=RequestLedger(store, clock),
+        schedules=scheduler,
         heartbeat_interval=config.heartbeat_interval,
     )
-    return Coordinator(store=store, registry=registry, service=service, events=events)
+    return Coordinator(
+        store=store, registry=registry, service=service, events=events, scheduler=scheduler
+    )
 
 
 def start_metrics(config: Config, coordinator: Coordinator) -> MetricsServer | None:
@@ -136,6 +150,7 @@ async def serve(config: Config) -> None:
     coordinator = build(config, plane, clock)
     store, registry, service = coordinator.store, coordinator.registry, coordinator.service
     metrics = start_metrics(config, coordinator)  # before anything listens: a bad address fails
+    scheduler = coordinator.scheduler
     plane.set_handler(service.on_agent_message)
     plane.start()
     door = FrontDoor(config.api_socket, private_dir(config.api_socket))
@@ -167,6 +182,7 @@ async def serve(config: Config) -> None:
             service.run_sweeper(sweep_period(config)),
             name="sweeper",
         ),
+        asyncio.create_task(scheduler.run(), name="scheduler"),
     ]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

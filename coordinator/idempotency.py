@@ -19,11 +19,10 @@ from google.protobuf.message import Message
 from coordinator.store import RequestRecord, Store
 from crctl.clock import Clock
 from crctl.errors import ConfigError
+from crctl.limits import MAX_REQUEST_ID
 
 Reply = TypeVar("Reply", bound=Message)
 Key = tuple[int, str, str]
-
-MAX_REQUEST_ID = 128
 
 
 def fingerprint(method: str, request: Message) -> str:

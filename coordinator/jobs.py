@@ -65,6 +65,10 @@ class JobService:
     def release(self, job: str) -> None:
         self._busy.pop(job, None)
 
+    def busy(self, job: str) -> str | None:
+        """What runs on the job now ("checkpoint ckpt-...", "restart rst-..."), or None."""
+        return self._busy.get(job)
+
     def require_alive(self, host: str, job: str | None = None) -> AgentRecord:
         agent = self._registry.get(host)
         if agent is None:

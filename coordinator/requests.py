@@ -11,7 +11,14 @@ from collections.abc import Collection, Iterable
 from coordinator.checkpoints import EXTERNAL_POLICIES
 from coordinator.jobs import validate_job_name
 from crctl.errors import ConfigError
-from crctl.limits import MAX_ITEMS, MAX_RANK, MAX_TIMEOUT
+from crctl.limits import (
+    MAX_EVERY,
+    MAX_ITEMS,
+    MAX_KEEP,
+    MAX_RANK,
+    MAX_TIMEOUT,
+    MIN_EVERY,
+)
 from crctl.v1 import coordinator_pb2
 
 
@@ -66,6 +73,29 @@ def check_restart(request: coordinator_pb2.RestartRequest) -> None:
     _count("plugin_options", request.plugin_options)
     if "" in request.plugin_options:
         raise ConfigError("plugin_options has an option with no name")
+
+
+def check_schedule(request: coordinator_pb2.SetScheduleRequest) -> None:
+    validate_job_name(request.job)
+    every = request.every_seconds
+    if not math.isfinite(every) or not (every == 0 or MIN_EVERY <= every <= MAX_EVERY):
+        raise ConfigError(
+            f"every_seconds {every} is out of range: give {MIN_EVERY:.0f} to {MAX_EVERY:.0f} "
+            "seconds, or 0 to switch the schedule off"
+        )
+    if request.keep > MAX_KEEP:
+        raise ConfigError(
+            f"keep {request.keep} is out of range: give 0 to {MAX_KEEP} "
+            "(0: the coordinator's retain_checkpoints)"
+        )
+
+
+def check_pin(request: coordinator_pb2.PinCheckpointRequest) -> None:
+    validate_job_name(request.job)
+    if not request.checkpoint or "\0" in request.checkpoint or len(request.checkpoint) > 200:
+        raise ConfigError(
+            f"bad checkpoint id {request.checkpoint!r}: give one `crctl checkpoints` lists"
+        )
 
 
 def _timeout(seconds: float) -> None:

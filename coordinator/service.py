@@ -14,6 +14,7 @@ from coordinator.jobs import JobService
 from coordinator.operations import Operations
 from coordinator.registry import AgentRegistry
 from coordinator.restarts import RestartService
+from coordinator.schedules import Scheduler
 from coordinator.store import AgentRecord
 from crctl.v1 import control_pb2
 
@@ -31,6 +32,7 @@ class CoordinatorService:
         events: JobEvents,
         operations: Operations,
         ledger: RequestLedger,
+        schedules: Scheduler,
         heartbeat_interval: float,
     ) -> None:
         self._registry = registry
@@ -40,6 +42,7 @@ class CoordinatorService:
         self.events = events
         self.operations = operations
         self.ledger = ledger
+        self.schedules = schedules
         self._heartbeat_interval = heartbeat_interval
 
     async def on_agent_message(

@@ -1,4 +1,5 @@
-"""The coordinator's durable state in SQLite: agents, jobs, ranks, checkpoints, restarts.
+"""The coordinator's durable state in SQLite: agents, jobs, ranks, checkpoints, restarts,
+schedules.
 
 Writes are transactional and fsync'd (WAL, synchronous=FULL), so a coordinator killed with
 SIGKILL and started again knows everything it had acknowledged."""
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from crctl.errors import ConfigError
 
-SCHEMA_VERSION = 3  # 2: restarts; 3: job owners
+SCHEMA_VERSION = 4  # 2: restarts; 3: job owners; 4: schedules, pinned checkpoints
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     finished_at REAL,
     reason TEXT NOT NULL DEFAULT '',
     failed_host TEXT NOT NULL DEFAULT '',
-    manifest TEXT                     -- the manifest (JSON), also written last to directory
+    manifest TEXT,                    -- the manifest (JSON), also written last to directory
+    pinned INTEGER NOT NULL DEFAULT 0 -- never removed by retention
 );
 CREATE TABLE IF NOT EXISTS restarts (
     restore TEXT PRIMARY KEY,
@@ -92,6 +94,16 @@ CREATE TABLE IF NOT EXISTS requests (
     response BLOB NOT NULL,           -- the first call's answer, serialized
     created_at REAL NOT NULL,
     PRIMARY KEY (caller_uid, job, request_id)
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    job TEXT PRIMARY KEY REFERENCES jobs(job),
+    every_seconds REAL NOT NULL,
+    keep INTEGER NOT NULL,            -- the job's retention; 0: the coordinator's
+    stop INTEGER NOT NULL,            -- its checkpoints stop the job
+    next_at REAL NOT NULL,            -- when the next one is due (wall clock)
+    last_at REAL,                     -- when the last round ended (taken or skipped)
+    last_checkpoint TEXT NOT NULL DEFAULT '',
+    last_outcome TEXT NOT NULL DEFAULT ''  -- committed | aborted: why | skipped: why
 );
 """
 
@@ -129,6 +141,7 @@ class JobRecord:
     ranks: tuple[RankRecord, ...]
     owner_uid: int = 0
     owner: str = "root"
+    schedule: ScheduleRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,19 @@ class CheckpointRecord:
     reason: str
     failed_host: str
     manifest: str | None
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    job: str
+    every_seconds: float
+    keep: int  # the job's retention; 0: the coordinator's
+    stop: bool  # stop-mode checkpoints (default: leave the job running)
+    next_at: float
+    last_at: float | None = None
+    last_checkpoint: str = ""
+    last_outcome: str = ""  # committed | aborted: <reason> | skipped: <reason>
 
 
 @dataclass(frozen=True)
@@ -183,16 +209,28 @@ class RestartRecord:
 
 _CHECKPOINT_COLUMNS = (
     "checkpoint, job, request_id, state, leave_running, directory, started_at, finished_at, "
-    "reason, failed_host, manifest"
+    "reason, failed_host, manifest, pinned"
 )
 
 
 _CHECKPOINT_COLUMNS_BUT_MANIFEST = _CHECKPOINT_COLUMNS.replace("manifest", "NULL")
 
 
+_SCHEDULE_COLUMNS = (
+    "job, every_seconds, keep, stop, next_at, last_at, last_checkpoint, last_outcome"
+)
+
+
+def _schedule(row: tuple[object, ...]) -> ScheduleRecord:
+    fields = list(row)
+    fields[3] = bool(fields[3])
+    return ScheduleRecord(*fields)  # type: ignore[arg-type]
+
+
 def _checkpoint(row: tuple[object, ...]) -> CheckpointRecord:
     fields = list(row)
     fields[4] = bool(fields[4])
+    fields[11] = bool(fields[11])
     return CheckpointRecord(*fields)  # type: ignore[arg-type]
 
 
@@ -224,14 +262,15 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         """Columns later versions added to a table an earlier version made (its jobs were
-        root's: every job was, before owners)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, definition in (
-            ("owner_uid", "INTEGER NOT NULL DEFAULT 0"),
-            ("owner", "TEXT NOT NULL DEFAULT 'root'"),
+        root's: every job was, before owners; no checkpoint was pinned before pins)."""
+        for table, column, definition in (
+            ("jobs", "owner_uid", "INTEGER NOT NULL DEFAULT 0"),
+            ("jobs", "owner", "TEXT NOT NULL DEFAULT 'root'"),
+            ("checkpoints", "pinned", "INTEGER NOT NULL DEFAULT 0"),
         ):
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -384,6 +423,7 @@ class Store:
             ),
             owner_uid=row[4],
             owner=row[5],
+            schedule=self.schedule(job),
         )
 
     def jobs(self) -> list[JobRecord]:
@@ -396,7 +436,7 @@ class Store:
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO checkpoints({_CHECKPOINT_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.checkpoint,
                     record.job,
@@ -409,6 +449,7 @@ class Store:
                     record.reason,
                     record.failed_host,
                     record.manifest,
+                    int(record.pinned),
                 ),
             )
 
@@ -511,6 +552,76 @@ class Store:
             params,
         ).fetchall()
         return [_checkpoint(r) for r in rows]
+
+    def pin_checkpoint(self, checkpoint: str, pinned: bool) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE checkpoints SET pinned = ? WHERE checkpoint = ?",
+                (int(pinned), checkpoint),
+            )
+
+    # --- schedules --------------------------------------------------------------------------
+
+    def set_schedule(self, record: ScheduleRecord) -> None:
+        """Create or replace the job's schedule (what its last round did is kept)."""
+        with self._transaction() as db:
+            db.execute(
+                f"""INSERT INTO schedules({_SCHEDULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(job) DO UPDATE SET
+                     every_seconds = excluded.every_seconds, keep = excluded.keep,
+                     stop = excluded.stop, next_at = excluded.next_at""",
+                (
+                    record.job,
+                    record.every_seconds,
+                    record.keep,
+                    int(record.stop),
+                    record.next_at,
+                    record.last_at,
+                    record.last_checkpoint,
+                    record.last_outcome,
+                ),
+            )
+
+    def remove_schedule(self, job: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM schedules WHERE job = ?", (job,))
+
+    def schedule(self, job: str) -> ScheduleRecord | None:
+        row = self._db.execute(
+            f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE job = ?", (job,)
+        ).fetchone()
+        return None if row is None else _schedule(row)
+
+    def schedules(self) -> list[ScheduleRecord]:
+        rows = self._db.execute(
+            f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY next_at, job"
+        ).fetchall()
+        return [_schedule(r) for r in rows]
+
+    def schedule_next(self, job: str, next_at: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE schedules SET next_at = ? WHERE job = ?", (next_at, job))
+
+    def schedule_outcome(
+        self,
+        job: str,
+        *,
+        at: float,
+        outcome: str,
+        checkpoint: str | None = None,
+        next_at: float | None = None,
+    ) -> None:
+        """What a round did, at ``at``: its outcome, the checkpoint it took (None: the last
+        one stays), and when the next is due (None: unchanged). Nothing if the schedule was
+        switched off meanwhile."""
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE schedules SET last_at = ?, last_outcome = ?,
+                     last_checkpoint = COALESCE(?, last_checkpoint),
+                     next_at = COALESCE(?, next_at)
+                   WHERE job = ?""",
+                (at, outcome, checkpoint, next_at, job),
+            )
 
     # --- restarts ---------------------------------------------------------------------------
 

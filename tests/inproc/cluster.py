@@ -131,6 +131,7 @@ class Cluster:
         self.coordinator = coordinator
         self._start("coordinator", plane.serve())
         self._start("coordinator", coordinator.service.run_sweeper(sweep_period(self.config)))
+        self._start("coordinator", coordinator.scheduler.run())
         return coordinator
 
     async def kill_coordinator(self) -> None:

@@ -337,6 +337,17 @@ async def test_request_ids_replay_each_mutating_call(api: ApiCluster) -> None:
         assert outcome.restarted and {r.host for r in outcome.ranks} == {"h3"}
         assert stub.StartRestart(restart, timeout=10).name == moved.name
 
+        schedule = coordinator_pb2.SetScheduleRequest(
+            job=JOB, every_seconds=3600, keep=2, request_id="sched-1"
+        )
+        first_schedule = stub.SetSchedule(schedule, timeout=10)
+        stub.SetSchedule(
+            coordinator_pb2.SetScheduleRequest(job=JOB, every_seconds=7200), timeout=10
+        )
+        assert stub.SetSchedule(schedule, timeout=10) == first_schedule, "replayed, not set again"
+        now = stub.GetJob(coordinator_pb2.GetJobRequest(job=JOB)).schedule
+        assert now.every_seconds == 7200
+
         kill = coordinator_pb2.KillJobRequest(job=JOB, request_id="kill-1")
         assert stub.KillJob(kill, timeout=10) == stub.KillJob(kill, timeout=10)
 

@@ -1,11 +1,11 @@
-"""The CLI's structured arguments: host maps, and NAME=VALUE options whose values may hold
-commas (a list of files for the host-files plugin) or "="."""
+"""The CLI's structured arguments: host maps, NAME=VALUE options whose values may hold
+commas (a list of files for the host-files plugin) or "=", and schedule intervals."""
 
 from argparse import ArgumentTypeError
 
 import pytest
 
-from cli.arguments import between, host_map, key_value, seconds
+from cli.arguments import between, duration, format_duration, host_map, key_value, seconds
 
 
 def test_a_host_map_lists_moves() -> None:
@@ -49,3 +49,41 @@ def test_whole_numbers_are_taken_within_their_range() -> None:
         between(0, 9)("10")
     with pytest.raises(ArgumentTypeError, match=r"expected a whole number, not '1\.5'"):
         between(0, 9)("1.5")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("90s", 90.0),
+        ("2m", 120.0),
+        ("1h30m", 5400.0),
+        ("2s", 2.0),
+        ("1d2h3m4s", 93784.0),
+        ("1.5s", 1.5),
+        ("90", 90.0),
+        ("2.5", 2.5),
+        (" 2M ", 120.0),
+    ],
+)
+def test_an_interval_is_read_with_units_or_as_seconds(text: str, value: float) -> None:
+    assert duration(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1h30", "m", "2x", "1.5m", "30m1h", "1 h", "--2"])
+def test_an_interval_that_is_no_duration_is_refused(text: str) -> None:
+    with pytest.raises(
+        ArgumentTypeError, match=f"expected a duration such as 90s, 2m, 1h30m .*{text!r}"
+    ):
+        duration(text)
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "0.5", "-5", "nan", "inf", "367d"])
+def test_an_interval_below_a_second_or_above_a_year_is_refused(text: str) -> None:
+    with pytest.raises(ArgumentTypeError, match=f"{text} is out of range: give 1 second to 366"):
+        duration(text)
+
+
+@pytest.mark.parametrize("seconds_", [1.0, 2.0, 90.0, 5400.0, 93784.0, 1.5, 86400.0])
+def test_an_interval_is_written_as_it_is_read(seconds_: float) -> None:
+    assert duration(format_duration(seconds_)) == seconds_
+    assert format_duration(5400.0) == "1h30m"

@@ -36,6 +36,12 @@ from cli.main import build_parser, main
         (["testbed", "up", "--hosts", "-3"], "argument --hosts: -3 is out of range: give 1 to 200"),
         (["testbed", "up", "--hosts", "0"], "argument --hosts: 0 is out of range"),
         (["demo", "--hosts", "3"], "argument --hosts: 3 is out of range: give 6 to 200"),
+        (["schedule", "ring", "--every", "often"], "argument --every: expected a duration"),
+        (["schedule", "ring", "--every", "0"], "argument --every: 0 is out of range"),
+        (["schedule", "ring", "--every", "2m", "--keep", "0"], "argument --keep: 0 is out of"),
+        (["schedule", "ring", "--every", "2m", "--off"], "not allowed with argument --every"),
+        (["schedule", "ring"], "one of the arguments --every --off is required"),
+        (["checkpoints", "ring", "--pin", "a", "--unpin", "b"], "not allowed with argument"),
     ],
 )
 def test_a_value_out_of_range_exits_2_with_the_usage_and_the_reason(
