@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
@@ -107,11 +109,11 @@ class Operations:
         live = _Live(operation_name(run.restore), RESTART, run.job, run, metadata, now)
         return self._begin(live, self._follow_restart(live, run))
 
-    def _begin(self, live: _Live, follow: object) -> operations_pb2.Operation:
+    def _begin(self, live: _Live, follow: Coroutine[Any, Any, None]) -> operations_pb2.Operation:
         self._live[live.name] = live
         operation = self._live_operation(live)
         self._save(live.name, live.kind, live.job, operation, live.created_at)
-        task: asyncio.Task[None] = asyncio.ensure_future(follow)  # type: ignore[call-overload]
+        task = asyncio.ensure_future(follow)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.info("operation_started", operation=live.name, job=live.job, kind=live.kind)

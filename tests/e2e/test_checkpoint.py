@@ -329,7 +329,9 @@ def test_coordinator_killed_mid_checkpoint_ranks_resume_and_the_checkpoint_is_no
     assert all(c["state"] != "committed" for c in records)
     assert latest(ring.job) == ""
     # a retry of the same request after the restart reports the abort, never restarts it
-    code, retried, _ = checkpoint(ring.job, "--leave-running", "--request-id", "mid-checkpoint")
+    code, retried, _ = checkpoint(
+        ring.job, "--leave-running", "--timeout", "3", "--request-id", "mid-checkpoint"
+    )
     assert code == 7 and retried["checkpoint"] == records[0]["checkpoint"]
     assert "coordinator restarted" in retried["reason"]
 

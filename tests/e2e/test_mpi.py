@@ -160,6 +160,12 @@ def test_an_mpi_rank_killed_during_a_checkpoint_aborts_it_and_leaves_nothing_fro
     )
     checkpoint.start()
     try:
+        # The rank dies once the checkpoint runs (h2 holds it in readying), not before.
+        wait_for(
+            lambda: crctl_json("operations", "--job", job.job, "--running"),
+            timeout=30,
+            what="the checkpoint under way",
+        )
         proxy = next(r for r in crctl_json("status", job.job)["ranks"] if r["host"] == "h2")
         children = Path(f"/proc/{proxy['pid']}/task/{proxy['pid']}/children").read_text().split()
         os.kill(int(children[0]), signal.SIGKILL)  # the MPI rank under h2's proxy

@@ -139,8 +139,9 @@ def test_a_schedule_survives_a_coordinator_restart_and_takes_the_missed_checkpoi
     wait_for(lambda: len(since_restart()) >= 2, timeout=every + 15, what="two rounds after")
     missed, following = since_restart()[:2]
     started = seconds(missed["started_at"])
-    # right at start: as soon as the agents are heard from again (they heartbeat every 0.5 s)
-    assert started < back_at + 2.0, f"the missed round started {started - back_at:.2f}s late"
+    # at start, once the agents are heard from again (they re-register within seconds), not
+    # an interval later
+    assert started < back_at + every, f"the missed round started {started - back_at:.2f}s late"
     gap = seconds(following["started_at"]) - started
     assert every - 0.5 < gap < every + 1.0, f"one checkpoint for the rounds missed: gap {gap}s"
     wait_for(lambda: none_preparing(ring.job), timeout=20, what="the rounds to finish")
