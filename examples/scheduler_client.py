@@ -94,9 +94,9 @@ def wait(operations: operations_pb2_grpc.OperationsStub, name: str) -> operation
             coordinator_pb2.RestartMetadata(),
         )
         if operation.metadata.Unpack(checkpoint):
-            print(f"{name}: {checkpoint.phase}, {len(checkpoint.hosts)} hosts", flush=True)
+            say(f"{name}: {checkpoint.phase}, {len(checkpoint.hosts)} hosts")
         elif operation.metadata.Unpack(restart):
-            print(f"{name}: {restart.step}, {len(restart.hosts)} hosts", flush=True)
+            say(f"{name}: {restart.step}, {len(restart.hosts)} hosts")
 
 
 def result(
@@ -112,6 +112,33 @@ def result(
         raise Failed(f"{operation.name}: unexpected response {operation.response.type_url}")
 
 
+_printing = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One line on stdout, whole (the watch thread prints too)."""
+    with _printing:
+        print(line, flush=True)
+
+
+def describe(event: coordinator_pb2.JobEvent) -> str:
+    """An event in a few words (outcomes carry whole manifests: summed up)."""
+    kind = event.WhichOneof("event")
+    if kind == "snapshot":
+        return f"state={event.snapshot.state} ranks={len(event.snapshot.ranks)}"
+    if kind == "checkpoint_outcome":
+        done = event.checkpoint_outcome
+        size = sum(r.bytes for r in done.ranks)
+        verdict = "committed" if done.committed else f"aborted ({done.reason})"
+        return f"{done.checkpoint} {verdict}, {len(done.ranks)} ranks, {size} bytes"
+    if kind == "restart_outcome":
+        moved = event.restart_outcome
+        placed = " ".join(f"{r.rank}@{r.host}" for r in moved.ranks)
+        return f"{moved.restore} {'restarted' if moved.restarted else 'aborted'}: {placed}"
+    field = getattr(event, kind) if kind else event
+    return text_format.MessageToString(field, as_one_line=True)
+
+
 def watch(stub: coordinator_pb2_grpc.CoordinatorStub, job: str) -> Callable[[], None]:
     """Print each of the job's events on one line, in a thread; returns what stops it."""
     events = stub.WatchJob(coordinator_pb2.WatchJobRequest(job=job))
@@ -119,17 +146,11 @@ def watch(stub: coordinator_pb2_grpc.CoordinatorStub, job: str) -> Callable[[], 
     def follow() -> None:
         try:
             for event in events:
-                kind = event.WhichOneof("event")
-                if kind == "snapshot":  # the whole job, always first: summed up
-                    text = f"state={event.snapshot.state} ranks={len(event.snapshot.ranks)}"
-                else:
-                    field = getattr(event, kind) if kind else event
-                    text = text_format.MessageToString(field, as_one_line=True)
                 stamp = event.time.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
-                print(f"{stamp} {job} {kind}: {text}", flush=True)
+                say(f"{stamp} {job} {event.WhichOneof('event')}: {describe(event)}")
         except grpc.RpcError as exc:  # cancelled at the end; or too slow (UNAVAILABLE)
             if exc.code() != grpc.StatusCode.CANCELLED:
-                print(f"watch of {job} ended: {exc.code().name}: {exc.details()}", flush=True)
+                say(f"watch of {job} ended: {exc.code().name}: {exc.details()}")
 
     def stop() -> None:
         events.cancel()  # type: ignore[no-untyped-call]  # (grpc-stubs leaves it untyped)
@@ -147,11 +168,11 @@ def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
             job=args.job, leave_running=args.leave_running, request_id=f"sched-{uuid.uuid4()}"
         )
         operation = start(f"checkpoint of {args.job}", lambda: stub.StartCheckpoint(request))
-        print(f"checkpointing {args.job}: {operation.name}", flush=True)
+        say(f"checkpointing {args.job}: {operation.name}")
         checkpoint = coordinator_pb2.CheckpointOutcome()
         result(wait(operations, operation.name), checkpoint)
         size = sum(rank.bytes for rank in checkpoint.ranks)
-        print(
+        say(
             f"committed {checkpoint.checkpoint}: {size} bytes in "
             f"{checkpoint.duration_seconds:.2f}s, frozen {checkpoint.frozen_seconds:.3f}s"
         )
@@ -171,12 +192,12 @@ def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
             request_id=f"sched-{uuid.uuid4()}",
         )
         operation = start(f"restart of {args.job}", lambda: stub.StartRestart(restart))
-        print(f"restarting {args.job} from {checkpoint.checkpoint}: {operation.name}", flush=True)
+        say(f"restarting {args.job} from {checkpoint.checkpoint}: {operation.name}")
         restarted = coordinator_pb2.RestartOutcome()
         result(wait(operations, operation.name), restarted)
-        print(f"restarted {args.job} in {restarted.duration_seconds:.2f}s:")
+        say(f"restarted {args.job} in {restarted.duration_seconds:.2f}s:")
         for rank in sorted(restarted.ranks, key=lambda r: r.rank):
-            print(f"  rank {rank.rank} on {rank.host} (pid {rank.pid}, {rank.state})")
+            say(f"  rank {rank.rank} on {rank.host} (pid {rank.pid}, {rank.state})")
     finally:
         stop_watching()
 
