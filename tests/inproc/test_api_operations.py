@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import time
 import uuid
@@ -510,3 +511,63 @@ async def test_the_cli_reattaches_to_its_checkpoint_across_a_coordinator_restart
     text = said.getvalue()
     assert "reattaching to operations/ckpt-" in text
     assert "coordinator restarted before the decision" in text
+
+
+@api_test(hosts=1)
+async def test_every_job_rpc_answers_an_unknown_job_with_not_found_and_its_error_info(
+    api: ApiCluster,
+) -> None:
+    def scenario(channel: grpc.Channel) -> None:
+        stub = coordinator(channel)
+        calls: dict[str, Callable[[], object]] = {
+            "GetJob": lambda: stub.GetJob(coordinator_pb2.GetJobRequest(job="nosuch")),
+            "KillJob": lambda: stub.KillJob(coordinator_pb2.KillJobRequest(job="nosuch")),
+            "Checkpoint": lambda: next(
+                stub.Checkpoint(coordinator_pb2.CheckpointRequest(job="nosuch"))
+            ),
+            "StartCheckpoint": lambda: stub.StartCheckpoint(
+                coordinator_pb2.CheckpointRequest(job="nosuch")
+            ),
+            "Restart": lambda: next(stub.Restart(coordinator_pb2.RestartRequest(job="nosuch"))),
+            "StartRestart": lambda: stub.StartRestart(coordinator_pb2.RestartRequest(job="nosuch")),
+            "ListCheckpoints": lambda: stub.ListCheckpoints(
+                coordinator_pb2.ListCheckpointsRequest(job="nosuch")
+            ),
+            "VerifyCheckpoint": lambda: stub.VerifyCheckpoint(
+                coordinator_pb2.VerifyCheckpointRequest(job="nosuch")
+            ),
+            "WatchJob": lambda: next(stub.WatchJob(coordinator_pb2.WatchJobRequest(job="nosuch"))),
+            "SetSchedule": lambda: stub.SetSchedule(
+                coordinator_pb2.SetScheduleRequest(job="nosuch", every_seconds=60)
+            ),
+            "PinCheckpoint": lambda: stub.PinCheckpoint(
+                coordinator_pb2.PinCheckpointRequest(job="nosuch", checkpoint="ckpt-1")
+            ),
+        }
+        for method, call in calls.items():
+            code, info = error_info(failing(call))
+            assert (code, info.reason, info.metadata["job"]) == (
+                grpc.StatusCode.NOT_FOUND,
+                "NOT_FOUND",
+                "nosuch",
+            ), method
+        ops = operations(channel)
+        for name in ("operations/ckpt-nosuch", "operations/rst-nosuch"):
+            for method, request in (
+                (ops.GetOperation, operations_pb2.GetOperationRequest(name=name)),
+                (ops.WaitOperation, operations_pb2.WaitOperationRequest(name=name)),
+                (ops.CancelOperation, operations_pb2.CancelOperationRequest(name=name)),
+                (ops.DeleteOperation, operations_pb2.DeleteOperationRequest(name=name)),
+            ):
+                code, info = error_info(failing(functools.partial(method, request)))
+                assert (code, info.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND"), name
+        code, info = error_info(
+            failing(
+                lambda: operations(channel).GetOperation(
+                    operations_pb2.GetOperationRequest(name="ckpt-1")
+                )
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+    await api.call(scenario)
