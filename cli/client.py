@@ -11,11 +11,10 @@ from google.protobuf import duration_pb2
 
 from crctl.config import Config
 from crctl.errors import ConfigError, CrctlError, UnavailableError
+from crctl.lro import operation_name
 from crctl.status import error_for, error_from_call
 from crctl.tls import client_credentials
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
-
-OPERATION_PREFIX = "operations/"
 
 Reply = TypeVar("Reply")
 
@@ -185,13 +184,8 @@ class CoordinatorClient:
 
     # --- operations (google.longrunning) ---
 
-    @staticmethod
-    def operation_name(name: str) -> str:
-        """``name`` as an operation's full name (an id alone may be given)."""
-        return name if name.startswith(OPERATION_PREFIX) else OPERATION_PREFIX + name
-
     def operation(self, name: str) -> operations_pb2.Operation:
-        request = operations_pb2.GetOperationRequest(name=self.operation_name(name))
+        request = operations_pb2.GetOperationRequest(name=operation_name(name))
         reply: operations_pb2.Operation = self._call(self._operations.GetOperation, request)
         return reply
 
@@ -211,7 +205,7 @@ class CoordinatorClient:
     def wait_operation(self, name: str, seconds: float) -> operations_pb2.Operation:
         """The operation once done, or as it is after ``seconds``."""
         request = operations_pb2.WaitOperationRequest(
-            name=self.operation_name(name), timeout=duration_pb2.Duration(seconds=int(seconds))
+            name=operation_name(name), timeout=duration_pb2.Duration(seconds=int(seconds))
         )
         try:
             reply: operations_pb2.Operation = self._operations.WaitOperation(
@@ -222,9 +216,9 @@ class CoordinatorClient:
         return reply
 
     def cancel_operation(self, name: str) -> None:
-        request = operations_pb2.CancelOperationRequest(name=self.operation_name(name))
+        request = operations_pb2.CancelOperationRequest(name=operation_name(name))
         self._call(self._operations.CancelOperation, request)
 
     def delete_operation(self, name: str) -> None:
-        request = operations_pb2.DeleteOperationRequest(name=self.operation_name(name))
+        request = operations_pb2.DeleteOperationRequest(name=operation_name(name))
         self._call(self._operations.DeleteOperation, request)

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from google.longrunning import operations_pb2
 from google.protobuf.message import Message
 
 from cli.client import CoordinatorClient
 from crctl.errors import ConfigError, UnavailableError
+from crctl.lro import operation_name, outcome_of
 
 Event = TypeVar("Event", bound=Message)
 Outcome = TypeVar("Outcome", bound=Message)
@@ -27,15 +27,6 @@ Outcome = TypeVar("Outcome", bound=Message)
 RETRY_FOR = 60.0  # seconds of not reaching the coordinator before giving up
 WAIT_STEP = 20.0  # seconds per WaitOperation call
 RETRY_PAUSE = 1.0
-
-
-def outcome_of(operation: operations_pb2.Operation, outcome: Outcome) -> Outcome:
-    """A finished operation's outcome: its response, or the one in its error's details."""
-    if operation.HasField("response"):
-        operation.response.Unpack(outcome)
-    for detail in operation.error.details:
-        detail.Unpack(outcome)  # only the detail of the outcome's own type unpacks
-    return outcome
 
 
 def follow(
@@ -62,7 +53,7 @@ def follow(
             for event in stream():
                 unreachable_since = None
                 progress(event)
-                name = name or client.operation_name(run_id(event))
+                name = name or operation_name(run_id(event))
                 found = outcome(event)
                 if found is not None:
                     return found

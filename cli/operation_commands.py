@@ -14,6 +14,7 @@ from cli.arguments import seconds
 from cli.client import CoordinatorClient
 from cli.exit_codes import ExitCode
 from crctl.config import Config
+from crctl.lro import operation_name
 from crctl.status import error_from_status
 from crctl.v1 import coordinator_pb2
 
@@ -111,7 +112,7 @@ def cmd_operations(args: argparse.Namespace, config: Config) -> int:
                     [_row(o) for o in found],
                 )
             return ExitCode.OK
-        name = client.operation_name(args.id)
+        name = operation_name(args.id)
         if args.cancel:
             client.cancel_operation(name)
             print(f"cancel asked for {name}", file=sys.stderr)

@@ -31,6 +31,7 @@ from coordinator.store import AgentRecord, CheckpointRecord, JobRecord
 from coordinator.verification import Verification
 from crctl.errors import ConfigError, UnavailableError
 from crctl.identity import Identity
+from crctl.lro import outcome_of
 from crctl.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 SERVICE_NAME = "crctl.v1.Coordinator"
@@ -46,7 +47,6 @@ _REPLY_TYPES: dict[str, type[Any]] = {
     "SetSchedule": coordinator_pb2.Schedule,
 }
 Reply = TypeVar("Reply", bound=Message)
-OutcomeT = TypeVar("OutcomeT", coordinator_pb2.CheckpointOutcome, coordinator_pb2.RestartOutcome)
 Context = grpc.aio.ServicerContext[Any, Any]
 _STATES = {ALIVE: coordinator_pb2.AGENT_STATE_ALIVE, LOST: coordinator_pb2.AGENT_STATE_LOST}
 
@@ -135,15 +135,6 @@ def verification_to_proto(result: Verification) -> coordinator_pb2.VerifyCheckpo
         ],
         duration_seconds=result.seconds,
     )
-
-
-def outcome_in(operation: operations_pb2.Operation, outcome: OutcomeT) -> OutcomeT:
-    """A finished operation's outcome: its response, or the one in its error's details."""
-    if operation.HasField("response"):
-        operation.response.Unpack(outcome)
-    for detail in operation.error.details:
-        detail.Unpack(outcome)  # only the detail of the outcome's type unpacks
-    return outcome
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -262,14 +253,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             reply, _ = await self._once(caller, "KillJob", request, kill)
         return reply
 
+    async def _start(
+        self,
+        caller: Identity,
+        method: str,
+        request: coordinator_pb2.CheckpointRequest | coordinator_pb2.RestartRequest,
+        action: str,
+        start: Callable[[], operations_pb2.Operation],
+    ) -> operations_pb2.Operation:
+        """The operation ``start()`` begins, or the one this request id began (as it is now)."""
+        self._job(caller, request.job, action, mutating=True)
+
+        async def begin() -> operations_pb2.Operation:
+            return start()
+
+        operation, replayed = await self._once(caller, method, request, begin)
+        return self._service.operations.get(operation.name)[0] if replayed else operation
+
     async def _start_checkpoint(
         self, caller: Identity, request: coordinator_pb2.CheckpointRequest
     ) -> operations_pb2.Operation:
-        """The checkpoint's operation: started now, or the one this request id started."""
         requests.check_checkpoint(request)
-        self._job(caller, request.job, "checkpoint", mutating=True)
 
-        async def start() -> operations_pb2.Operation:
+        def start() -> operations_pb2.Operation:
             run = self._service.checkpoints.start(
                 request.job,
                 leave_running=request.leave_running,
@@ -278,8 +284,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             )
             return self._service.operations.track_checkpoint(run, requested_by=caller.name)
 
-        operation, replayed = await self._once(caller, "StartCheckpoint", request, start)
-        return self._service.operations.get(operation.name)[0] if replayed else operation
+        return await self._start(caller, "StartCheckpoint", request, "checkpoint", start)
+
+    async def _start_restart(
+        self, caller: Identity, request: coordinator_pb2.RestartRequest
+    ) -> operations_pb2.Operation:
+        requests.check_restart(request)
+
+        def start() -> operations_pb2.Operation:
+            run = self._service.restarts.start(request)
+            return self._service.operations.track_restart(run, requested_by=caller.name)
+
+        return await self._start(caller, "StartRestart", request, "restart", start)
 
     async def StartCheckpoint(
         self, request: coordinator_pb2.CheckpointRequest, context: Context
@@ -288,35 +304,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             caller = self._callers.identify(context)
             return await self._start_checkpoint(caller, request)
 
-    async def Checkpoint(
-        self, request: coordinator_pb2.CheckpointRequest, context: Context
-    ) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
-        async with domain_errors(context):
-            caller = self._callers.identify(context)
-            operation = await self._start_checkpoint(caller, request)
-            run = self._service.operations.run_of(operation.name)
-        if isinstance(run, CheckpointRun):
-            async for event in run.follow():
-                yield event
-            return
-        # Finished before: its outcome, as the operation keeps it.
-        yield coordinator_pb2.CheckpointEvent(
-            outcome=outcome_in(operation, coordinator_pb2.CheckpointOutcome())
-        )
-
-    async def _start_restart(
-        self, caller: Identity, request: coordinator_pb2.RestartRequest
-    ) -> operations_pb2.Operation:
-        requests.check_restart(request)
-        self._job(caller, request.job, "restart", mutating=True)
-
-        async def start() -> operations_pb2.Operation:
-            run = self._service.restarts.start(request)
-            return self._service.operations.track_restart(run, requested_by=caller.name)
-
-        operation, replayed = await self._once(caller, "StartRestart", request, start)
-        return self._service.operations.get(operation.name)[0] if replayed else operation
-
     async def StartRestart(
         self, request: coordinator_pb2.RestartRequest, context: Context
     ) -> operations_pb2.Operation:
@@ -324,9 +311,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             caller = self._callers.identify(context)
             return await self._start_restart(caller, request)
 
+    async def Checkpoint(
+        self, request: coordinator_pb2.CheckpointRequest, context: Context
+    ) -> AsyncIterator[coordinator_pb2.CheckpointEvent]:
+        """StartCheckpoint, then the run's progress (or, finished before, its outcome)."""
+        async with domain_errors(context):
+            caller = self._callers.identify(context)
+            operation = await self._start_checkpoint(caller, request)
+            run = self._service.operations.run_of(operation.name)
+        if isinstance(run, CheckpointRun):
+            async for event in run.follow():
+                yield event
+        else:
+            outcome = outcome_of(operation, coordinator_pb2.CheckpointOutcome())
+            yield coordinator_pb2.CheckpointEvent(outcome=outcome)
+
     async def Restart(
         self, request: coordinator_pb2.RestartRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.RestartEvent]:
+        """StartRestart, then the run's progress (or, finished before, its outcome)."""
         async with domain_errors(context):
             caller = self._callers.identify(context)
             operation = await self._start_restart(caller, request)
@@ -334,10 +337,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if isinstance(run, RestartRun):
             async for event in run.follow():
                 yield event
-            return
-        yield coordinator_pb2.RestartEvent(
-            outcome=outcome_in(operation, coordinator_pb2.RestartOutcome())
-        )
+        else:
+            outcome = outcome_of(operation, coordinator_pb2.RestartOutcome())
+            yield coordinator_pb2.RestartEvent(outcome=outcome)
 
     async def WatchJob(
         self, request: coordinator_pb2.WatchJobRequest, context: Context

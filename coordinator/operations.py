@@ -33,20 +33,16 @@ from coordinator.restarts import RestartRun
 from coordinator.store import OperationRecord, Store
 from crctl.clock import Clock
 from crctl.errors import ConflictError, NotFoundError
+from crctl.lro import PREFIX, operation_name
 from crctl.status import rich_status
 from crctl.v1 import coordinator_pb2
 
 log = structlog.get_logger()
 
-PREFIX = "operations/"
 CHECKPOINT = "checkpoint"
 RESTART = "restart"
 KINDS = (CHECKPOINT, RESTART)
 RECOVERY_POLL = 0.5  # seconds between looks at a recovering restart's record
-
-
-def operation_name(run_id: str) -> str:
-    return PREFIX + run_id
 
 
 def _pack(message: Message) -> any_pb2.Any:

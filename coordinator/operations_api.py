@@ -13,10 +13,11 @@ from google.protobuf import empty_pb2
 from coordinator.access import AccessPolicy, authorized
 from coordinator.api_errors import domain_errors
 from coordinator.callers import Callers
-from coordinator.operations import KINDS, PREFIX
+from coordinator.operations import KINDS
 from coordinator.service import CoordinatorService
 from crctl.errors import ConfigError
 from crctl.identity import Identity
+from crctl.lro import PREFIX
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
