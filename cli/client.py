@@ -10,7 +10,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 
 from crctl.config import Config
-from crctl.errors import ConfigError, CrctlError, UnavailableError
+from crctl.errors import ConfigError, CoordinatorUnreachableError, CrctlError
 from crctl.lro import operation_name
 from crctl.status import error_for, error_from_call
 from crctl.tls import client_credentials
@@ -67,7 +67,7 @@ class CoordinatorClient:
         code = exc.code()
         details = exc.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE:
-            return UnavailableError(
+            return CoordinatorUnreachableError(
                 f"coordinator unreachable at {self.address} ({details}); "
                 "is `crctl coordinator` running? (set --api-address or CRCTL_API_ADDRESS)"
             )

@@ -65,6 +65,11 @@ class UnavailableError(CrctlError):
     """A daemon (coordinator or agent) could not be reached."""
 
 
+class CoordinatorUnreachableError(UnavailableError):
+    """A client could not reach the coordinator at all (a transport failure, not an answer of
+    the coordinator's)."""
+
+
 class CriuError(CrctlError):
     """CRIU failed; ``message`` carries CRIU's own reason and the log path."""
 
