@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.longrunning import operations_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
@@ -125,16 +126,21 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
 
 
 def test_every_method_refuses_a_caller_it_cannot_name() -> None:
-    """gRPC's own socket, reached without the front door (root can), names nobody: each
-    Coordinator method answers UNAUTHENTICATED, and none reaches the domain."""
+    """gRPC's own socket, reached without the front door (root can), names nobody: each method
+    of the Coordinator and the Operations services answers UNAUTHENTICATED, and none reaches
+    the domain."""
     domain = Domain()
-    service = pb.DESCRIPTOR.services_by_name["Coordinator"]
+    services = [
+        pb.DESCRIPTOR.services_by_name["Coordinator"],
+        operations_pb2.DESCRIPTOR.services_by_name["Operations"],
+    ]
+    methods = {f"{s.name}/{m.name}": m for s in services for m in s.methods}
 
     def call(served: Served) -> dict[str, str]:
         codes = {}
         with grpc.insecure_channel(served.private) as channel:
-            for method in service.methods:
-                path = f"/{service.full_name}/{method.name}"
+            for name, method in methods.items():
+                path = f"/{method.containing_service.full_name}/{method.name}"
                 request = method.input_type._concrete_class()
                 if method.server_streaming:
                     stream = channel.unary_stream(
@@ -143,7 +149,7 @@ def test_every_method_refuses_a_caller_it_cannot_name() -> None:
                     try:
                         list(stream(request, timeout=10))
                     except grpc.RpcError as exc:
-                        codes[method.name] = exc.code().name
+                        codes[name] = exc.code().name
                 else:
                     unary = channel.unary_unary(
                         path, request_serializer=type(request).SerializeToString
@@ -151,16 +157,16 @@ def test_every_method_refuses_a_caller_it_cannot_name() -> None:
                     try:
                         unary(request, timeout=10)
                     except grpc.RpcError as exc:
-                        codes[method.name] = exc.code().name
+                        codes[name] = exc.code().name
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             codes["health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)
         return codes
 
     codes = serve_api(domain, call)
-    assert set(codes) == {m.name for m in service.methods} | {"health"}
-    assert {name: code for name, code in codes.items() if name != "health"} == {
-        m.name: "UNAUTHENTICATED" for m in service.methods
-    }
+    assert set(codes) == set(methods) | {"health"}
+    assert {name: code for name, code in codes.items() if name != "health"} == dict.fromkeys(
+        methods, "UNAUTHENTICATED"
+    )
     assert codes["health"] == "SERVING"
     assert domain.launched == []
 
