@@ -125,8 +125,8 @@ def cmd_operations(args: argparse.Namespace, config: Config) -> int:
         render.print_json(render.to_dict(operation))
     else:
         _show(operation)
-    if operation.done and operation.HasField("error"):
-        return ExitCode.ABORTED
+    if args.wait and operation.done and operation.HasField("error"):
+        return ExitCode.ABORTED  # waited for: its outcome is the exit status, as checkpoint's
     return ExitCode.OK
 
 
@@ -142,7 +142,8 @@ def register(add: render.AddCommand) -> None:
         type=seconds,
         default=0.0,
         metavar="SECONDS",
-        help="wait up to this long for the operation to finish",
+        help="wait up to this long for the operation to finish (then exit 7 if it "
+        "ended aborted or cancelled)",
     )
     p.add_argument(
         "--cancel",

@@ -117,10 +117,12 @@ class Operations:
 
     # --- following a run ---
 
-    def _host(self, live: _Live, host: str, state: str, reason: str = "") -> None:
+    def _host(self, live: _Live, host: str, state: str, reason: str | None = None) -> None:
+        """Where ``host`` is now; without a ``reason``, the one it gave before stays."""
         progress = live.hosts.setdefault(host, coordinator_pb2.HostProgress(host=host))
         progress.state = state
-        progress.reason = reason
+        if reason is not None:
+            progress.reason = reason
 
     async def _follow_checkpoint(self, live: _Live, run: CheckpointRun) -> None:
         metadata = live.metadata
@@ -136,9 +138,9 @@ class Operations:
                     metadata.phase = phase.phase
                     for host in phase.hosts:
                         self._host(live, host, {"readying": "asked"}.get(phase.phase, phase.phase))
-                    if phase.phase == "committed":
+                    if phase.phase in ("committed", "aborted"):  # the last: no hosts named
                         for host in live.hosts:
-                            self._host(live, host, "committed")
+                            self._host(live, host, phase.phase)
                     self._publish(live, coordinator_pb2.JobEvent(checkpoint_phase=phase))
                 elif kind == "vote":
                     vote = event.vote
