@@ -170,15 +170,23 @@ class RestartRun:
         prepare.restore = self.restore
         prepare.checkpoint = self._checkpoint.checkpoint
         prepare.checkpoint_dir = self._checkpoint.directory
+        placement = self._placement
         for image in self._manifest.ranks:
-            if self._placement.rank_hosts[image.rank] == host:
-                prepare.ranks.add(rank=image.rank, image=image)
-                prepare.close_connections.extend(self._placement.close.get(image.rank, []))
+            if placement.rank_hosts[image.rank] == host:
+                prepare.ranks.add(
+                    rank=image.rank,
+                    image=image,
+                    local_address_map=placement.rank_addresses.get(image.rank, {}),
+                    peer_address_map=placement.peer_addresses.get(image.rank, {}),
+                )
+                prepare.close_connections.extend(placement.close.get(image.rank, []))
         here = [r.rank for r in prepare.ranks]
         for image in connected_ranks(self._manifest.ranks, here):
             prepare.peer_ranks.add(rank=image.rank, image=image)
         prepare.address_map.update(self._placement.address_map)
         prepare.host_map.update(self._placement.host_map)
+        for old, new in self._placement.split_hosts.items():
+            prepare.split_hosts[old] = ",".join(new)
         for name, addresses in self._addresses.items():
             prepare.host_addresses[name] = ",".join(addresses)
         for image in self._manifest.ranks:
@@ -254,6 +262,8 @@ class RestartRun:
             restore=self.restore, checkpoint=self._checkpoint.checkpoint
         )
         outcome.address_map.update(self._placement.address_map)
+        for old, new in self._placement.split_hosts.items():
+            outcome.split_hosts[old] = ",".join(new)
         try:
             pids: dict[int, int] = {}
             for step in STEPS:

@@ -290,15 +290,33 @@ class AbortResult(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
 
 class RestoreRank(_message.Message):
-    __slots__ = ("rank", "image")
+    __slots__ = ("rank", "image", "local_address_map", "peer_address_map")
+    class LocalAddressMapEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PeerAddressMapEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     RANK_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
     rank: int
     image: RankImage
-    def __init__(self, rank: _Optional[int] = ..., image: _Optional[_Union[RankImage, _Mapping]] = ...) -> None: ...
+    local_address_map: _containers.ScalarMap[str, str]
+    peer_address_map: _containers.ScalarMap[str, str]
+    def __init__(self, rank: _Optional[int] = ..., image: _Optional[_Union[RankImage, _Mapping]] = ..., local_address_map: _Optional[_Mapping[str, str]] = ..., peer_address_map: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PrepareRestore(_message.Message):
-    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections", "lazy_pages", "peer_ranks", "owner_uid", "owner")
+    __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections", "lazy_pages", "peer_ranks", "owner_uid", "owner", "split_hosts")
     class AddressMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +345,13 @@ class PrepareRestore(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SplitHostsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -343,6 +368,7 @@ class PrepareRestore(_message.Message):
     PEER_RANKS_FIELD_NUMBER: _ClassVar[int]
     OWNER_UID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_HOSTS_FIELD_NUMBER: _ClassVar[int]
     job: str
     restore: str
     checkpoint: str
@@ -359,7 +385,8 @@ class PrepareRestore(_message.Message):
     peer_ranks: _containers.RepeatedCompositeFieldContainer[RestoreRank]
     owner_uid: int
     owner: str
-    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ..., lazy_pages: _Optional[bool] = ..., peer_ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., owner_uid: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    split_hosts: _containers.ScalarMap[str, str]
+    def __init__(self, job: _Optional[str] = ..., restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., host_map: _Optional[_Mapping[str, str]] = ..., host_addresses: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[str]] = ..., plugin_options: _Optional[_Mapping[str, str]] = ..., hold_timeout: _Optional[float] = ..., close_connections: _Optional[_Iterable[str]] = ..., lazy_pages: _Optional[bool] = ..., peer_ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ..., owner_uid: _Optional[int] = ..., owner: _Optional[str] = ..., split_hosts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RestoreStep(_message.Message):
     __slots__ = ("restore", "step")

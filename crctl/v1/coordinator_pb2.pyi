@@ -386,8 +386,15 @@ class RestartStep(_message.Message):
     def __init__(self, restore: _Optional[str] = ..., step: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RestartOutcome(_message.Message):
-    __slots__ = ("restore", "checkpoint", "restarted", "reason", "failed_host", "failed_rank", "duration_seconds", "ranks", "address_map")
+    __slots__ = ("restore", "checkpoint", "restarted", "reason", "failed_host", "failed_rank", "duration_seconds", "ranks", "address_map", "split_hosts")
     class AddressMapEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SplitHostsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -403,6 +410,7 @@ class RestartOutcome(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_HOSTS_FIELD_NUMBER: _ClassVar[int]
     restore: str
     checkpoint: str
     restarted: bool
@@ -412,7 +420,8 @@ class RestartOutcome(_message.Message):
     duration_seconds: float
     ranks: _containers.RepeatedCompositeFieldContainer[Rank]
     address_map: _containers.ScalarMap[str, str]
-    def __init__(self, restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., restarted: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., failed_rank: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    split_hosts: _containers.ScalarMap[str, str]
+    def __init__(self, restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., restarted: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., failed_rank: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., split_hosts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HostProgress(_message.Message):
     __slots__ = ("host", "state", "reason")

@@ -3,7 +3,8 @@ checkpointed (ranks on old hosts, each listening on a port of its own on its hos
 each other, to loopback and to peers outside the job, some through dual-stack listeners that see
 their IPv4 peers as ``::ffff:a.b.c.d``), and the request is any map, host list and set of
 registered hosts. The planner places every rank, maps addresses consistently, or refuses with
-a crctl error, and never fails in any other way."""
+a crctl error, and never fails in any other way; once planned, the two ends of every
+connection between ranks still meet, also when ranks that shared a host went to several."""
 
 from __future__ import annotations
 
@@ -47,12 +48,19 @@ def host_addresses(draw: st.DrawFn, index: int, *, v4: bool | None = None) -> li
     return addresses
 
 
+Connection = tuple[int, control_pb2.SocketInfo, int, control_pb2.SocketInfo]
+
+
 @dataclass
 class Job:
     images: list[control_pb2.RankImage]
     addresses: dict[str, list[str]]  # old host -> its addresses
     external: dict[int, list[str]] = field(default_factory=dict)  # rank -> connections out
     peers: dict[int, set[int]] = field(default_factory=dict)  # rank -> ranks it is connected to
+    # Both ends of every connection between ranks: (client, its socket, server, its socket).
+    connections: list[Connection] = field(default_factory=list)
+    # Pairs of different ranks connected over loopback (which only one host can carry).
+    over_loopback: set[frozenset[int]] = field(default_factory=set)
 
     def image(self, rank: int) -> control_pb2.RankImage:
         return next(i for i in self.images if i.rank == rank)
@@ -126,7 +134,7 @@ def _connect(
             st.sampled_from([a for a in near.host_addresses if _family(a) == _family(target)])
         )
     )
-    near.sockets.add(
+    near_end = near.sockets.add(
         proto="tcp",
         state="established",
         local_address=local,
@@ -137,7 +145,7 @@ def _connect(
     seen_local, seen_peer = target, local
     if bound == "::" and _family(target) == 4:  # a dual-stack socket's view of IPv4
         seen_local, seen_peer = f"::ffff:{target}", f"::ffff:{local}"
-    far.sockets.add(
+    far_end = far.sockets.add(
         proto="tcp",
         state="established",
         local_address=seen_local,
@@ -145,9 +153,12 @@ def _connect(
         peer_address=seen_peer,
         peer_port=port,
     )
+    job.connections.append((client, near_end, server, far_end))
     if client != server:
         job.peers.setdefault(client, set()).add(server)
         job.peers.setdefault(server, set()).add(client)
+        if target == "127.0.0.1":
+            job.over_loopback.add(frozenset((client, server)))
 
 
 def _sorted(close: Mapping[int, Sequence[str]]) -> dict[int, list[str]]:
@@ -231,13 +242,28 @@ def _assert_consistent(plan: Placement, job: Job, addresses: Mapping[str, Sequen
     for image in job.images:
         new = plan.rank_hosts[image.rank]
         assert new in addresses
-        assert plan.host_map[image.host] == new
+        if image.host in plan.split_hosts:
+            assert image.host not in plan.host_map
+            assert new in plan.split_hosts[image.host]
+        else:
+            assert plan.host_map[image.host] == new
         if new == image.host:
             continue
         for socket in image.sockets:
             local = ipaddress.ip_address(_plain(socket.local_address))
             if socket.proto == "tcp" and not (local.is_loopback or local.is_unspecified):
-                assert str(local) in plan.address_map
+                assert str(local) in _own_addresses(plan, image)
+    for old, news in plan.split_hosts.items():
+        assert len(news) > 1
+        assert not set(job.addresses[old]) & set(plan.address_map)
+    for client, near, server, far in job.connections:
+        near_local, near_peer = _rewritten(plan, job.image(client), near)
+        far_local, far_peer = _rewritten(plan, job.image(server), far)
+        assert (near_local, near_peer) == (far_peer, far_local), "the ends still meet"
+        for rank, local in ((client, near_local), (server, far_local)):
+            moved = plan.rank_hosts[rank] != job.image(rank).host
+            if moved and not ipaddress.ip_address(local).is_loopback:
+                assert local in addresses[plan.rank_hosts[rank]]
     owner = {a: host for host, listed in job.addresses.items() for a in listed}
     for old, new in plan.address_map.items():
         target_host = plan.host_map[owner[old]]
@@ -257,6 +283,51 @@ def _assert_consistent(plan: Placement, job: Job, addresses: Mapping[str, Sequen
             peer = _plain(key.split(">")[1].rsplit(":", 1)[0])
             assert peer not in job_addresses
             assert not ipaddress.ip_address(peer).is_loopback
+
+
+def _own_addresses(plan: Placement, image: control_pb2.RankImage) -> Mapping[str, str]:
+    if image.host in plan.split_hosts:
+        return plan.rank_addresses.get(image.rank, {})
+    return plan.address_map
+
+
+def _rewritten(
+    plan: Placement, image: control_pb2.RankImage, socket: control_pb2.SocketInfo
+) -> tuple[str, str]:
+    """A connection's (local, peer) addresses, as packets carry them, once the agent rewrote
+    them as the plan says (agent.images.rewrite_socket_addresses)."""
+    local, peer = _plain(socket.local_address), _plain(socket.peer_address)
+    key = connection_key(local, socket.local_port, peer, socket.peer_port)
+    new_local = _own_addresses(plan, image).get(local, local)
+    by_connection = plan.peer_addresses.get(image.rank, {})
+    return new_local, by_connection.get(key, plan.address_map.get(peer, peer))
+
+
+@PROPERTIES
+@given(job=jobs(), data=st.data())
+def test_every_rank_on_a_host_of_its_own_keeps_every_connection_between_ranks(
+    job: Job, data: st.DataObject
+) -> None:
+    """Spreading every rank to a new host of its own works unless two ranks that shared a
+    host talk over loopback; then it is refused, naming them."""
+    ranks = sorted(i.rank for i in job.images)
+    hosts = [f"n{rank}" for rank in ranks]
+    addresses = {
+        **job.addresses,
+        **{
+            h: [f"10.{50 + i}.0.1", f"10.{50 + i}.0.2", f"fd00:{50 + i}::1", f"fd00:{50 + i}::2"]
+            for i, h in enumerate(hosts)
+        },
+    }
+    if job.over_loopback:
+        with pytest.raises(ConflictError, match="are connected over loopback"):
+            plan_restart(job.images, host_map={}, hosts=hosts, addresses=addresses)
+        return
+    plan = plan_restart(job.images, host_map={}, hosts=hosts, addresses=addresses)
+    shared = {i.host for i in job.images if sum(j.host == i.host for j in job.images) > 1}
+    assert set(plan.split_hosts) == shared
+    _assert_consistent(plan, job, addresses)
+    assert _sorted(plan.close) == _sorted(job.external)
 
 
 @PROPERTIES
