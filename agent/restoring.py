@@ -30,7 +30,7 @@ from agent.ranks import (
 from crctl import failpoints
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
-from crctl.plugins import HostMove, RestartContext, RestartPlugin
+from crctl.plugins import HostMove, HostSplit, RestartContext, RestartPlugin
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
@@ -125,6 +125,18 @@ class HostRestore:
             for old, new in self.order.host_map.items()
         }
 
+    def _splits(self) -> dict[str, HostSplit]:
+        return {
+            old: HostSplit(
+                old_host=old,
+                new_hosts=tuple(new.split(",")),
+                old_addresses=tuple(
+                    a for a in self.order.host_addresses.get(old, "").split(",") if a
+                ),
+            )
+            for old, new in self.order.split_hosts.items()
+        }
+
     # --- prepare ---
 
     async def prepare(self) -> None:
@@ -172,6 +184,7 @@ class HostRestore:
         """Each rank's working copy, rewired by the plugins, its files and ports checked;
         returns the TCP connections to lock."""
         moves = self._moves()
+        splits = self._splits()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / RESTORE_RECORD).write_text(json.dumps({"job": self.job}))
         close = set(self.order.close_connections)
@@ -201,6 +214,9 @@ class HostRestore:
                 address_map=dict(self.order.address_map),
                 images_dir=working,
                 options=dict(self.order.plugin_options),
+                splits=splits,
+                local_address_map=dict(entry.local_address_map),
+                peer_address_map=dict(entry.peer_address_map),
                 **owner_rights(self.order.owner_uid),
             )
             restore = RankRestore(entry.rank, entry.image, working, context)

@@ -62,15 +62,26 @@ class HostMove:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HostSplit:
+    """One of the job's old hosts whose ranks went to several new hosts: its name and its
+    addresses have no single new one (they are in neither ``moves`` nor ``address_map``)."""
+
+    old_host: str
+    new_hosts: tuple[str, ...]
+    old_addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class RestartContext:
     job: str
     checkpoint: str
     rank: int
     old_host: str
     new_host: str
-    # Every old host of the job -> where it went (hosts that stay map to themselves).
+    # Every old host of the job whose ranks went to one new host -> where it went (hosts that
+    # stay map to themselves).
     moves: Mapping[str, HostMove]
-    # Old address -> new address, for every address of every moved host.
+    # Old address -> new address, for every address of every moved host of ``moves``.
     address_map: Mapping[str, str]
     # The rank's working copy of its images on the new host (writable).
     images_dir: Path
@@ -82,6 +93,13 @@ class RestartContext:
     owner_uid: int = 0
     owner_gid: int = 0
     owner_groups: tuple[int, ...] = ()
+    # The old hosts whose ranks went to several new hosts (see HostSplit), and for this rank
+    # the rewrite of its endpoints that their addresses need: its own old host's addresses ->
+    # its new host's when that host was split (local ends), and its connections to ranks of a
+    # split host ("local:port>peer:port", dump-time addresses) -> the new address of the peer.
+    splits: Mapping[str, HostSplit] = field(default_factory=dict)
+    local_address_map: Mapping[str, str] = field(default_factory=dict)
+    peer_address_map: Mapping[str, str] = field(default_factory=dict)
 
 
 class RestartPlugin:

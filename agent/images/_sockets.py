@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import structlog
 
@@ -50,34 +51,55 @@ class RewriteReport:
     seconds: float
 
 
-def rewrite_socket_addresses(images_dir: Path, address_map: Mapping[str, str]) -> RewriteReport:
+_NO_MAP: Mapping[str, str] = MappingProxyType({})
+
+
+def rewrite_socket_addresses(
+    images_dir: Path,
+    address_map: Mapping[str, str],
+    *,
+    local_map: Mapping[str, str] = _NO_MAP,
+    peer_map: Mapping[str, str] = _NO_MAP,
+) -> RewriteReport:
     """Replace, in the INET sockets of the working copy ``images_dir``, every local and peer
     address found in ``address_map`` (old -> new); addresses not in the map are left alone. An
     IPv4 entry also maps its IPv4-mapped IPv6 form (``::ffff:a.b.c.d``, held by dual-stack
     sockets). ``files.img`` is replaced only if something changed (an empty map changes
     nothing).
 
+    When the ranks of an old host went to several new hosts its addresses have no single new
+    one, and the rewrite is per endpoint: ``local_map`` (old -> new, as ``address_map``) is
+    this rank's own addresses, and goes first for local ends; ``peer_map`` names connections
+    (``"local:port>peer:port"``, dump-time addresses as packets carry them) whose peer gets a
+    new address (an IPv4-mapped peer keeps that form), before ``address_map`` is asked.
+
     Rewriting twice with the same map is not harmless when an old address is also a new one
     (a->b, b->c): rewrite each working copy once, right after making it."""
     started = time.monotonic()
     mapping = _parse_map(address_map)
+    own = _parse_map(local_map)
+    peers = _parse_peer_map(peer_map)
     listing(images_dir)
     files_img = images_dir / FILES_IMG
     counts: Counter[tuple[str, str]] = Counter()
     sockets = 0
-    if mapping:
+    if mapping or own or peers:
         entries = load(files_img, "FILES")
         for entry in entries:
             if entry.type != FD_INETSK:
                 continue
             isk = entry.isk
             touched = False
+            local = address(isk.src_addr, files_img) if isk.src_addr else None
             for key in ("src_addr", "dst_addr"):
                 field = getattr(isk, key)
                 if not field:
                     continue
                 old = address(field, files_img)
-                new = mapping.get(old)
+                if key == "src_addr":
+                    new = own.get(old) or mapping.get(old)
+                else:
+                    new = _new_peer(isk, local, old, peers) or mapping.get(old)
                 if new is None or new == old:
                     continue
                 field[:] = words(new)
@@ -100,6 +122,47 @@ def rewrite_socket_addresses(images_dir: Path, address_map: Mapping[str, str]) -
         seconds=round(report.seconds, 3),
     )
     return report
+
+
+# (local address, port, peer address, port) of a connection, addresses as packets carry them.
+_Connection = tuple[IPAddress, int, IPAddress, int]
+
+
+def _new_peer(
+    isk: Any, local: IPAddress | None, peer: IPAddress, peers: Mapping[_Connection, IPAddress]
+) -> IPAddress | None:
+    """The peer's new address ``peer_map`` gives this socket's connection, in the form the
+    socket holds it (IPv4-mapped for a dual-stack socket), or None."""
+    if local is None or not isk.dst_port or not peers:
+        return None
+    new = peers.get((_plain(local), isk.src_port, _plain(peer), isk.dst_port))
+    if new is None:
+        return None
+    if isinstance(peer, ipaddress.IPv6Address) and isinstance(new, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(f"::ffff:{new}")
+    return new
+
+
+def _parse_endpoint(text_: str) -> tuple[IPAddress, int]:
+    host, _, port = text_.rpartition(":")
+    return _plain(ipaddress.ip_address(host.strip("[]"))), int(port)
+
+
+def _parse_peer_map(peer_map: Mapping[str, str]) -> dict[_Connection, IPAddress]:
+    parsed: dict[_Connection, IPAddress] = {}
+    for connection, new_text in peer_map.items():
+        try:
+            near, _, far = connection.partition(">")
+            (local, local_port), (peer, peer_port) = _parse_endpoint(near), _parse_endpoint(far)
+            new = _plain(ipaddress.ip_address(new_text))
+        except ValueError as exc:
+            raise AddressMapError(f"peer map {connection!r} -> {new_text!r}: {exc}") from exc
+        if new.version != peer.version or new.is_unspecified:
+            raise AddressMapError(
+                f"peer map {connection} -> {new}: the peer {peer} cannot become {new}"
+            )
+        parsed[(local, local_port, peer, peer_port)] = new
+    return parsed
 
 
 def _parse_map(address_map: Mapping[str, str]) -> dict[IPAddress, IPAddress]:

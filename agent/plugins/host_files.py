@@ -17,6 +17,9 @@ in one simultaneous pass (h1->h2 with h2->h3 turns "h1 h2" into "h2 h3"), whole 
 Files are read and written with the rights of the job's owner, never root's
 (``agent.fs_owner``): a file the owner could not rewrite themselves is refused.
 
+An old host whose ranks went to several new hosts (``context.splits``) has no single new name
+or address: a listed file that names it, or one of its addresses, fails the restart, naming both.
+
 A file is replaced atomically (a new file beside it, renamed in) with its mode and owner. The
 restart fails, naming the file, if a listed file is missing, or if the rank holds it open: CRIU
 recorded its size in the images and reopens it by path, so a rewrite would break the restore.
@@ -66,6 +69,16 @@ def replacements(context: RestartContext) -> dict[str, str]:
     for old, new in context.address_map.items():
         if new != old:
             tokens[old] = new
+    return tokens
+
+
+def unsplittable(context: RestartContext) -> dict[str, str]:
+    """Old token -> the old host it belongs to, for the names and addresses of the old hosts
+    whose ranks went to several new hosts: they have no single new token."""
+    tokens = {}
+    for split in context.splits.values():
+        for token in (split.old_host, *split.old_addresses):
+            tokens[token] = split.old_host
     return tokens
 
 
@@ -149,6 +162,8 @@ class HostFiles(RestartPlugin):
         pattern = compile_replacements(tokens)
         mapping = tuple(sorted(tokens.items()))
         for path in paths:
+            _refuse_split_hosts(path, context)
+        for path in paths:
             self._rewrite(path, tokens, pattern, mapping, context)
 
     def _paths(self, context: RestartContext) -> list[Path]:
@@ -204,6 +219,29 @@ class HostFiles(RestartPlugin):
             path=str(path),
             replacements=count,
         )
+
+
+def _refuse_split_hosts(path: Path, context: RestartContext) -> None:
+    """A file naming an old host whose ranks went to several new hosts (or one of its addresses)
+    cannot be rewritten: which of them is meant is not in the file."""
+    split = unsplittable(context)
+    pattern = compile_replacements(split)
+    if pattern is None:
+        return
+    try:
+        found = pattern.search(path.read_bytes())
+    except OSError as exc:
+        raise _failure(context, f"cannot read {path}: {exc.strerror or exc}", exc.errno) from exc
+    if found is None:
+        return
+    token = found.group(0).decode()
+    host = context.splits[split[token]]
+    raise _failure(
+        context,
+        f"{path} names {token}, but the ranks of {host.old_host} go to "
+        f"{', '.join(host.new_hosts)}, so it has no single new name or address: keep "
+        f"{host.old_host}'s ranks on one host, or leave the file out of {OPTION}",
+    )
 
 
 def _failure(context: RestartContext, message: str, errno: int | None = None) -> PluginError:

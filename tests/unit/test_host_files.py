@@ -9,13 +9,14 @@ import os
 import re
 import stat
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent import images
 from agent.plugins.host_files import HostFiles, replace_tokens
-from crctl.plugins import HostMove, PluginError, RestartContext
+from crctl.plugins import HostMove, HostSplit, PluginError, RestartContext
 
 
 def move(old: str, new: str, old_address: str, new_address: str) -> HostMove:
@@ -248,3 +249,22 @@ def _owner_rights(tmp_path: Path) -> None:
         assert "h1" in refused.read_text()
     rewrite(owned_by_nobody(context(tmp_path, str(theirs))))
     assert theirs.read_text() == "peer h2\n" and theirs.stat().st_uid == NOBODY_UID
+
+
+def test_a_file_naming_a_host_whose_ranks_were_split_is_refused(tmp_path: Path) -> None:
+    peers = tmp_path / "peers.txt"
+    peers.write_text("rank0 198.18.0.5:7100\nrank1 h4:7101\n")
+    split = HostSplit(old_host="h5", new_hosts=("h6", "h7"), old_addresses=("198.18.0.5",))
+    ctx = replace(context(tmp_path, str(peers)), splits={"h5": split})
+    with pytest.raises(
+        PluginError,
+        match=re.escape(
+            f"{peers} names 198.18.0.5, but the ranks of h5 go to h6, h7, so it has no single new "
+            "name or address: keep h5's ranks on one host, or leave the file out of rewrite_files"
+        ),
+    ):
+        rewrite(ctx)
+    assert peers.read_text() == "rank0 198.18.0.5:7100\nrank1 h4:7101\n"
+    peers.write_text("rank1 h4:7101 h50\n")  # h50 is another host
+    rewrite(ctx)
+    assert peers.read_text() == "rank1 h4:7101 h50\n"
