@@ -64,6 +64,7 @@ class FakeHost:
     faults: dict[str, str] = field(default_factory=dict)  # step -> "error" | "hang"
     delays: dict[str, float] = field(default_factory=dict)  # step -> seconds
     works: list[FakeCheckpointWork | FakeRestoreWork] = field(default_factory=list)
+    prepared: list[control_pb2.PrepareRestore] = field(default_factory=list)  # every order
 
     async def step(self, name: str) -> None:
         """The fake's work for ``name``: its delay, then its fault if one is armed."""
@@ -201,6 +202,7 @@ class FakeRestoreWork:
         self.finished = asyncio.Event()
         self.aborted = self.released = False
         host.works.append(self)
+        host.prepared.append(order)
 
     async def prepare(self) -> None:
         checkpoint_dir = Path(self.order.checkpoint_dir)

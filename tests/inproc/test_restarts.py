@@ -211,3 +211,41 @@ async def test_an_abort_during_a_prepare_undoes_what_the_prepare_does_after_it(
     assert cluster.live(JOB) == []
     outcome = await cluster.restart(JOB, host_map=MOVE)
     assert outcome.restarted, outcome.reason
+
+
+@cluster_test(hosts=6)
+async def test_a_job_packed_on_two_hosts_spreads_over_four_and_packs_back(
+    cluster: Cluster,
+) -> None:
+    """Ranks 0, 1 on h1 and 2, 3 on h2, restarted one per host on h3-h6: every host of the
+    spread is told which old hosts were split and each rank gets its own new address; packed
+    back onto h1, h2 the restart is an ordinary one again."""
+    await cluster.launch(JOB, ["h1", "h1", "h2", "h2"])
+    assert (await cluster.checkpoint(JOB)).committed
+    spread = await cluster.restart(JOB, hosts=["h3", "h4", "h5", "h6"])
+    assert spread.restarted, spread.reason
+    assert dict(spread.split_hosts) == {"h1": "h3,h4", "h2": "h5,h6"}
+    assert dict(spread.address_map) == {}
+    assert {r.rank: r.host for r in cluster.job(JOB).ranks} == {0: "h3", 1: "h4", 2: "h5", 3: "h6"}
+    assert sorted(cluster.running(JOB)) == [0, 1, 2, 3]
+    for rank, host in enumerate(["h3", "h4", "h5", "h6"]):
+        (order,) = cluster.fake[host].prepared
+        assert dict(order.split_hosts) == {"h1": "h3,h4", "h2": "h5,h6"}
+        assert not order.host_map and not order.address_map
+        (entry,) = order.ranks
+        old = cluster.fake["h1" if rank < 2 else "h2"].addresses[0]
+        assert (entry.rank, dict(entry.local_address_map)) == (
+            rank,
+            {old: cluster.fake[host].addresses[0]},
+        )
+
+    assert (await cluster.checkpoint(JOB)).committed
+    packed = await cluster.restart(JOB, hosts=["h1", "h2"])
+    assert packed.restarted, packed.reason
+    assert dict(packed.split_hosts) == {}
+    assert {r.rank: r.host for r in cluster.job(JOB).ranks} == {0: "h1", 1: "h2", 2: "h1", 3: "h2"}
+    assert dict(packed.address_map) == {
+        cluster.fake[new].addresses[0]: cluster.fake[old].addresses[0]
+        for new, old in (("h3", "h1"), ("h4", "h2"), ("h5", "h1"), ("h6", "h2"))
+    }
+    assert sorted(cluster.running(JOB)) == [0, 1, 2, 3]
