@@ -10,7 +10,7 @@ from pathlib import Path
 from agent.plugin_runner import plugin_modules
 from crctl import __version__
 from crctl.doctor import criu_version, run_checks
-from crctl.plugins import PLUGIN_CAPABILITY
+from crctl.plugins import PER_RANK_ENDPOINTS, PLUGIN_CAPABILITY
 from crctl.v1 import control_pb2
 
 
@@ -30,8 +30,9 @@ def host_addresses() -> list[str]:
 
 
 def agent_info(host: str, plugin_dir: Path) -> control_pb2.AgentInfo:
-    """Capabilities: the host checks that passed, and ``plugin:<module>`` for each module in
-    ``plugin_dir`` (the plugins a restart may name here)."""
+    """Capabilities: the host checks that passed, ``plugin:<module>`` for each module in
+    ``plugin_dir`` (the plugins a restart may name here), and what this agent's restores do
+    (per-rank endpoint rewrites)."""
     return control_pb2.AgentInfo(
         host=host,
         addresses=host_addresses(),
@@ -39,6 +40,7 @@ def agent_info(host: str, plugin_dir: Path) -> control_pb2.AgentInfo:
         capabilities=[
             *(check.name for check in run_checks() if check.ok),
             *(PLUGIN_CAPABILITY + module for module in plugin_modules(plugin_dir)),
+            PER_RANK_ENDPOINTS,
         ],
         agent_version=__version__,
         pid=os.getpid(),

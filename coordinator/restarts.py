@@ -39,7 +39,7 @@ from crctl import failpoints
 from crctl.clock import Clock, new_id
 from crctl.doctor import LAZY_PAGES
 from crctl.errors import ConflictError, CrctlError, PermissionDeniedError
-from crctl.plugins import PLUGIN_CAPABILITY
+from crctl.plugins import PER_RANK_ENDPOINTS, PLUGIN_CAPABILITY
 from crctl.v1 import control_pb2, coordinator_pb2
 
 log = structlog.get_logger()
@@ -482,9 +482,20 @@ class RestartService:
             hosts=list(request.hosts),
             addresses=addresses,
         )
+        rewritten_one_by_one = set(placement.rank_addresses) | set(placement.peer_addresses)
         for host in placement.hosts:
             agent = self._jobs.require_alive(host, job)
             require_plugins(agent, request.plugins, job)
+            ranks = sorted(r for r in rewritten_one_by_one if placement.rank_hosts[r] == host)
+            if ranks and PER_RANK_ENDPOINTS not in agent.capabilities:
+                raise ConflictError(
+                    f"the agent on {host} cannot restore ranks {ranks}: their connections "
+                    f"need per-rank endpoint rewrites (the ranks of "
+                    f"{', '.join(sorted(placement.split_hosts))} are spread over several "
+                    "hosts) and it is older than that; upgrade it, or keep those ranks together",
+                    job=job,
+                    host=host,
+                )
         restore = new_id("rst")
         self._jobs.claim(job, f"restart {restore}")
         self._store.begin_restart(

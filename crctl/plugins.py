@@ -44,6 +44,9 @@ from crctl.errors import CrctlError
 
 # An agent lists each module of its plugin_dir among its capabilities as "plugin:<module>".
 PLUGIN_CAPABILITY = "plugin:"
+# An agent that rewrites a rank's endpoints one by one (RestoreRank's local and peer maps):
+# what a restart spreading the ranks of one old host over several new ones needs of its hosts.
+PER_RANK_ENDPOINTS = "per-rank-endpoints"
 ENTRY_POINT_GROUP = "crctl.restart_plugins"
 
 

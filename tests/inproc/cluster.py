@@ -30,6 +30,7 @@ from coordinator.registry import ALIVE
 from crctl.clock import Clock
 from crctl.config import Config
 from crctl.identity import Identity
+from crctl.plugins import PER_RANK_ENDPOINTS
 from crctl.v1 import control_pb2, coordinator_pb2
 from tests.inproc import vtime
 from tests.inproc.fakehost import FakeEngine, FakeHost, FakeRank
@@ -81,6 +82,8 @@ class Cluster:
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._contexts: dict[str, contextvars.Context] = {}
         self.agents: dict[str, Agent] = {}
+        # Hosts whose agent is of an older version, without these capabilities.
+        self.lacking: dict[str, set[str]] = {}
 
     # --- owners and their tasks ---
 
@@ -173,7 +176,11 @@ class Cluster:
             host=host,
             addresses=fake.addresses,
             criu_version="4.2.1",
-            capabilities=["criu", "nft", "freezer_v2"],
+            capabilities=[
+                c
+                for c in ("criu", "nft", "freezer_v2", PER_RANK_ENDPOINTS)
+                if c not in self.lacking.get(host, set())
+            ],
             agent_version="inproc",
             pid=1,
         )

@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
+from crctl.errors import ConflictError
+from crctl.plugins import PER_RANK_ENDPOINTS
 from tests.inproc.cluster import LOST_AFTER, Cluster, cluster_test
 
 JOB = "ring"
@@ -249,3 +253,26 @@ async def test_a_job_packed_on_two_hosts_spreads_over_four_and_packs_back(
         for new, old in (("h3", "h1"), ("h4", "h2"), ("h5", "h1"), ("h6", "h2"))
     }
     assert sorted(cluster.running(JOB)) == [0, 1, 2, 3]
+
+
+@cluster_test(hosts=6)
+async def test_a_spread_onto_an_agent_without_per_rank_rewrites_is_refused_before_any_order(
+    cluster: Cluster,
+) -> None:
+    """An older agent would restore a spread rank's sockets with stale addresses: the
+    coordinator refuses the plan, naming the host and the ranks, and nothing is restored."""
+    await cluster.launch(JOB, ["h1", "h1", "h2", "h2"])
+    assert (await cluster.checkpoint(JOB)).committed
+    cluster.lacking["h4"] = {PER_RANK_ENDPOINTS}
+    await cluster.kill_agent("h4")
+    await cluster.start_agent("h4")
+    registry = cluster.coordinator.registry  # type: ignore[union-attr]
+    await cluster.until(
+        lambda: PER_RANK_ENDPOINTS not in registry.get("h4").capabilities,  # type: ignore[union-attr]
+        "h4 registered again, older",
+    )
+    with pytest.raises(ConflictError, match=r"the agent on h4 cannot restore ranks \[1\]"):
+        await cluster.restart(JOB, hosts=["h3", "h4", "h5", "h6"])
+    assert all(not cluster.fake[h].prepared for h in ("h3", "h4", "h5", "h6"))
+    packed = await cluster.restart(JOB, host_map={"h1": "h4", "h2": "h5"})  # no spread: fine
+    assert packed.restarted, packed.reason
