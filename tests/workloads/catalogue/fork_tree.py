@@ -86,8 +86,7 @@ def main() -> None:
 
     def group_child() -> None:
         os.setpgid(0, 0)
-        grandchild_pid = _common.fork_child(grandchild)
-        _common.at_exit(lambda: _common.kill_and_reap([grandchild_pid]))
+        _common.fork_child(grandchild)  # it dies with this child (PR_SET_PDEATHSIG)
         report_forever(only_mine("group-child"))
 
     def session_child() -> None:
