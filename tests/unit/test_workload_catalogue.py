@@ -27,6 +27,7 @@ from tests.workloads.catalogue import (
     _common,
     append_file,
     big_memory,
+    eventfd_timerfd,
     fork_tree,
     half_closed,
     inotify,
@@ -441,3 +442,5 @@ def test_other_checkers_reject_bad_input() -> None:
     assert timers_signals.check_delivered(4, 4) is not None
     assert timers_signals.check_queued([None] * 4, 1) is not None
     assert mmap_file.check_file(b"x", b"x", 0) is not None
+    assert eventfd_timerfd.check_drained(12, 12) is None
+    assert eventfd_timerfd.check_drained(None, 12) is not None

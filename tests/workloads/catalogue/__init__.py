@@ -40,6 +40,8 @@ _SPECS = (
     Spec("append_file", 1, "a file open O_APPEND, re-read and checked line by line"),
     Spec("asyncio_service", 2, "an asyncio server and 32 concurrent asyncio client streams"),
     Spec("big_memory", 1, "256 MiB of patterned memory, checked and partly rewritten"),
+    Spec("eventfd_timerfd", 1, "an eventfd holding a count and a periodic timerfd"),
+    Spec("ipv6_loopback", 1, "a TCP connection over ::1 between two threads of one rank"),
 )
 
 WORKLOADS: dict[str, Spec] = {spec.name: spec for spec in _SPECS}
