@@ -1,8 +1,9 @@
 """The workload catalogue run locally, without crctl: every program's ranks start as plain
-subprocesses on 127.0.0.1, must make progress with no errors and keep making it, and end with
-status 0 on SIGTERM, leaving no process behind. Then the checks are shown able to fail: a
-fake peer sends tcp_pair a corrupted and a skipped message, a running mmap_file and
-append_file have their files tampered with, and the pure checkers are fed bad input."""
+subprocesses on 127.0.0.1, must make progress with no errors, keep making it across a freeze
+of a few seconds, and end with status 0 on SIGTERM, leaving no process behind. Then the checks
+are shown able to fail: a fake peer sends tcp_pair a corrupted and a skipped message, a running
+mmap_file and append_file have their files tampered with, and the pure checkers are fed bad
+input."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ QUICK_ARGS = {"listen_backlog": ("--backlog-hold", "0.3"), "big_memory": ("--mem
 MIN_PROGRESS = 10
 PROGRESS_PATIENCE = 30.0
 EXIT_PATIENCE = 5.0
+FREEZE_SECONDS = 3.0
 
 
 def free_port_run(count: int) -> int:
@@ -187,6 +189,18 @@ def stop(ranks: Sequence[Rank]) -> Stopped:
     return result
 
 
+def freeze(pids: Sequence[int], seconds: float) -> None:
+    """SIGSTOP the processes and all their descendants, wait, SIGCONT them."""
+    frozen = [*pids, *descendants(pids)]
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    time.sleep(seconds)
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def wait_until(condition: Any, patience: float = PROGRESS_PATIENCE) -> bool:
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
@@ -214,8 +228,9 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def catalogue_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    """Every workload's ranks, all at once: statuses once every rank has MIN_PROGRESS, again
-    once every rank has MIN_PROGRESS more, then what SIGTERM did."""
+    """Every workload's ranks, all at once: statuses once every rank has MIN_PROGRESS; then
+    every process is frozen for FREEZE_SECONDS (as during a checkpoint); statuses again once
+    every rank has MIN_PROGRESS more; then what SIGTERM did."""
     tmp = tmp_path_factory.mktemp("catalogue")
     all_ranks: list[Rank] = []
     try:
@@ -223,6 +238,7 @@ def catalogue_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome
             all_ranks += launch(spec.name, spec.ranks, tmp, QUICK_ARGS.get(spec.name, ()))
         wait_until(lambda: all(r.progress() >= MIN_PROGRESS for r in all_ranks))
         first = {(r.name, r.rank): r.status() for r in all_ranks}
+        freeze([r.process.pid for r in all_ranks], FREEZE_SECONDS)
         marks = {(r.name, r.rank): r.progress() for r in all_ranks}
         wait_until(
             lambda: all(r.progress() >= marks[r.name, r.rank] + MIN_PROGRESS for r in all_ranks)
