@@ -1,0 +1,462 @@
+"""The workload catalogue run locally, without crctl: every program's ranks start as plain
+subprocesses on 127.0.0.1, must make progress with no errors, keep making it across a freeze
+of a few seconds, and end with status 0 on SIGTERM, leaving no process behind. Then the checks
+are shown able to fail: a fake peer sends tcp_pair a corrupted and a skipped message, a running
+mmap_file and append_file have their files tampered with, and the pure checkers are fed bad
+input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.workloads import catalogue
+from tests.workloads.catalogue import (
+    _common,
+    append_file,
+    big_memory,
+    eventfd_timerfd,
+    fork_tree,
+    half_closed,
+    inotify,
+    listen_backlog,
+    mmap_file,
+    tcp_pair,
+    threads64,
+    timers_signals,
+    udp_connected,
+    zombies,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL = "127.0.0.1"
+QUICK_ARGS = {"listen_backlog": ("--backlog-hold", "0.3"), "big_memory": ("--memory-mib", "32")}
+MIN_PROGRESS = 10
+PROGRESS_PATIENCE = 30.0
+EXIT_PATIENCE = 5.0
+FREEZE_SECONDS = 3.0
+
+
+def free_port_run(count: int) -> int:
+    """A port P with P .. P+count-1 free for TCP and UDP on 127.0.0.1 (at the time of asking)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind((LOCAL, 0))
+            base = int(probe.getsockname()[1])
+        if base + count > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind((LOCAL, port))
+        except OSError:
+            continue
+        return base
+
+
+@dataclass
+class Rank:
+    name: str
+    rank: int
+    process: subprocess.Popen[bytes]
+    status_path: Path
+    stderr_path: Path
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.status_path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def progress(self) -> int:
+        status = self.status()
+        return -1 if status is None else int(status["progress"])
+
+    def stderr_tail(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")[-2000:]
+        except FileNotFoundError:
+            return ""
+
+
+def launch(
+    name: str, ranks: int, tmp: Path, extra: Sequence[str] = (), only: int | None = None
+) -> list[Rank]:
+    """Start `name`'s ranks (or just rank `only`) as subprocesses on 127.0.0.1."""
+    port = free_port_run(ranks)
+    started = []
+    for rank in range(ranks) if only is None else [only]:
+        work_dir = tmp / f"{name}-{rank}"
+        work_dir.mkdir(parents=True)
+        stderr_path = tmp / f"{name}-{rank}.stderr"
+        argv = [
+            sys.executable,
+            "-m",
+            catalogue.WORKLOADS[name].module,
+            *("--rank", str(rank), "--ranks", str(ranks)),
+            *("--addresses", ",".join([LOCAL] * ranks), "--port", str(port)),
+            *("--status", str(tmp / f"{name}-{rank}.json"), "--work-dir", str(work_dir)),
+            *extra,
+        ]
+        with open(stderr_path, "wb") as stderr:
+            process = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        started.append(Rank(name, rank, process, tmp / f"{name}-{rank}.json", stderr_path))
+    return started
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid: (ppid, state) of every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pids: Sequence[int]) -> set[int]:
+    table = process_table()
+    found: set[int] = set()
+    frontier = set(pids)
+    while frontier:
+        children = {pid for pid, (ppid, _) in table.items() if ppid in frontier}
+        frontier = children - found
+        found |= children
+    return found
+
+
+def living(pids: set[int]) -> set[int]:
+    table = process_table()
+    return {pid for pid in pids if pid in table and table[pid][1] != "Z"}
+
+
+@dataclass
+class Stopped:
+    exit_codes: dict[int, int | None] = field(default_factory=dict)
+    left_behind: set[int] = field(default_factory=set)
+
+
+def stop(ranks: Sequence[Rank]) -> Stopped:
+    """SIGTERM every rank, wait for each to exit, and for its descendants to go; kill (by pid)
+    whatever is still there afterwards."""
+    result = Stopped()
+    offspring = descendants([r.process.pid for r in ranks if r.process.poll() is None])
+    for rank in ranks:
+        if rank.process.poll() is None:
+            rank.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + EXIT_PATIENCE
+    for rank in ranks:
+        try:
+            rank.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            rank.process.kill()
+            rank.process.wait()
+            result.exit_codes[rank.rank] = None
+            continue
+        result.exit_codes[rank.rank] = rank.process.returncode
+    while living(offspring) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result.left_behind = living(offspring)
+    for pid in result.left_behind:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return result
+
+
+def freeze(pids: Sequence[int], seconds: float) -> None:
+    """SIGSTOP the processes and all their descendants, wait, SIGCONT them."""
+    frozen = [*pids, *descendants(pids)]
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    time.sleep(seconds)
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def wait_until(condition: Any, patience: float = PROGRESS_PATIENCE) -> bool:
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
+
+
+@contextlib.contextmanager
+def running(ranks: list[Rank]) -> Iterator[list[Rank]]:
+    try:
+        yield ranks
+    finally:
+        stop(ranks)
+
+
+@dataclass
+class Outcome:
+    first: dict[int, dict[str, Any] | None]
+    second: dict[int, dict[str, Any] | None]
+    stopped: Stopped
+    stderr: dict[int, str]
+
+
+@pytest.fixture(scope="module")
+def catalogue_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    """Every workload's ranks, all at once: statuses once every rank has MIN_PROGRESS; then
+    every process is frozen for FREEZE_SECONDS (as during a checkpoint); statuses again once
+    every rank has MIN_PROGRESS more; then what SIGTERM did."""
+    tmp = tmp_path_factory.mktemp("catalogue")
+    all_ranks: list[Rank] = []
+    try:
+        for spec in catalogue.WORKLOADS.values():
+            all_ranks += launch(spec.name, spec.ranks, tmp, QUICK_ARGS.get(spec.name, ()))
+        wait_until(lambda: all(r.progress() >= MIN_PROGRESS for r in all_ranks))
+        first = {(r.name, r.rank): r.status() for r in all_ranks}
+        freeze([r.process.pid for r in all_ranks], FREEZE_SECONDS)
+        marks = {(r.name, r.rank): r.progress() for r in all_ranks}
+        wait_until(
+            lambda: all(r.progress() >= marks[r.name, r.rank] + MIN_PROGRESS for r in all_ranks)
+        )
+        second = {(r.name, r.rank): r.status() for r in all_ranks}
+        outcomes = {}
+        for name in catalogue.WORKLOADS:
+            ranks = [r for r in all_ranks if r.name == name]
+            outcomes[name] = Outcome(
+                first={r.rank: first[name, r.rank] for r in ranks},
+                second={r.rank: second[name, r.rank] for r in ranks},
+                stopped=stop(ranks),
+                stderr={r.rank: r.stderr_tail() for r in ranks},
+            )
+        return outcomes
+    finally:
+        stop(all_ranks)
+
+
+@pytest.mark.parametrize("name", sorted(catalogue.WORKLOADS))
+def test_workload_progresses_without_errors_and_ends_on_sigterm(
+    name: str, catalogue_run: dict[str, Outcome]
+) -> None:
+    outcome = catalogue_run[name]
+    spec = catalogue.WORKLOADS[name]
+    for rank in range(spec.ranks):
+        first, second = outcome.first[rank], outcome.second[rank]
+        context = f"{name} rank {rank}; stderr:\n{outcome.stderr[rank]}"
+        assert first is not None and second is not None, context
+        assert (first["workload"], first["rank"]) == (name, rank), context
+        assert second["errors"] == [], context
+        assert first["progress"] >= MIN_PROGRESS, context
+        assert second["progress"] >= first["progress"] + MIN_PROGRESS, context
+        assert outcome.stopped.exit_codes[rank] == 0, context
+    assert outcome.stopped.left_behind == set()
+
+
+def test_the_registry_names_every_program_in_the_catalogue() -> None:
+    folder = Path(catalogue.__file__).parent
+    programs = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+    assert programs == set(catalogue.WORKLOADS)
+    assert len(catalogue.WORKLOADS) >= 16
+    for spec in catalogue.WORKLOADS.values():
+        assert spec.ranks in (1, 2) and spec.covers
+
+
+# The checks can fail: live programs fed bad data.
+
+
+def errors_of(rank: Rank) -> list[str]:
+    status = rank.status()
+    return [] if status is None else list(status["errors"])
+
+
+def test_tcp_pair_reports_a_corrupted_and_a_skipped_answer(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    listener = _common.listen_tcp(LOCAL, port)
+    listener.settimeout(PROGRESS_PATIENCE)
+    with running(launch_at("tcp_pair", 2, tmp_path, port, only=1)) as (client,), listener:
+        sock, _ = listener.accept()
+        with sock:
+            sock.settimeout(10)
+            for _ in range(3):
+                _common.recv_frame(sock)
+            corrupted = bytearray(_common.make_message(tcp_pair.ANSWER, 0))
+            corrupted[-1] ^= 0xFF
+            sock.sendall(_common.frame(bytes(corrupted)))
+            sock.sendall(_common.frame(_common.make_message(tcp_pair.ANSWER, 2)))
+            assert wait_until(lambda: len(errors_of(client)) >= 2, 10), client.stderr_tail()
+    problems = errors_of(client)
+    assert "corrupted" in problems[0]
+    assert "expected message 1, got 2" in problems[1]
+
+
+def launch_at(name: str, ranks: int, tmp: Path, port: int, only: int) -> list[Rank]:
+    """Like launch, with a given port (a fake peer in the test owns the other rank's)."""
+    work_dir = tmp / f"{name}-{only}"
+    work_dir.mkdir()
+    argv = [
+        sys.executable,
+        "-m",
+        catalogue.WORKLOADS[name].module,
+        *("--rank", str(only), "--ranks", str(ranks), "--port", str(port)),
+        *("--addresses", ",".join([LOCAL] * ranks)),
+        *("--status", str(tmp / "status.json"), "--work-dir", str(work_dir)),
+    ]
+    stderr_path = tmp / "stderr"
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=stderr
+        )
+    return [Rank(name, only, process, tmp / "status.json", stderr_path)]
+
+
+def test_mmap_file_reports_a_counter_it_did_not_write(tmp_path: Path) -> None:
+    with running(launch("mmap_file", 1, tmp_path)) as (rank,):
+        assert wait_until(lambda: rank.progress() >= MIN_PROGRESS), rank.stderr_tail()
+        fd = os.open(tmp_path / "mmap_file-0" / "mapped", os.O_RDWR)
+        try:
+            for _ in range(20):  # the parent may overwrite one in the instant after it lands
+                os.pwrite(fd, struct.pack("!q", 10**9), 0)
+                if wait_until(lambda: errors_of(rank) != [], 0.2):
+                    break
+        finally:
+            os.close(fd)
+        assert any("expected message 1000000000" in e for e in errors_of(rank)), errors_of(rank)
+
+
+def test_append_file_reports_lines_it_did_not_write(tmp_path: Path) -> None:
+    with running(launch("append_file", 1, tmp_path)) as (rank,):
+        assert wait_until(lambda: rank.progress() >= MIN_PROGRESS), rank.stderr_tail()
+        with open(tmp_path / "append_file-0" / "appended.log", "ab") as log:
+            log.write(b"999999\n")
+        assert wait_until(lambda: errors_of(rank) != [], 5)
+        assert "are missing" in errors_of(rank)[0]
+
+
+# The checks can fail: the pure checkers fed bad input.
+
+
+def test_check_message_tells_corruption_from_loss_and_repetition() -> None:
+    message = _common.make_message(b"t", 5)
+    assert _common.check_message(message, b"t", 5) is None
+    flipped = bytearray(message)
+    flipped[20] ^= 1
+    assert "corrupted" in str(_common.check_message(bytes(flipped), b"t", 5))
+    assert "lost" in str(_common.check_message(message, b"t", 4))
+    assert "repeated" in str(_common.check_message(message, b"t", 6))
+    assert "wrong content" in str(_common.check_message(message, b"other", 5))
+    assert "shorter" in str(_common.check_message(b"x", b"t", 5))
+
+
+def test_frame_reader_reassembles_frames_split_anywhere() -> None:
+    stream = _common.frame(b"one") + _common.frame(b"") + _common.frame(b"three")
+    reader = _common.FrameReader()
+    frames = [f for i in range(len(stream)) for f in reader.feed(stream[i : i + 1])]
+    assert frames == [b"one", b"", b"three"]
+    with pytest.raises(ValueError):
+        reader.feed(struct.pack("!I", _common.MAX_FRAME + 1))
+
+
+def test_threads64_sees_a_counter_go_back_and_a_lost_update() -> None:
+    assert threads64.check_counters([1, 2], [1, 3], 4) == []
+    assert threads64.check_counters([1, 2], [0, 3], 3) == [
+        "thread 0: counter went back from 1 to 0"
+    ]
+    assert "add up to 4" in threads64.check_counters([1, 2], [1, 3], 5)[0]
+
+
+def test_append_file_counts_a_previous_life_but_not_lost_lines() -> None:
+    checker = append_file.AppendChecker()
+    assert checker.check(b"1\n2\n3\n", 3) == []
+    # restored from a checkpoint at 2 after the first life wrote 3 and 4: a new life at 3
+    restored = append_file.AppendChecker()
+    restored.check(b"1\n2\n", 2)
+    assert restored.check(b"3\n4\n3\n", 3) == []
+    assert restored.lives == 2
+    assert checker.check(b"5\n", 5) == ["lines 4..4 are missing"]
+    assert checker.check(b"6\n", 7) == ["the file ends at line 6, this process wrote 7"]
+    assert "unreadable" in checker.check(b"x\n8\n", 8)[0]
+    assert checker.check(b"9", 8) == []  # a partial line waits for its newline...
+    assert checker.check(b"9\n", 9) == []  # ...and is read again from the same offset
+
+
+def test_udp_matcher_rejects_duplicates_corruption_and_old_datagrams() -> None:
+    pongs = udp_connected.Matcher(b"pong")
+    assert pongs.check(udp_connected.datagram(b"pong", 0, 0), newest_allowed=0) is None
+    assert pongs.check(udp_connected.datagram(b"pong", 0, 1), newest_allowed=1) is None
+    assert "twice" in str(pongs.check(udp_connected.datagram(b"pong", 0, 1)))
+    assert "newer" in str(pongs.check(udp_connected.datagram(b"pong", 5, 0), newest_allowed=1))
+    for seq in range(1, 20):
+        assert pongs.check(udp_connected.datagram(b"pong", seq, 0)) is None
+    assert "reordered" in str(pongs.check(udp_connected.datagram(b"pong", 2, 1)))
+    damaged = bytearray(udp_connected.datagram(b"pong", 20, 0))
+    damaged[-1] ^= 1
+    assert "corrupted" in str(pongs.check(bytes(damaged)))
+
+
+def test_fork_tree_report_checks() -> None:
+    child = fork_tree.Expected("session-child", 100, False, True, next_seq=3)
+    assert fork_tree.check_report("3 100 100 100", child, 1, 1) is None
+    assert "sid 1, expected 100" in str(fork_tree.check_report("3 100 100 1", child, 1, 1))
+    assert "report 4, expected 3" in str(fork_tree.check_report("4 100 100 100", child, 1, 1))
+    plain = fork_tree.Expected("plain-child", 7, False, False)
+    assert "pgid 7, expected 1" in str(fork_tree.check_report("0 7 7 1", plain, 1, 1))
+    assert fork_tree.resync("garbage", 4) == 5 and fork_tree.resync("9 1 1 1", 4) == 10
+
+
+def test_zombie_status_checks() -> None:
+    assert zombies.check_reaped(41 << 8, "exit 41") is None
+    assert "exit 42" in str(zombies.check_reaped(42 << 8, "exit 41"))
+    assert (
+        zombies.check_reaped(int(signal.SIGUSR2), f"killed by signal {int(signal.SIGUSR2)}") is None
+    )
+    assert zombies.describe(os.CLD_KILLED, 12) == "killed by signal 12"
+
+
+def test_big_memory_notices_a_changed_page() -> None:
+    memory = big_memory.Memory(1)
+    assert all(memory.check(i) is None for i in range(memory.pages))
+    memory.data[5 * big_memory.PAGE + 100] ^= 0xFF
+    assert "page 5" in str(memory.check(5))
+    memory.write(5, 1)
+    assert memory.check(5) is None
+
+
+def test_other_checkers_reject_bad_input() -> None:
+    assert half_closed.check_block(half_closed.BLOCK) is None
+    assert half_closed.check_block(half_closed.BLOCK[:-1]) is not None
+    good = [listen_backlog.greeting(i) for i in range(listen_backlog.CONNECTIONS)]
+    assert listen_backlog.check_greetings(good) == []
+    assert listen_backlog.check_greetings(good[:-1] + good[:1]) != []
+    expected = [(1, inotify.IN_MODIFY), (1, inotify.IN_CLOSE_WRITE)]
+    assert inotify.check_cycle(expected, 1, inotify.record(3), 3) == []
+    assert len(inotify.check_cycle(expected[1:], 1, inotify.record(2), 3)) == 2
+    assert timers_signals.check_delivered(4, 5) is None
+    assert timers_signals.check_delivered(4, 4) is not None
+    assert timers_signals.check_queued([None] * 4, 1) is not None
+    assert mmap_file.check_file(b"x", b"x", 0) is not None
+    assert eventfd_timerfd.check_drained(12, 12) is None
+    assert eventfd_timerfd.check_drained(None, 12) is not None
