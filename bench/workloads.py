@@ -16,9 +16,9 @@ import sys
 
 import _checkout  # noqa: F401  # this checkout first on sys.path
 from store import add_option, bench_testbed
-from tests.workloads.catalogue import WORKLOADS
 
 from testbed import workloads
+from tests.workloads.catalogue import WORKLOADS
 
 
 def main() -> int:
