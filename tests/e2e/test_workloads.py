@@ -9,14 +9,8 @@ import pytest
 from testbed import bed, workloads
 from tests.workloads.catalogue import WORKLOADS
 
-# Open defects, with what was seen; bench/workloads.py still runs them.
-OPEN = {
-    "eventfd_timerfd": "a periodic CLOCK_MONOTONIC timerfd never fires again after CRIU 4.2.1 "
-    "restores it, even in place (its interval is kept)",
-}
 
-
-@pytest.mark.parametrize("name", sorted(set(WORKLOADS) - set(OPEN)))
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_a_catalogue_workload_survives_leave_running_a_move_and_a_second_move(
     testbed6: bed.State, name: str
 ) -> None:
