@@ -51,12 +51,7 @@ from testbed.ringjob import launch_ring
 def crctl_api(api_address: str, job: str) -> tuple[float, float]:
     with CoordinatorClient(api_address) as client:
         started = time.perf_counter()
-        outcome = None
-        for event in client.checkpoint(
-            job, leave_running=True, timeout=0, request_id=uuid.uuid4().hex
-        ):
-            if event.WhichOneof("event") == "outcome":
-                outcome = event.outcome
+        outcome = client.checkpoint_outcome(job, leave_running=True)
         wall = time.perf_counter() - started
     if outcome is None or not outcome.committed:
         raise SystemExit(f"checkpoint failed: {outcome}")

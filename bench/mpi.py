@@ -184,10 +184,7 @@ def plain_restore(
 def restart(client: CoordinatorClient, mapping: dict[str, str], job: Job) -> tuple[float, float]:
     since = time.time()
     started = time.perf_counter()
-    outcome = None
-    for event in client.restart(coordinator_pb2.RestartRequest(job=JOB, host_map=mapping)):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
+    outcome = client.restart_outcome(coordinator_pb2.RestartRequest(job=JOB, host_map=mapping))
     wall = time.perf_counter() - started
     if outcome is None or not outcome.restarted:
         raise SystemExit(f"restart failed: {outcome}")

@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,12 +47,7 @@ def checkpoint(
     client: CoordinatorClient, job: str, *, leave_running: bool = False
 ) -> coordinator_pb2.CheckpointOutcome:
     """A committed checkpoint of ``job`` (the benchmark stops otherwise)."""
-    outcome = None
-    for event in client.checkpoint(
-        job, leave_running=leave_running, timeout=0, request_id=uuid.uuid4().hex
-    ):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
+    outcome = client.checkpoint_outcome(job, leave_running=leave_running)
     if outcome is None or not outcome.committed:
         raise SystemExit(f"checkpoint failed: {outcome}")
     return outcome
@@ -65,11 +59,8 @@ def restart(
     before = max(s.get("last_token_at") or 0 for s in ring.statuses())
     started_wall = time.time()
     started = time.perf_counter()
-    outcome = None
     request = coordinator_pb2.RestartRequest(job=ring.job, hosts=hosts, eager_pages=eager_pages)
-    for event in client.restart(request):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
+    outcome = client.restart_outcome(request)
     wall = time.perf_counter() - started
     if outcome is None or not outcome.restarted:
         raise SystemExit(f"restart failed: {outcome}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 from pathlib import Path
 
 from store import add_option, bench_testbed
@@ -44,12 +43,7 @@ def memory(state: bed.State) -> tuple[int, int]:
 
 
 def checkpoint(client: CoordinatorClient, job: str, *, leave_running: bool) -> str:
-    outcome = None
-    for event in client.checkpoint(
-        job, leave_running=leave_running, timeout=0, request_id=uuid.uuid4().hex
-    ):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
+    outcome = client.checkpoint_outcome(job, leave_running=leave_running)
     if outcome is None or not outcome.committed:
         raise SystemExit(f"checkpoint failed: {outcome}")
     return outcome.checkpoint
@@ -57,10 +51,7 @@ def checkpoint(client: CoordinatorClient, job: str, *, leave_running: bool) -> s
 
 def restart(client: CoordinatorClient, job: str, mapping: dict[str, str]) -> float:
     started = time.perf_counter()
-    outcome = None
-    for event in client.restart(coordinator_pb2.RestartRequest(job=job, host_map=mapping)):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
+    outcome = client.restart_outcome(coordinator_pb2.RestartRequest(job=job, host_map=mapping))
     if outcome is None or not outcome.restarted:
         raise SystemExit(f"restart failed: {outcome}")
     return time.perf_counter() - started

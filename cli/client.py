@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
@@ -143,6 +144,18 @@ class CoordinatorClient:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
+    def checkpoint_outcome(
+        self, job: str, *, leave_running: bool, timeout: float = 0.0
+    ) -> coordinator_pb2.CheckpointOutcome | None:
+        """A new checkpoint (a fresh request id) followed to its outcome, its progress
+        unread; None if the stream ended without one."""
+        for event in self.checkpoint(
+            job, leave_running=leave_running, timeout=timeout, request_id=uuid.uuid4().hex
+        ):
+            if event.WhichOneof("event") == "outcome":
+                return event.outcome
+        return None
+
     def checkpoints(self, job: str) -> list[coordinator_pb2.CheckpointInfo]:
         reply = self._call(
             self._stub.ListCheckpoints, coordinator_pb2.ListCheckpointsRequest(job=job)
@@ -163,6 +176,16 @@ class CoordinatorClient:
             yield from self._stub.Restart(request)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
+
+    def restart_outcome(
+        self, request: coordinator_pb2.RestartRequest
+    ) -> coordinator_pb2.RestartOutcome | None:
+        """The restart followed to its outcome, its progress unread; None if the stream
+        ended without one."""
+        for event in self.restart(request):
+            if event.WhichOneof("event") == "outcome":
+                return event.outcome
+        return None
 
     def set_schedule(
         self, job: str, *, every: float, keep: int = 0, stop: bool = False, request_id: str = ""

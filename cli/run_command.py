@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from types import FrameType
 
 from cli import render
@@ -80,10 +79,7 @@ def _start(client: CoordinatorClient, plan: batch.Plan, args: argparse.Namespace
         request = coordinator_pb2.RestartRequest(
             job=plan.job, checkpoint=plan.restart_from, host_map=host_map, hosts=hosts
         )
-        outcome = None
-        for event in client.restart(request):
-            if event.WhichOneof("event") == "outcome":
-                outcome = event.outcome
+        outcome = client.restart_outcome(request)
         if outcome is None or not outcome.restarted:
             reason = outcome.reason if outcome is not None else "no outcome"
             raise CrctlError(f"restart of {plan.job} from {plan.restart_from} failed: {reason}")
@@ -104,12 +100,7 @@ def _start(client: CoordinatorClient, plan: batch.Plan, args: argparse.Namespace
 
 
 def _checkpoint(client: CoordinatorClient, job: str, timeout: float) -> tuple[bool, str]:
-    outcome = None
-    for event in client.checkpoint(
-        job, leave_running=False, timeout=timeout, request_id=uuid.uuid4().hex
-    ):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
+    outcome = client.checkpoint_outcome(job, leave_running=False, timeout=timeout)
     if outcome is None:
         return False, "no outcome"
     return outcome.committed, outcome.checkpoint if outcome.committed else outcome.reason

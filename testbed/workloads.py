@@ -122,12 +122,7 @@ def _argv(spec: Spec, job: WorkloadJob, rank: int, addresses: list[str]) -> list
 
 
 def _checkpoint(client: CoordinatorClient, job: str, *, leave_running: bool) -> None:
-    outcome = None
-    for event in client.checkpoint(
-        job, leave_running=leave_running, timeout=0, request_id=uuid.uuid4().hex
-    ):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
+    outcome = client.checkpoint_outcome(job, leave_running=leave_running)
     if outcome is None or not outcome.committed:
         raise StepFailed(f"checkpoint aborted: {outcome.reason if outcome else 'no outcome'}")
 
@@ -136,10 +131,7 @@ def _restart(client: CoordinatorClient, job: str, host_map: dict[str, str]) -> N
     request = coordinator_pb2.RestartRequest(
         job=job, host_map=host_map, request_id=uuid.uuid4().hex
     )
-    outcome = None
-    for event in client.restart(request):
-        if event.WhichOneof("event") == "outcome":
-            outcome = event.outcome
+    outcome = client.restart_outcome(request)
     if outcome is None or not outcome.restarted:
         where = f" on {outcome.failed_host}" if outcome and outcome.failed_host else ""
         raise StepFailed(f"restart failed{where}: {outcome.reason if outcome else 'no outcome'}")
