@@ -158,11 +158,7 @@ class Operations:
         self, live: _Live, outcome: coordinator_pb2.CheckpointOutcome, failed_in: str
     ) -> None:
         operation = self._live_operation(live)
-        operation.done = True
-        if outcome.committed:
-            operation.response.CopyFrom(_pack(outcome))
-        else:
-            operation.error.CopyFrom(checkpoint_error(live.job, outcome, failed_in))
+        finish_checkpoint(operation, live.job, outcome, failed_in)
         self._save(live.name, live.kind, live.job, operation, live.created_at, finished=True)
         self._publish(live, coordinator_pb2.JobEvent(checkpoint_outcome=outcome))
         assert isinstance(live.run, CheckpointRun)
@@ -192,11 +188,7 @@ class Operations:
         self, live: _Live, outcome: coordinator_pb2.RestartOutcome, failed_in: str
     ) -> None:
         operation = self._live_operation(live)
-        operation.done = True
-        if outcome.restarted:
-            operation.response.CopyFrom(_pack(outcome))
-        else:
-            operation.error.CopyFrom(restart_error(live.job, outcome, failed_in))
+        finish_restart(operation, live.job, outcome, failed_in)
         self._save(live.name, live.kind, live.job, operation, live.created_at, finished=True)
         self._publish(live, coordinator_pb2.JobEvent(restart_outcome=outcome))
         if outcome.restarted:
@@ -331,62 +323,81 @@ class Operations:
         for record in self._store.operations(done=False):
             if record.name in self._live:
                 continue
+            outcome = self._recorded_outcome(record)
+            if outcome is None:
+                continue
             operation = operations_pb2.Operation.FromString(record.operation)
-            if self._settle(record, operation):
-                operation.done = True
-                self._save(
-                    record.name,
-                    record.kind,
-                    record.job,
-                    operation,
-                    record.created_at,
-                    finished=True,
-                )
-                log.info("operation_settled", operation=record.name, job=record.job)
+            if isinstance(outcome, coordinator_pb2.CheckpointOutcome):
+                finish_checkpoint(operation, record.job, outcome, "")
+            else:
+                finish_restart(operation, record.job, outcome, "")
+            self._save(
+                record.name, record.kind, record.job, operation, record.created_at, finished=True
+            )
+            log.info("operation_settled", operation=record.name, job=record.job)
 
-    def _settle(self, record: OperationRecord, operation: operations_pb2.Operation) -> bool:
+    def _recorded_outcome(
+        self, record: OperationRecord
+    ) -> coordinator_pb2.CheckpointOutcome | coordinator_pb2.RestartOutcome | None:
+        """The outcome the durable records give the operation's run; None while it is still
+        undecided (a checkpoint preparing, a restart being rolled forward or back)."""
         run_id = record.name.removeprefix(PREFIX)
         if record.kind == CHECKPOINT:
             checkpoint = self._store.checkpoint(run_id)
             if checkpoint is None:
-                outcome = coordinator_pb2.CheckpointOutcome(
+                return coordinator_pb2.CheckpointOutcome(
                     checkpoint=run_id, reason="its record is gone (retired or never recorded)"
                 )
-            elif checkpoint.state == "preparing":
-                return False
-            else:
-                outcome = outcome_of(checkpoint)
-            if outcome.committed:
-                operation.response.CopyFrom(_pack(outcome))
-            else:
-                operation.error.CopyFrom(checkpoint_error(record.job, outcome, ""))
-            return True
+            return None if checkpoint.state == "preparing" else outcome_of(checkpoint)
         restart = self._store.restart(run_id)
         if restart is not None and restart.state == "running":
-            return False  # being rolled forward or back
-        restarted = restart is not None and restart.state == "restarted"
-        result = coordinator_pb2.RestartOutcome(
+            return None
+        outcome = coordinator_pb2.RestartOutcome(
             restore=run_id,
             checkpoint=restart.checkpoint if restart is not None else "",
-            restarted=restarted,
+            restarted=restart is not None and restart.state == "restarted",
             reason=restart.reason if restart is not None else "its record is gone",
         )
         if restart is not None and restart.finished_at is not None:
-            result.duration_seconds = restart.finished_at - restart.started_at
+            outcome.duration_seconds = restart.finished_at - restart.started_at
         job = self._store.job(record.job)
         for rank in job.ranks if job is not None else ():
-            result.ranks.add(rank=rank.rank, host=rank.host, pid=rank.pid, state=rank.state)
-        if restarted:
-            operation.response.CopyFrom(_pack(result))
-        else:
-            operation.error.CopyFrom(restart_error(record.job, result, ""))
-        return True
+            outcome.ranks.add(rank=rank.rank, host=rank.host, pid=rank.pid, state=rank.state)
+        return outcome
 
     def expire(self) -> None:
         """Remove operations (and request ids) older than ``keep_for``."""
         names = self._store.expire(self._clock.now() - self._keep_for)
         if names:
             log.info("operations_expired", count=len(names))
+
+
+def finish_checkpoint(
+    operation: operations_pb2.Operation,
+    job: str,
+    outcome: coordinator_pb2.CheckpointOutcome,
+    phase: str,
+) -> None:
+    """``operation`` done: the outcome as its response if committed, else its error."""
+    operation.done = True
+    if outcome.committed:
+        operation.response.CopyFrom(_pack(outcome))
+    else:
+        operation.error.CopyFrom(checkpoint_error(job, outcome, phase))
+
+
+def finish_restart(
+    operation: operations_pb2.Operation,
+    job: str,
+    outcome: coordinator_pb2.RestartOutcome,
+    step: str,
+) -> None:
+    """``operation`` done: the outcome as its response if restarted, else its error."""
+    operation.done = True
+    if outcome.restarted:
+        operation.response.CopyFrom(_pack(outcome))
+    else:
+        operation.error.CopyFrom(restart_error(job, outcome, step))
 
 
 def _cancelled(reason: str) -> bool:
