@@ -43,6 +43,7 @@ CHECKPOINT = "checkpoint"
 RESTART = "restart"
 KINDS = (CHECKPOINT, RESTART)
 RECOVERY_POLL = 0.5  # seconds between looks at a recovering restart's record
+EXPIRE_EVERY = 60.0  # seconds between expiry passes
 
 
 def _pack(message: Message) -> any_pb2.Any:
@@ -73,6 +74,7 @@ class Operations:
         self._keep_for = keep_for
         self._live: dict[str, _Live] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._expired_at: float | None = None  # monotonic time of the last expiry pass
 
     # --- starting ---
 
@@ -366,7 +368,13 @@ class Operations:
         return outcome
 
     def expire(self) -> None:
-        """Remove operations (and request ids) older than ``keep_for``."""
+        """Remove operations (and request ids) older than ``keep_for``: at most once every
+        EXPIRE_EVERY seconds (each pass is a write transaction, and the sweeper calls this
+        every period)."""
+        now = self._clock.monotonic()
+        if self._expired_at is not None and now - self._expired_at < EXPIRE_EVERY:
+            return
+        self._expired_at = now
         names = self._store.expire(self._clock.now() - self._keep_for)
         if names:
             log.info("operations_expired", count=len(names))
