@@ -16,6 +16,20 @@ from testbed.bed import State
 RING_PORT = 7100
 
 
+def read_status(path: Path) -> dict[str, Any] | None:
+    """A JSON status file a rank rewrites (replaced whole; a torn read is retried); None if
+    there is none yet."""
+    for _ in range(50):
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            time.sleep(0.002)
+    return None
+
+
 @dataclass
 class RingJob:
     job: str
@@ -25,15 +39,12 @@ class RingJob:
 
     def status(self, rank: int) -> dict[str, Any]:
         """The rank's status record (rewritten in place by the rank; a torn read is retried)."""
-        for _ in range(50):
-            try:
-                data: dict[str, Any] = json.loads((self.status_dir / f"{rank}.json").read_text())
-                return data
-            except FileNotFoundError:
-                break
-            except json.JSONDecodeError:
-                time.sleep(0.002)
-        return {"rank": rank, "tokens": 0, "errors": [], "missing": True}
+        found = read_status(self.status_dir / f"{rank}.json")
+        return (
+            found
+            if found is not None
+            else {"rank": rank, "tokens": 0, "errors": [], "missing": True}
+        )
 
     def statuses(self) -> list[dict[str, Any]]:
         return [self.status(rank) for rank in range(len(self.hosts))]

@@ -9,7 +9,6 @@ found. The runner only reads those, so a program from anyone can be added to the
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import uuid
@@ -22,6 +21,7 @@ from cli.client import CoordinatorClient
 from crctl.errors import CrctlError
 from crctl.v1 import coordinator_pb2
 from testbed.bed import State
+from testbed.ringjob import read_status
 
 BASE_PORT = 7300
 STEP_PROGRESS = 20  # verified operations every rank must add after each step
@@ -63,16 +63,8 @@ class WorkloadJob:
     status_dir: Path
 
     def status(self, rank: int) -> dict[str, Any]:
-        path = self.status_dir / f"rank-{rank}.json"
-        for _ in range(50):
-            try:
-                data: dict[str, Any] = json.loads(path.read_text())
-                return data
-            except FileNotFoundError:
-                break
-            except json.JSONDecodeError:  # replaced under us: read again
-                time.sleep(0.002)
-        return {"rank": rank, "progress": 0, "errors": []}
+        found = read_status(self.status_dir / f"rank-{rank}.json")
+        return found if found is not None else {"rank": rank, "progress": 0, "errors": []}
 
     def statuses(self) -> list[dict[str, Any]]:
         return [self.status(rank) for rank in range(self.spec.ranks)]
