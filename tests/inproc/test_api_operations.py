@@ -173,7 +173,7 @@ async def test_errors_carry_error_info_with_the_job_and_the_reason(api: ApiClust
     await api.call(scenario)
 
 
-def _cancel_in(api: ApiCluster, step: str, phase: str) -> None:
+def _cancel_in(api: ApiCluster, step: str, phase: str) -> Callable[[grpc.Channel], None]:
     """A checkpoint held in ``phase`` by a slow ``step`` on h1, cancelled there."""
 
     def scenario(channel: grpc.Channel) -> None:
@@ -201,13 +201,13 @@ def _cancel_in(api: ApiCluster, step: str, phase: str) -> None:
         assert unpack(done.metadata, coordinator_pb2.CheckpointMetadata).cancel_requested
 
     api.cluster.fake["h1"].delays[step] = 1.5
-    return scenario  # type: ignore[return-value]
+    return scenario
 
 
 @api_test()
 async def test_cancel_while_readying_aborts_and_the_job_runs_on(api: ApiCluster) -> None:
     await launched(api)
-    await api.call(_cancel_in(api, "ready", "readying"))  # type: ignore[arg-type]
+    await api.call(_cancel_in(api, "ready", "readying"))
     assert sorted(api.cluster.running(JOB)) == [0, 1]
     assert api.cluster.job(JOB).latest_checkpoint is None
 
@@ -215,7 +215,7 @@ async def test_cancel_while_readying_aborts_and_the_job_runs_on(api: ApiCluster)
 @api_test()
 async def test_cancel_while_preparing_aborts_and_thaws_every_rank(api: ApiCluster) -> None:
     await launched(api)
-    await api.call(_cancel_in(api, "dump", "preparing"))  # type: ignore[arg-type]
+    await api.call(_cancel_in(api, "dump", "preparing"))
     await api.cluster.until(lambda: sorted(api.cluster.running(JOB)) == [0, 1], "ranks thawed")
     assert api.cluster.job(JOB).latest_checkpoint is None
 
