@@ -32,9 +32,9 @@ from pathlib import Path
 
 import structlog
 
-from agent.answers import Answers
 from agent.engine import CheckpointWork, HostEngine, Rank
 from crctl import failpoints
+from crctl.answers import Answers
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()

@@ -2,7 +2,7 @@
 unlock, release, abort), the hold deadline, and answers to repeated orders.
 
 A restart's steps are idempotent here: an order that arrives twice gets the first one's answer
-(awaited if it is still under way: agent.answers), and a restore that ended is remembered for a
+(awaited if it is still under way: crctl.answers), and a restore that ended is remembered for a
 while with its outcome, so that a coordinator that restarted in the middle can ask again:
 ``release`` of a released restore answers with its ranks' PIDs; ``abort`` of a released restore
 kills those ranks (the coordinator could not finish the restart everywhere and rolls it back,
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.answers import Answers
 from agent.engine import HostEngine, Rank, RestoreWork
 from agent.owners import require_user
 from agent.restoring import ImagesDamaged, RankFailure
 from crctl import failpoints
+from crctl.answers import Answers
 from crctl.errors import CrctlError
 from crctl.v1 import control_pb2
 

@@ -9,7 +9,6 @@ still under way waits for it. A call that fails records nothing: its retry runs 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -17,6 +16,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from coordinator.store import RequestRecord, Store
+from crctl.answers import Answers
 from crctl.clock import Clock
 from crctl.errors import ConfigError
 from crctl.limits import MAX_REQUEST_ID
@@ -46,7 +46,7 @@ class RequestLedger:
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
-        self._pending: dict[Key, asyncio.Future[bytes]] = {}
+        self._pending: Answers[Key, bytes] = Answers()  # calls under way
 
     async def once(
         self,
@@ -69,27 +69,23 @@ class RequestLedger:
         recorded = self._store.request(*key)
         if recorded is not None:
             return self._replay(recorded, mark, request_id, job, reply_type), True
-        pending = self._pending.get(key)
-        if pending is not None:
-            answer = await asyncio.shield(pending)
-            return reply_type.FromString(answer), True
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
-            reply = await call()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning without waiters
-            raise
-        else:
-            answer = reply.SerializeToString()
+        ran = False
+
+        async def first_call() -> bytes:
+            nonlocal ran
+            ran = True
+            answer = (await call()).SerializeToString()
             self._store.record_request(
                 *key, RequestRecord(fingerprint=mark, response=answer, created_at=self._clock.now())
             )
-            future.set_result(answer)
-            return reply, False
+            return answer
+
+        try:
+            answer = await self._pending.once(key, first_call)
         finally:
-            del self._pending[key]
+            if ran:  # recorded (or failed: its retry runs afresh); later retries read the record
+                self._pending.forget(key)
+        return reply_type.FromString(answer), not ran
 
     @staticmethod
     def _replay(

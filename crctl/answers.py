@@ -1,4 +1,4 @@
-"""An order's answer, computed once: the same order again (a retry, a duplicate on the wire)
+"""An answer computed once: the same order or request again (a retry, a duplicate on the wire)
 awaits the first one's answer instead of doing the work a second time."""
 
 from __future__ import annotations
