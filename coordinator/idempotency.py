@@ -47,6 +47,7 @@ class RequestLedger:
         self._store = store
         self._clock = clock
         self._pending: Answers[Key, bytes] = Answers()  # calls under way
+        self._pending_marks: dict[Key, str] = {}  # their requests' fingerprints
 
     async def once(
         self,
@@ -68,7 +69,9 @@ class RequestLedger:
         mark = fingerprint(method, request)
         recorded = self._store.request(*key)
         if recorded is not None:
-            return self._replay(recorded, mark, request_id, job, reply_type), True
+            _same_request(recorded.fingerprint, mark, request_id, job)
+            return reply_type.FromString(recorded.response), True
+        _same_request(self._pending_marks.setdefault(key, mark), mark, request_id, job)
         ran = False
 
         async def first_call() -> bytes:
@@ -85,22 +88,17 @@ class RequestLedger:
         finally:
             if ran:  # recorded (or failed: its retry runs afresh); later retries read the record
                 self._pending.forget(key)
+                del self._pending_marks[key]
         return reply_type.FromString(answer), not ran
 
-    @staticmethod
-    def _replay(
-        recorded: RequestRecord,
-        mark: str,
-        request_id: str,
-        job: str,
-        reply_type: type[Reply],
-    ) -> Reply:
-        if recorded.fingerprint != mark:
-            first = recorded.fingerprint.split(":", 1)[0]
-            raise ConfigError(
-                f"request id {request_id!r} was already used for another request ({first} "
-                f"of {job}); a retry must repeat the request exactly, a new request needs a "
-                "new id",
-                job=job,
-            )
-        return reply_type.FromString(recorded.response)
+
+def _same_request(first: str, mark: str, request_id: str, job: str) -> None:
+    """Refuse a request whose id its first call (``first``, a fingerprint) used for another."""
+    if first != mark:
+        method = first.split(":", 1)[0]
+        raise ConfigError(
+            f"request id {request_id!r} was already used for another request ({method} "
+            f"of {job}); a retry must repeat the request exactly, a new request needs a "
+            "new id",
+            job=job,
+        )
