@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from agent import criu, images, netlock, uncarried
+from agent import criu, host_files, images, netlock, uncarried
 from agent.ranks import RankProcess, rank_name
 from agent.thaw_guard import ThawGuard
 from crctl import connections, failpoints
@@ -58,6 +58,9 @@ class HostCheckpoint:
     ranks: dict[int, RankProcess]
     host: str
     host_addresses: list[str] = field(default_factory=list)
+    # Folders whose files are this host's own: what the ranks use there goes with the images
+    # (agent.host_files).
+    private_roots: tuple[Path, ...] = ()
     dumps: dict[int, criu.HeldDump] = field(default_factory=dict)
     frozen_at: float = 0.0
     _started: float = 0.0
@@ -134,6 +137,7 @@ class HostCheckpoint:
                 raise CrctlError(f"checkpoint {self.outcome} while preparing")
             self._sockets = {n: self._inspect(n) for n in self.ranks}
             self._check_locked()
+            self._pack_host_files()
             self.frozen_at = time.monotonic()
             self._dump_seconds = self.frozen_at - self._started
             # Ranks that stop with the checkpoint are checksummed before the vote (the coordinator
@@ -250,6 +254,13 @@ class HostCheckpoint:
             for number, outcome in zip(self.ranks, started, strict=True)
             if isinstance(outcome, BaseException)
         ]
+
+    def _pack_host_files(self) -> None:
+        """The host's own files the ranks use, packed while they stand frozen."""
+        for number in self.ranks:
+            packed = host_files.pack(self.images_dir / rank_name(number), self.private_roots)
+            if packed:
+                self._log.info("checkpoint_host_files", rank=number, paths=packed[:20])
 
     def _inspect(self, number: int) -> list[control_pb2.SocketInfo]:
         """The rank's INET sockets, from its images."""

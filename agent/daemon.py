@@ -13,12 +13,14 @@ import structlog
 
 from agent import criu
 from agent.engine import HostEngine
+from agent.host_images import HostImages
 from agent.hostinfo import agent_info
 from agent.link import CoordinatorLink
 from agent.orders import Orders
 from agent.plugin_runner import load_plugins
+from crctl import keys
 from crctl.config import Config
-from crctl.errors import CrctlError
+from crctl.errors import ConfigError, CrctlError
 from crctl.v1 import control_pb2
 
 log = structlog.get_logger()
@@ -52,6 +54,9 @@ class Agent:
             config.control_endpoint, config.keys_dir, config.agent_key_name(), config.host
         )
         self._info = info or agent_info(config.host, config.plugin_dir)
+        self._images = HostImages(
+            host=config.host, store_root=config.checkpoint_dir, keypair=_own_keypair(config)
+        )
         self._orders = Orders(
             host=config.host,
             addresses=list(self._info.addresses),
@@ -59,6 +64,7 @@ class Agent:
             send=self._link.send,
             engine=engine,
             plugin_dir=config.plugin_dir,
+            images=self._images,
         )
         self._interval = config.heartbeat_interval
         self._registered = False
@@ -91,6 +97,7 @@ class Agent:
                 log.error("agent_registration_refused", reason=ack.reason)
                 return False
             self._registered = True
+            self._images.allow(list(ack.agent_keys))
             if ack.heartbeat_interval > 0:
                 self._interval = ack.heartbeat_interval
             log.info("agent_registered", heartbeat_interval=self._interval)
@@ -103,9 +110,21 @@ class Agent:
             self._orders.handle(message)
         return False
 
+    def _serve_images(self) -> None:
+        """The image server on the host's first address (loopback on a host with none)."""
+        address = self._info.addresses[0] if self._info.addresses else "127.0.0.1"
+        try:
+            endpoint = self._images.serve(address, self._config.image_port)
+        except CrctlError as exc:
+            log.error("image_server_not_started", reason=exc.message)
+            return
+        self._info.image_endpoint = endpoint
+        self._info.image_server_key = self._images.server_key if endpoint else b""
+
     async def run(self, stop: asyncio.Event) -> None:
         self._orders.recover()
         await self._orders.finish_earlier_restores()
+        self._serve_images()
         self._link.connect()
         watcher = asyncio.create_task(self._link.watch())
         loop = asyncio.get_running_loop()
@@ -130,6 +149,16 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             self._link.close()
+            self._images.close()
+
+
+def _own_keypair(config: Config) -> keys.KeyPair | None:
+    """The agent's control-plane key pair, which its image server and fetches use too; None
+    where it has none (the in-process tier's agents)."""
+    try:
+        return keys.agent_keypair(config.keys_dir, config.agent_key_name())
+    except ConfigError:
+        return None
 
 
 async def serve(config: Config) -> None:

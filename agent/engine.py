@@ -17,10 +17,11 @@ from typing import Protocol
 
 import structlog
 
-from agent import netlock
+from agent import host_files, netlock
 from agent import ranks as rank_runtime
 from agent.checkpointing import HostCheckpoint
 from agent.freezer import FreezerHierarchy
+from agent.host_images import HostImages
 from agent.ranks import RankProcess, RunAs, rank_log, rank_name, rank_number
 from agent.restoring import HostRestore, finish_earlier_restores
 from crctl.errors import CrctlError
@@ -124,9 +125,10 @@ def _process(rank: Rank) -> RankProcess:
 class CriuEngine:
     """The real host: ranks as PID-namespace inits in freezer cgroups, CRIU dumps and restores."""
 
-    def __init__(self, work_dir: Path, plugin_dir: Path) -> None:
+    def __init__(self, work_dir: Path, plugin_dir: Path, images: HostImages | None = None) -> None:
         self._work_dir = work_dir
         self._plugin_dir = plugin_dir
+        self._images = images
         self._freezer: FreezerHierarchy | None = None
 
     def freezer(self) -> FreezerHierarchy:
@@ -210,11 +212,16 @@ class CriuEngine:
             ranks={number: _process(rank) for number, rank in ranks.items()},
             host=host,
             host_addresses=list(addresses),
+            private_roots=host_files.private_roots(self._work_dir),
         )
 
     def restore(self, order: control_pb2.PrepareRestore, *, host: str) -> HostRestore:
         return HostRestore(
-            order=order, host=host, work_dir=self._work_dir, plugin_dir=self._plugin_dir
+            order=order,
+            host=host,
+            work_dir=self._work_dir,
+            plugin_dir=self._plugin_dir,
+            images=self._images,
         )
 
     def remove_images(self, images_dir: Path, ranks: Sequence[int]) -> None:

@@ -15,6 +15,7 @@ import structlog
 
 from agent.checkpoint_participant import CheckpointParticipant
 from agent.engine import CriuEngine, HostEngine, Rank
+from agent.host_images import HostImages
 from agent.owners import rank_environment, run_as_owner
 from agent.restore_participant import RestoreParticipant
 from crctl.errors import CrctlError
@@ -35,10 +36,12 @@ class Orders:
         send: Send,
         engine: HostEngine | None = None,
         plugin_dir: Path = Path("/etc/crctl/plugins"),
+        images: HostImages | None = None,
     ) -> None:
         self._host = host
         self._send = send
-        self._engine: HostEngine = engine or CriuEngine(work_dir, plugin_dir)
+        self._images = images
+        self._engine: HostEngine = engine or CriuEngine(work_dir, plugin_dir, images)
         self.ranks: dict[tuple[str, int], Rank] = {}
         self._expected_exits: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -103,6 +106,14 @@ class Orders:
             elif kind == "restore_step":
                 step = message.restore_step
                 reply.restore_result.CopyFrom(await self.restores.step(step.restore, step.step))
+            elif kind == "copy_images" and self._images is not None:
+                reply.images_copied.CopyFrom(await self._images.copy(message.copy_images))
+            elif kind == "drop_images" and self._images is not None:
+                await asyncio.to_thread(self._images.drop, message.drop_images)
+                reply.images_dropped.checkpoint = message.drop_images.checkpoint
+            elif kind == "verify_images" and self._images is not None:
+                verified = await asyncio.to_thread(self._images.verify, message.verify_images)
+                reply.images_verified.CopyFrom(verified)
             else:
                 reply.order_failed.reason = f"unknown order {kind!r}"
         except (CrctlError, OSError) as exc:

@@ -16,7 +16,8 @@ from typing import Any
 
 import structlog
 
-from agent import criu, images, netlock
+from agent import criu, host_files, images, netlock
+from agent.host_images import HostImages
 from agent.plugin_runner import load_plugins, run_hook
 from agent.ranks import (
     RankProcess,
@@ -93,6 +94,8 @@ class HostRestore:
     host: str
     work_dir: Path
     plugin_dir: Path = Path("/etc/crctl/plugins")
+    # Fetches the images this host's store lacks (node-local stores); None: all are here.
+    images: HostImages | None = None
     ranks: list[RankRestore] = field(default_factory=list)
     plugins: list[RestartPlugin] = field(default_factory=list)
     locked: bool = False
@@ -149,6 +152,15 @@ class HostRestore:
         self._go_on()
         self.plugins = load_plugins(list(self.order.plugins), self.plugin_dir)
         checkpoint_dir = Path(self.order.checkpoint_dir)
+        if self.images is not None:
+            await self.images.fetch_missing(
+                self.job,
+                self.order.checkpoint,
+                self.order.checkpoint_dir,
+                list(self.order.ranks),
+                list(self.order.peer_ranks),
+            )
+            self._go_on()
         self._peer_folders = self._peer_dirs(checkpoint_dir)
         await self._verify(checkpoint_dir, pages=False)
         pages = asyncio.ensure_future(self._verify(checkpoint_dir, pages=True))
@@ -195,6 +207,9 @@ class HostRestore:
         for entry in self.order.ranks:
             source = checkpoint_dir / rank_name(entry.rank)
             working = self.root / rank_name(entry.rank)
+            made = host_files.unpack(source)
+            if made:
+                self._log.info("restore_host_files", rank=entry.rank, paths=made[:20])
             images.make_working_copy(source, working)
             images.skip_criu_network_lock(working)  # this host's own lock (below) covers it
             handed = images.hand_over_in_flight(working, source, ends)

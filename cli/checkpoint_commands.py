@@ -95,7 +95,17 @@ def cmd_checkpoints(args: argparse.Namespace, config: Config) -> int:
         render.print_json([render.to_dict(c) for c in checkpoints])
         return ExitCode.OK
     render.print_table(
-        ["checkpoint", "state", "latest", "pinned", "started", "ranks", "size", "reason"],
+        [
+            "checkpoint",
+            "state",
+            "latest",
+            "pinned",
+            "started",
+            "ranks",
+            "size",
+            "images on",
+            "reason",
+        ],
         [
             [
                 c.checkpoint,
@@ -105,12 +115,24 @@ def cmd_checkpoints(args: argparse.Namespace, config: Config) -> int:
                 c.started_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
                 len(c.manifest.ranks),
                 f"{sum(r.bytes for r in c.manifest.ranks) / 2**20:.1f}M",
+                images_on(c.manifest),
                 c.reason or "",
             ]
             for c in checkpoints
         ],
     )
     return ExitCode.OK
+
+
+def images_on(manifest: coordinator_pb2.Manifest) -> str:
+    """Where a checkpoint's images are, host by host that dumped ranks: ``h1+h2`` when h2
+    holds a complete copy of h1's ranks' images (a partner copy)."""
+    by_host: dict[str, list[set[str]]] = {}
+    for image in manifest.ranks:
+        by_host.setdefault(image.host, []).append(set(image.copies))
+    return " ".join(
+        "+".join([host, *sorted(set.intersection(*copies))]) for host, copies in by_host.items()
+    )
 
 
 def _pin(args: argparse.Namespace, config: Config) -> int:
@@ -159,11 +181,18 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
         )
     if result.ok:
         return ExitCode.OK
-    print(
-        f"crctl: checkpoint {result.checkpoint} of {result.job} does not match its manifest "
-        f"({len(result.problems)} of {result.files} files):",
-        file=sys.stderr,
-    )
+    if all(_problem_kind(p) in ("copy", "unreachable") for p in result.problems):
+        print(
+            f"crctl: checkpoint {result.checkpoint} of {result.job}: not every copy of its "
+            "images could be verified (every rank that has an intact copy stays restartable):",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"crctl: checkpoint {result.checkpoint} of {result.job} does not match its manifest "
+            f"({len(result.problems)} of {result.files} files):",
+            file=sys.stderr,
+        )
     for problem in result.problems:
         print(f"  {problem.path}: {problem.detail}", file=sys.stderr)
     return ExitCode.FAILED

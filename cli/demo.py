@@ -100,11 +100,19 @@ def _mpi_moves(folder: Path) -> None:
     print("The MPI job moved mid-run with its connections: no re-initialisation, same result.")
 
 
-def run_demo(hosts: int = 6, *, with_mpi: bool = False) -> None:
+def run_demo(hosts: int = 6, *, with_mpi: bool = False, private_storage: bool = False) -> None:
     if hosts < 6:
         raise SystemExit("the demo needs 6 hosts: a ring on h1-h3 moving to h4-h6")
     print(f"== crctl demo: {hosts} emulated hosts on this machine ==", flush=True)
-    state = bed.up(hosts, bed.DEFAULT_DIR)
+    state = bed.up(
+        hosts, bed.DEFAULT_DIR, private_storage=private_storage, replicas=int(private_storage)
+    )
+    if private_storage:
+        print(
+            "(hosts that share no storage: each has its own /tmp, /dev/shm and checkpoint "
+            "store; the restart fetches the images from the hosts that dumped them)",
+            flush=True,
+        )
     try:
         _show("agents")
         print("\n# a 3-rank TCP token ring on h1, h2, h3", flush=True)

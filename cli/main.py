@@ -167,14 +167,25 @@ def cmd_keys_init(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_testbed_up(args: argparse.Namespace, config: Config) -> int:
-    from testbed import bed
+    from testbed import bed, netns
 
-    state = bed.up(args.hosts, args.dir, with_slurm=args.slurm)
+    state = bed.up(
+        args.hosts,
+        args.dir,
+        with_slurm=args.slurm,
+        private_storage=args.private_storage,
+        replicas=args.replicas,
+    )
     print(f"testbed up: {len(state.hosts)} hosts, coordinator at {state.api_address}")
     if state.slurm:
         print("  Slurm: nodes h1..hN in partition debug (sbatch, squeue, scontrol, scancel)")
+    if state.private_storage:
+        print(
+            "  private storage: each host has its own /tmp, /dev/shm, agent work directory and "
+            f"checkpoint store (under {state.dir / 'nodes'})"
+        )
     for host in state.hosts.values():
-        print(f"  {host.name}  {host.address}  (nsenter --net=/run/netns/{host.namespace})")
+        print(f"  {host.name}  {host.address}  ({' '.join(netns.nsenter_prefix(host.namespace))})")
     return ExitCode.OK
 
 
@@ -237,7 +248,7 @@ def cmd_testbed_down(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from cli.demo import run_demo
 
-    run_demo(args.hosts, with_mpi=args.mpi)
+    run_demo(args.hosts, with_mpi=args.mpi, private_storage=args.private_storage)
     return ExitCode.OK
 
 
@@ -290,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "run the one-machine demo on emulated hosts, then clean up")
     p.add_argument("--mpi", action="store_true", help="also move an MPI job (MPICH) mid-run")
     p.add_argument(
+        "--private-storage",
+        action="store_true",
+        help="on hosts that share no storage (each its own store, a partner copy of each)",
+    )
+    p.add_argument(
         "--hosts", type=between(6, MAX_HOSTS), default=6, help="number of hosts (default 6)"
     )
 
@@ -320,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--slurm", action="store_true", help="also run Slurm: munge, slurmctld, a slurmd per host"
+    )
+    p.add_argument(
+        "--private-storage",
+        action="store_true",
+        help="give each host its own /tmp, /dev/shm, agent work directory and checkpoint store, "
+        "as nodes that share only home directories",
+    )
+    p.add_argument(
+        "--replicas",
+        type=between(0, 1),
+        default=0,
+        help="partner copies of each host's checkpoint images after a commit (default 0)",
     )
     add_to(tb_sub, "status", cmd_testbed_status, "show the testbed's daemons", True)
     p = add_to(tb_sub, "start", cmd_testbed_start, "start a stopped testbed daemon")

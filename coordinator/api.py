@@ -114,6 +114,8 @@ _PROBLEM_KINDS = {
     "missing": coordinator_pb2.FILE_PROBLEM_KIND_MISSING,
     "size": coordinator_pb2.FILE_PROBLEM_KIND_SIZE,
     "digest": coordinator_pb2.FILE_PROBLEM_KIND_DIGEST,
+    "unreachable": coordinator_pb2.FILE_PROBLEM_KIND_UNREACHABLE,
+    "copy": coordinator_pb2.FILE_PROBLEM_KIND_COPY,
 }
 
 

@@ -18,6 +18,7 @@ from google.protobuf.json_format import Parse
 
 from coordinator import barrier as b
 from coordinator.control import Plane, request_all
+from coordinator.image_copies import ImageCopies
 from coordinator.jobs import JobService
 from coordinator.progress import ProgressFeed
 from coordinator.storage import CheckpointStore
@@ -87,6 +88,9 @@ class CheckpointRun:
         self.outcome: coordinator_pb2.CheckpointOutcome | None = None
         self._recorded: coordinator_pb2.Manifest | None = None
         self._lost: set[str] = set()  # hosts whose agent went silent during the run
+        # (checkpoint, manifest) of those retention removed after this one committed: their
+        # images on the hosts go next (ImageCopies.retire).
+        self.retired: list[tuple[str, coordinator_pb2.Manifest | None]] = []
 
     # --- following progress ---
 
@@ -384,8 +388,13 @@ class CheckpointRun:
         damaged = self._store.checkpoints(self.job, state="damaged", manifests=False)
         older = [d for d in damaged if not d.pinned and kept and d.started_at < kept[-1].started_at]
         for old in committed[keep:] + older:
+            full = self._store.checkpoint(old.checkpoint)
+            manifest = full.manifest if full is not None else None
             self._files.remove(self._files.directory(old.job, old.checkpoint))
             self._store.delete_checkpoint(old.checkpoint)
+            self.retired.append(
+                (old.checkpoint, Parse(manifest, coordinator_pb2.Manifest()) if manifest else None)
+            )
             self._log.info("checkpoint_retired", retired=old.checkpoint, keep=keep)
 
 
@@ -479,6 +488,7 @@ class CheckpointService:
         files: CheckpointStore,
         clock: Clock,
         settings: CheckpointSettings,
+        copies: ImageCopies | None = None,
     ) -> None:
         self._store = store
         self._jobs = jobs
@@ -486,6 +496,9 @@ class CheckpointService:
         self._files = files
         self._clock = clock
         self._settings = settings
+        self.copies = copies or ImageCopies(
+            store=store, files=files, plane=plane, agents=jobs.agents, replicas=0
+        )
         self._running: dict[str, CheckpointRun] = {}  # job -> its running checkpoint
         self._delivering: set[tuple[str, str]] = set()  # (host, checkpoint) being told
         self._tasks: set[asyncio.Task[None]] = set()
@@ -636,6 +649,10 @@ class CheckpointService:
         def finished(_: asyncio.Task[None]) -> None:
             self._running.pop(job, None)
             self._jobs.release(job)
+            for retired, manifest in run.retired:
+                self.copies.retire(job, retired, manifest)
+            if run.outcome is not None and run.outcome.committed:
+                self.copies.after_commit(checkpoint)
 
         task.add_done_callback(finished)
         return run
@@ -673,12 +690,14 @@ class CheckpointService:
         record, manifest = committed_checkpoint(
             self._store, self._jobs, job, checkpoint, to="verify", damaged_too=True
         )
-        verification = await verify_checkpoint(record, manifest, self._clock)
-        if not verification.ok:
+        verification = await verify_checkpoint(
+            record, manifest, self._clock, plane=self._plane, agents=self._jobs.agents()
+        )
+        if verification.damaged:
             mark_damaged(
                 self._store, self._jobs, record, "; ".join(str(p) for p in verification.problems)
             )
-        elif record.state == "damaged":
+        elif verification.ok and record.state == "damaged":
             self._store.mark_intact(record.checkpoint)
             log.warning("checkpoint_intact_again", job=job, checkpoint=record.checkpoint)
         return verification

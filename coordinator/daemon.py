@@ -16,6 +16,7 @@ from coordinator.checkpoints import CheckpointRun, CheckpointService, Checkpoint
 from coordinator.control import ControlPlane, Plane
 from coordinator.front_door import FrontDoor
 from coordinator.idempotency import RequestLedger
+from coordinator.image_copies import ImageCopies
 from coordinator.job_events import JobEvents
 from coordinator.jobs import JobService
 from coordinator.metrics import CoordinatorMetrics, MetricsServer, serve_metrics
@@ -26,6 +27,7 @@ from coordinator.schedules import Scheduler
 from coordinator.service import CoordinatorService
 from coordinator.storage import CheckpointStore
 from coordinator.store import Store
+from crctl import keys
 from crctl.clock import Clock, SystemClock
 from crctl.config import Config
 from crctl.errors import ConfigError, CrctlError
@@ -54,12 +56,16 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
     registry = AgentRegistry(store, clock, lost_after=config.agent_lost_after)
     events = JobEvents(clock)
     jobs = JobService(store, registry, plane, clock, events)
+    files = CheckpointStore(config.checkpoint_dir)
     checkpoints = CheckpointService(
         store=store,
         jobs=jobs,
         plane=plane,
-        files=CheckpointStore(config.checkpoint_dir),
+        files=files,
         clock=clock,
+        copies=ImageCopies(
+            store=store, files=files, plane=plane, agents=jobs.agents, replicas=config.replicas
+        ),
         settings=CheckpointSettings(
             prepare_timeout=config.checkpoint_timeout,
             commit_timeout=config.commit_timeout,
@@ -97,6 +103,7 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
         ledger=RequestLedger(store, clock),
         schedules=scheduler,
         heartbeat_interval=config.heartbeat_interval,
+        agent_keys=list(keys.allowed_agent_keys(config.keys_dir)),
     )
     return Coordinator(
         store=store, registry=registry, service=service, events=events, scheduler=scheduler

@@ -82,6 +82,10 @@ class JobService:
     def agent(self, host: str) -> AgentRecord | None:
         return self._registry.get(host)
 
+    def agents(self) -> dict[str, AgentRecord]:
+        """Every agent the coordinator knows, by host."""
+        return {agent.host: agent for agent in self._registry.agents()}
+
     def get(self, job: str) -> JobRecord:
         record = self._store.job(job)
         if record is None:

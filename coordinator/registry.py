@@ -51,6 +51,8 @@ class AgentRegistry:
             state=ALIVE,
             registered_at=now,
             last_heartbeat=now,
+            image_endpoint=info.image_endpoint,
+            image_server_key=info.image_server_key.decode("ascii", "replace"),
         )
         self._store.upsert_agent(record)
         self._agents[info.host] = record

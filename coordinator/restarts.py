@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from coordinator import image_copies
 from coordinator.checkpoints import committed_checkpoint, mark_damaged
 from coordinator.control import Plane, request_all
 from coordinator.jobs import JobService
@@ -115,6 +116,7 @@ class RestartRun:
         self._jobs = jobs
         self._clock = clock
         self._lost = {host: asyncio.Event() for host in placement.hosts}
+        self._agents = jobs.agents()  # where the images are fetched from, as at the start
         self._feed: ProgressFeed[coordinator_pb2.RestartEvent] = ProgressFeed(
             lambda event: event.WhichOneof("event") == "outcome"
         )
@@ -178,11 +180,16 @@ class RestartRun:
                     image=image,
                     local_address_map=placement.rank_addresses.get(image.rank, {}),
                     peer_address_map=placement.peer_addresses.get(image.rank, {}),
+                    sources=image_copies.sources(image, host, self._agents),
                 )
                 prepare.close_connections.extend(placement.close.get(image.rank, []))
         here = [r.rank for r in prepare.ranks]
         for image in connected_ranks(self._manifest.ranks, here):
-            prepare.peer_ranks.add(rank=image.rank, image=image)
+            prepare.peer_ranks.add(
+                rank=image.rank,
+                image=image,
+                sources=image_copies.sources(image, host, self._agents),
+            )
         prepare.address_map.update(self._placement.address_map)
         prepare.host_map.update(self._placement.host_map)
         for old, new in self._placement.split_hosts.items():
@@ -482,6 +489,7 @@ class RestartService:
             hosts=list(request.hosts),
             addresses=addresses,
         )
+        image_copies.require_restorable(manifest, placement.rank_hosts, self._jobs.agents())
         rewritten_one_by_one = set(placement.rank_addresses) | set(placement.peer_addresses)
         for host in placement.hosts:
             agent = self._jobs.require_alive(host, job)

@@ -4,6 +4,7 @@ changes, and answers the API's questions. The gRPC servicer and the ZeroMQ socke
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import structlog
 
@@ -34,6 +35,7 @@ class CoordinatorService:
         ledger: RequestLedger,
         schedules: Scheduler,
         heartbeat_interval: float,
+        agent_keys: Sequence[bytes] = (),
     ) -> None:
         self._registry = registry
         self.jobs = jobs
@@ -44,6 +46,7 @@ class CoordinatorService:
         self.ledger = ledger
         self.schedules = schedules
         self._heartbeat_interval = heartbeat_interval
+        self._agent_keys = list(agent_keys)
 
     async def on_agent_message(
         self, host: str, message: control_pb2.AgentMessage
@@ -82,6 +85,7 @@ class CoordinatorService:
         )
         reply.register_ack.accepted = True
         reply.register_ack.heartbeat_interval = self._heartbeat_interval
+        reply.register_ack.agent_keys.extend(self._agent_keys)
         return reply
 
     def _on_heartbeat(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from crctl.errors import ConfigError
 
-SCHEMA_VERSION = 4  # 2: restarts; 3: job owners; 4: schedules, pinned checkpoints
+SCHEMA_VERSION = 5  # 2: restarts; 3: job owners; 4: schedules, pins; 5: image servers
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS agents (
     pid INTEGER NOT NULL,
     state TEXT NOT NULL,              -- alive | lost
     registered_at REAL NOT NULL,
-    last_heartbeat REAL NOT NULL
+    last_heartbeat REAL NOT NULL,
+    image_endpoint TEXT NOT NULL DEFAULT '',  -- where it serves the images it holds
+    image_server_key TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS jobs (
     job TEXT PRIMARY KEY,
@@ -119,6 +121,8 @@ class AgentRecord:
     state: str
     registered_at: float
     last_heartbeat: float
+    image_endpoint: str = ""  # where it serves the checkpoint images it holds ("": none)
+    image_server_key: str = ""  # that server's CurveZMQ public key, z85
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,8 @@ class Store:
             ("jobs", "owner_uid", "INTEGER NOT NULL DEFAULT 0"),
             ("jobs", "owner", "TEXT NOT NULL DEFAULT 'root'"),
             ("checkpoints", "pinned", "INTEGER NOT NULL DEFAULT 0"),
+            ("agents", "image_endpoint", "TEXT NOT NULL DEFAULT ''"),
+            ("agents", "image_server_key", "TEXT NOT NULL DEFAULT ''"),
         ):
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
@@ -291,14 +297,17 @@ class Store:
         with self._transaction() as db:
             db.execute(
                 """INSERT INTO agents(host, addresses, criu_version, capabilities, agent_version,
-                                      pid, state, registered_at, last_heartbeat)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                      pid, state, registered_at, last_heartbeat,
+                                      image_endpoint, image_server_key)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(host) DO UPDATE SET
                      addresses=excluded.addresses, criu_version=excluded.criu_version,
                      capabilities=excluded.capabilities, agent_version=excluded.agent_version,
                      pid=excluded.pid, state=excluded.state,
                      registered_at=excluded.registered_at,
-                     last_heartbeat=excluded.last_heartbeat""",
+                     last_heartbeat=excluded.last_heartbeat,
+                     image_endpoint=excluded.image_endpoint,
+                     image_server_key=excluded.image_server_key""",
                 (
                     record.host,
                     json.dumps(list(record.addresses)),
@@ -309,6 +318,8 @@ class Store:
                     record.state,
                     record.registered_at,
                     record.last_heartbeat,
+                    record.image_endpoint,
+                    record.image_server_key,
                 ),
             )
 
@@ -325,7 +336,8 @@ class Store:
     def agents(self) -> list[AgentRecord]:
         rows = self._db.execute(
             """SELECT host, addresses, criu_version, capabilities, agent_version, pid, state,
-                      registered_at, last_heartbeat FROM agents ORDER BY host"""
+                      registered_at, last_heartbeat, image_endpoint, image_server_key
+               FROM agents ORDER BY host"""
         ).fetchall()
         return [
             AgentRecord(
@@ -338,6 +350,8 @@ class Store:
                 state=row[6],
                 registered_at=row[7],
                 last_heartbeat=row[8],
+                image_endpoint=row[9],
+                image_server_key=row[10],
             )
             for row in rows
         ]
@@ -498,6 +512,14 @@ class Store:
                 (reason, checkpoint),
             )
             self._refresh_latest(db, checkpoint)
+
+    def update_manifest(self, checkpoint: str, manifest: str) -> None:
+        """A committed checkpoint's manifest again, with the copies made since (replicas)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE checkpoints SET manifest = ? WHERE checkpoint = ? AND manifest IS NOT NULL",
+                (manifest, checkpoint),
+            )
 
     def mark_intact(self, checkpoint: str) -> None:
         """A damaged checkpoint verified again (its store was back, say): committed again."""

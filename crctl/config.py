@@ -51,8 +51,17 @@ class Config:
     control_endpoint: str = "tcp://127.0.0.1:50052"
     # The coordinator's durable state (SQLite).
     state_db: Path = Path("/var/lib/crctl/coordinator.db")
-    # Where committed checkpoints are stored (a shared filesystem on a real cluster).
+    # Where checkpoints are stored: the same path on every host, on a shared file system or
+    # on each node's own disk (node-local: a restart on another host fetches the images from
+    # the hosts that hold them). The coordinator keeps each checkpoint's manifest in its own.
     checkpoint_dir: Path = Path("/var/lib/crctl/checkpoints")
+    # Copies of each host's images the coordinator has other hosts fetch after a commit (off
+    # the checkpoint's critical path), so that a checkpoint survives the loss of the host
+    # that dumped it (0: none; 1: one partner copy).
+    replicas: int = 0
+    # The TCP port on which an agent serves the checkpoint images it holds to other agents
+    # (on its host's first address).
+    image_port: int = 50053
     # CurveZMQ keys: coordinator.key(_secret) and agents/<name>.key(_secret).
     keys_dir: Path = Path("/etc/crctl/keys")
     # A client's TLS files for a TCP API address (crctl keys api-client): the API's CA
@@ -99,6 +108,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 _TYPES: dict[str, type] = typing.get_type_hints(Config)
+_ZERO_ALLOWED = frozenset({"replicas"})  # whole numbers that may be 0
 
 
 def _field_type(name: str) -> type:
@@ -120,8 +130,9 @@ def _coerce(name: str, value: object, source: str) -> object:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("expected a whole number")
             whole = int(value)  # type: ignore[call-overload]
-            if whole < 1:
-                raise ValueError("must be at least 1")
+            least = 0 if name in _ZERO_ALLOWED else 1
+            if whole < least:
+                raise ValueError(f"must be at least {least}")
             return whole
         if wanted is float:
             if isinstance(value, bool):
@@ -199,4 +210,9 @@ def load_config(
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
     if config.metrics_address:
         host_and_port(config.metrics_address, "metrics_address")
+    if config.replicas > 1:
+        raise ConfigError(
+            f"replicas must be 0 or 1 (one partner copy of each host's images), not "
+            f"{config.replicas}"
+        )
     return config

@@ -8,7 +8,8 @@ holds only each file's sha256; it still verifies, with sha256.
 
 Files are read through a mapping of them: no copy into a buffer (a third less time than reading
 on page images). Checkpoint images are never truncated in place (retention unlinks them, which
-a mapping survives)."""
+a mapping survives). Bytes that arrive in pieces (images fetched from another host) are hashed
+as they come by the incremental hasher of :func:`new_hasher`."""
 
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ __all__ = [
     "THREADED_FROM_BYTES",
     "Algorithm",
     "FileDigest",
+    "Hasher",
     "Problem",
+    "digest_fd",
     "digest_file",
     "digest_files",
+    "new_hasher",
     "verify",
 ]
 
@@ -95,34 +99,49 @@ class Problem:
     """What differs between a file and what was recorded of it."""
 
     path: str
-    kind: Literal["missing", "size", "digest", "extra", "mode", "not-regular"]
+    # Not damage: "unreachable", no live host holding a node-local copy could be asked;
+    # "copy", this copy differs but another one of the same images is intact.
+    kind: Literal[
+        "missing", "size", "digest", "extra", "mode", "not-regular", "unreachable", "copy"
+    ]
     detail: str
 
     def __str__(self) -> str:
         return f"{self.path}: {self.detail}"
 
 
-class _Hasher(Protocol):
-    def update(self, data: mmap.mmap, /) -> object: ...
+class Hasher(Protocol):
+    """A digest computed piece by piece: ``update`` with each piece in order, then
+    ``hexdigest`` (lowercase hex)."""
+
+    def update(self, data: bytes | bytearray | memoryview | mmap.mmap, /) -> object: ...
     def hexdigest(self) -> str: ...
 
 
-def _hasher(algorithm: Algorithm, size: int) -> _Hasher:
+def new_hasher(algorithm: Algorithm = DEFAULT_ALGORITHM, *, piece_size: int = 0) -> Hasher:
+    """An incremental hasher. ``piece_size``: how large the pieces it is given are; from
+    ``THREADED_FROM_BYTES`` on, BLAKE3 hashes each piece with its threads (smaller pieces hash
+    faster on one)."""
     if algorithm == Algorithm.SHA256:
         return hashlib.sha256()
-    threads = blake3.blake3.AUTO if size >= THREADED_FROM_BYTES else 1
+    threads = blake3.blake3.AUTO if piece_size >= THREADED_FROM_BYTES else 1
     return blake3.blake3(max_threads=threads)
+
+
+def digest_fd(fd: int, algorithm: Algorithm = DEFAULT_ALGORITHM) -> str:
+    """The digest, in lowercase hex, of the whole file open at ``fd`` (which stays open)."""
+    size = os.fstat(fd).st_size
+    hasher = new_hasher(algorithm, piece_size=size)
+    if size:  # an empty file cannot be mapped
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+            hasher.update(mapped)
+    return hasher.hexdigest()
 
 
 def digest_file(path: Path, algorithm: Algorithm = DEFAULT_ALGORITHM) -> str:
     """The file's digest in lowercase hex."""
     with path.open("rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        hasher = _hasher(algorithm, size)
-        if size:  # an empty file cannot be mapped
-            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
-                hasher.update(mapped)
-        return hasher.hexdigest()
+        return digest_fd(f.fileno(), algorithm)
 
 
 def digest_files(folder: Path, algorithm: Algorithm = DEFAULT_ALGORITHM) -> list[FileDigest]:

@@ -6,7 +6,8 @@ codes lives in ``cli.exit_codes``. Nowhere else."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 
 class CrctlError(Exception):
@@ -84,3 +85,31 @@ class PermissionDeniedError(CrctlError):
 
 class UnauthenticatedError(CrctlError):
     """The caller could not be identified (no credentials, or credentials not accepted)."""
+
+
+class SourceFailure(NamedTuple):
+    """Why one host that holds a rank's images did not give them."""
+
+    host: str
+    reason: str  # e.g. "no such file rank-2/pages-1.img", "unreachable (no answer in 10s)"
+    rank: int
+
+
+class ImageFetchError(CrctlError):
+    """A rank's checkpoint images could not be fetched: every host holding them failed (each
+    one, in the order tried, in ``failures``), or the local store refused them (a file there
+    differs from the manifest, a path that leaves the store). ``rank`` is unset when several
+    ranks failed (``failures`` then names each one's)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job: str | None = None,
+        checkpoint: str | None = None,
+        host: str | None = None,
+        rank: int | None = None,
+        failures: Sequence[SourceFailure] = (),
+    ) -> None:
+        super().__init__(message, job=job, checkpoint=checkpoint, host=host, rank=rank)
+        self.failures = tuple(failures)

@@ -51,6 +51,11 @@ class State:
     commit_timeout: float = 10.0
     plugin_dir: str = ""  # the agents' plugin_dir ("": <testbed dir>/plugins, empty)
     slurm: bool = False  # real Slurm on the hosts (testbed.slurm)
+    # Each host has its own /tmp, /dev/shm, agent work directory and checkpoint store (mount
+    # namespaces, see private_folders); the rest of the file system is shared, as home
+    # directories on NFS would be.
+    private_storage: bool = False
+    replicas: int = 0  # the coordinator's: partner copies of each host's images
     hosts: dict[str, Host] = field(default_factory=dict)
     processes: dict[str, procs.ProcessRef] = field(default_factory=dict)
 
@@ -73,6 +78,39 @@ class State:
         raw["hosts"] = {k: Host(**v) for k, v in raw["hosts"].items()}
         raw["processes"] = {k: procs.ProcessRef(**v) for k, v in raw["processes"].items()}
         return cls(**raw)
+
+
+PRIVATE_TARGETS = ("tmp", "dev/shm")
+
+
+def private_folders(state: State, host: str) -> dict[Path, Path]:
+    """With private storage: what host ``host`` sees at a path -> the folder of its own behind
+    it (under <testbed>/nodes/<host>/, so that tests can look at a host's disk, or remove it)."""
+    own = state.dir / "nodes" / host
+    return {
+        Path("/tmp"): own / "tmp",
+        Path("/dev/shm"): own / "shm",
+        state.dir / "agents": own / "agents",
+        state.dir / "checkpoints": own / "checkpoints",
+    }
+
+
+def host_store(state: State, host: str) -> Path:
+    """Host ``host``'s checkpoint store, as the root namespace sees it (its own with private
+    storage, else the one every host shares)."""
+    if state.private_storage:
+        return private_folders(state, host)[state.dir / "checkpoints"]
+    return state.dir / "checkpoints"
+
+
+def _make_private_storage(state: State, host: Host) -> None:
+    folders = private_folders(state, host.name)
+    for target, source in folders.items():
+        target.mkdir(parents=True, exist_ok=True)
+        source.mkdir(parents=True, exist_ok=True)
+        if target in (Path("/tmp"), Path("/dev/shm")):
+            source.chmod(0o1777)
+    netns.create_private_storage(host.namespace, folders)
 
 
 def agent_process(host: str) -> str:
@@ -117,6 +155,8 @@ def _daemon_argv(state: State, name: str) -> list[str]:
             str(state.agent_lost_after),
             "--commit-timeout",
             str(state.commit_timeout),
+            "--replicas",
+            str(state.replicas),
         ]
     host = state.hosts[name.removeprefix("agent-")]
     return [
@@ -128,6 +168,8 @@ def _daemon_argv(state: State, name: str) -> list[str]:
         host.name,
         "--agent-work-dir",
         str(state.dir / "agents" / host.name),
+        "--checkpoint-dir",
+        str(state.dir / "checkpoints"),
         "--plugin-dir",
         state.plugin_dir or str(state.dir / "plugins"),
     ]
@@ -208,6 +250,8 @@ def up(
     commit_timeout: float = 10.0,
     plugin_dir: Path | None = None,
     with_slurm: bool = False,
+    private_storage: bool = False,
+    replicas: int = 0,
     timeout: float = 60.0,
 ) -> State:
     if os.geteuid() != 0:
@@ -230,6 +274,8 @@ def up(
             commit_timeout=commit_timeout,
             plugin_dir=str(plugin_dir or ""),
             slurm=with_slurm,
+            private_storage=private_storage,
+            replicas=replicas,
         )
         names = [f"h{i}" for i in range(1, hosts + 1)]
         keys.init_keys(directory / "keys", names)
@@ -246,6 +292,8 @@ def up(
                 netns.create_host(host.namespace, host.veth, BRIDGE, netns.host_address(index))
                 state.hosts[name] = host
                 state.save()
+                if private_storage:
+                    _make_private_storage(state, host)
             start(state, COORDINATOR)
             for name in names:
                 start(state, agent_process(name))
@@ -292,6 +340,8 @@ def _teardown(directory: Path) -> list[str]:
             if procs.kill(ref):
                 removed.append(f"process {name} (pid {ref.pid})")
     namespaces = set(netns.namespaces_matching(rf"{PREFIX}-h\d+"))
+    if netns.MNTNS_DIR.is_dir():  # a host's mount namespace outlives a crash, too
+        namespaces |= {p.name for p in netns.MNTNS_DIR.glob(f"{PREFIX}-h*")}
     if state is not None:
         namespaces |= {
             h.namespace for h in state.hosts.values() if netns.netns_path(h.namespace).exists()
@@ -302,6 +352,9 @@ def _teardown(directory: Path) -> list[str]:
             ticks = procs.start_ticks(pid)
             if ticks is not None and procs.kill(procs.ProcessRef(pid, ticks)):
                 removed.append(f"process {pid} in {namespace}")
+        if netns.mntns_path(namespace).exists():
+            netns.delete_private_storage(namespace)
+            removed.append(f"mount namespace {namespace}")
         netns.delete_namespace(namespace)
         removed.append(f"namespace {namespace}")
     removed.extend(_remove_empty_rank_cgroups())

@@ -11,6 +11,9 @@ from pathlib import Path
 from crctl.errors import PrerequisiteError
 
 NETNS_DIR = Path("/run/netns")
+# Hosts with storage of their own (`crctl testbed up --private-storage`) each also have a mount
+# namespace, kept alive by a bind mount of it here (as `ip netns` keeps network namespaces).
+MNTNS_DIR = Path("/run/crctl-mntns")
 SUBNET = ipaddress.IPv4Network("198.18.0.0/24")
 BRIDGE_ADDRESS = SUBNET.network_address + 1
 MAX_HOSTS = 200
@@ -94,7 +97,56 @@ def delete_namespace(namespace: str) -> None:
         _ip("netns", "delete", namespace, check=False)
 
 
+def mntns_path(namespace: str) -> Path:
+    return MNTNS_DIR / namespace
+
+
 def nsenter_prefix(namespace: str) -> list[str]:
-    """Run a command in the host's network namespace only (not `ip netns exec`, which also makes
-    a mount namespace that CRIU refuses to dump)."""
-    return ["nsenter", f"--net={netns_path(namespace)}", "--"]
+    """Run a command in the host's network namespace, and in its mount namespace if it has one
+    (not `ip netns exec`, whose mount namespace's mounts are slaves of the root namespace's:
+    CRIU refuses to dump there, "has unreachable sharing")."""
+    mount = mntns_path(namespace)
+    entered = [f"--mount={mount}"] if _is_mountpoint(mount) else []
+    return ["nsenter", f"--net={netns_path(namespace)}", *entered, "--"]
+
+
+def _is_mountpoint(path: Path) -> bool:
+    try:
+        with open("/proc/self/mountinfo") as mountinfo:
+            return any(line.split()[4] == str(path) for line in mountinfo)
+    except OSError:
+        return False
+
+
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise PrerequisiteError(f"`{' '.join(argv)}` failed: {result.stderr.strip()}")
+
+
+def create_private_storage(namespace: str, binds: dict[Path, Path]) -> None:
+    """A mount namespace for the host, every mount in it private (none propagates either way,
+    so CRIU sees no sharing it cannot reach), with each target of ``binds`` covered by its
+    source (a folder of the host's own), e.g. {/tmp: <host's tmp>}. Entered by nsenter_prefix."""
+    MNTNS_DIR.mkdir(parents=True, exist_ok=True)
+    if not _is_mountpoint(MNTNS_DIR):
+        _run(["mount", "--bind", str(MNTNS_DIR), str(MNTNS_DIR)])
+    _run(["mount", "--make-private", str(MNTNS_DIR)])
+    anchor = mntns_path(namespace)
+    anchor.touch()
+    script = "".join(f'mount --bind "{source}" "{target}" && ' for target, source in binds.items())
+    _run(["unshare", f"--mount={anchor}", "--propagation", "private", "--", "sh", "-c",
+          script + "true"])  # fmt: skip
+
+
+def delete_private_storage(namespace: str) -> None:
+    """Unmount the host's mount namespace (its mounts go with its last process) and, once no
+    host has one, the folder that held them. Idempotent."""
+    anchor = mntns_path(namespace)
+    if _is_mountpoint(anchor):
+        subprocess.run(["umount", str(anchor)], capture_output=True, check=False)
+    anchor.unlink(missing_ok=True)
+    if MNTNS_DIR.is_dir() and not any(MNTNS_DIR.iterdir()):
+        if _is_mountpoint(MNTNS_DIR):
+            subprocess.run(["umount", str(MNTNS_DIR)], capture_output=True, check=False)
+        MNTNS_DIR.rmdir()

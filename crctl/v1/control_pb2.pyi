@@ -17,7 +17,7 @@ DIGEST_ALGORITHM_SHA256: DigestAlgorithm
 DIGEST_ALGORITHM_BLAKE3: DigestAlgorithm
 
 class AgentInfo(_message.Message):
-    __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid", "ranks", "awaiting_decision", "restoring")
+    __slots__ = ("host", "addresses", "criu_version", "capabilities", "agent_version", "pid", "ranks", "awaiting_decision", "restoring", "image_endpoint", "image_server_key")
     HOST_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class AgentInfo(_message.Message):
     RANKS_FIELD_NUMBER: _ClassVar[int]
     AWAITING_DECISION_FIELD_NUMBER: _ClassVar[int]
     RESTORING_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SERVER_KEY_FIELD_NUMBER: _ClassVar[int]
     host: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
     criu_version: str
@@ -36,7 +38,9 @@ class AgentInfo(_message.Message):
     ranks: _containers.RepeatedCompositeFieldContainer[RankRef]
     awaiting_decision: _containers.RepeatedScalarFieldContainer[str]
     restoring: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., criu_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., pid: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankRef, _Mapping]]] = ..., awaiting_decision: _Optional[_Iterable[str]] = ..., restoring: _Optional[_Iterable[str]] = ...) -> None: ...
+    image_endpoint: str
+    image_server_key: bytes
+    def __init__(self, host: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., criu_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., pid: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankRef, _Mapping]]] = ..., awaiting_decision: _Optional[_Iterable[str]] = ..., restoring: _Optional[_Iterable[str]] = ..., image_endpoint: _Optional[str] = ..., image_server_key: _Optional[bytes] = ...) -> None: ...
 
 class RankRef(_message.Message):
     __slots__ = ("job", "rank", "pid")
@@ -67,14 +71,16 @@ class Heartbeat(_message.Message):
     def __init__(self, host: _Optional[str] = ..., sequence: _Optional[int] = ..., awaiting_decision: _Optional[_Iterable[str]] = ..., restoring: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterAck(_message.Message):
-    __slots__ = ("accepted", "reason", "heartbeat_interval")
+    __slots__ = ("accepted", "reason", "heartbeat_interval", "agent_keys")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_KEYS_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     reason: str
     heartbeat_interval: float
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    agent_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., agent_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("known",)
@@ -218,7 +224,7 @@ class SocketInfo(_message.Message):
     def __init__(self, family: _Optional[str] = ..., state: _Optional[str] = ..., local_address: _Optional[str] = ..., local_port: _Optional[int] = ..., peer_address: _Optional[str] = ..., peer_port: _Optional[int] = ..., proto: _Optional[str] = ...) -> None: ...
 
 class RankImage(_message.Message):
-    __slots__ = ("rank", "host", "pid", "files", "bytes", "dump_seconds", "stdout_pipe", "host_addresses", "sockets")
+    __slots__ = ("rank", "host", "pid", "files", "bytes", "dump_seconds", "stdout_pipe", "host_addresses", "sockets", "copies")
     RANK_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +234,7 @@ class RankImage(_message.Message):
     STDOUT_PIPE_FIELD_NUMBER: _ClassVar[int]
     HOST_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
     rank: int
     host: str
     pid: int
@@ -237,7 +244,8 @@ class RankImage(_message.Message):
     stdout_pipe: str
     host_addresses: _containers.RepeatedScalarFieldContainer[str]
     sockets: _containers.RepeatedCompositeFieldContainer[SocketInfo]
-    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., bytes: _Optional[int] = ..., dump_seconds: _Optional[float] = ..., stdout_pipe: _Optional[str] = ..., host_addresses: _Optional[_Iterable[str]] = ..., sockets: _Optional[_Iterable[_Union[SocketInfo, _Mapping]]] = ...) -> None: ...
+    copies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., bytes: _Optional[int] = ..., dump_seconds: _Optional[float] = ..., stdout_pipe: _Optional[str] = ..., host_addresses: _Optional[_Iterable[str]] = ..., sockets: _Optional[_Iterable[_Union[SocketInfo, _Mapping]]] = ..., copies: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckpointVote(_message.Message):
     __slots__ = ("checkpoint", "yes", "reason", "failed_rank", "ranks", "connections")
@@ -290,7 +298,7 @@ class AbortResult(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
 
 class RestoreRank(_message.Message):
-    __slots__ = ("rank", "image", "local_address_map", "peer_address_map")
+    __slots__ = ("rank", "image", "local_address_map", "peer_address_map", "sources")
     class LocalAddressMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -309,11 +317,97 @@ class RestoreRank(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     rank: int
     image: RankImage
     local_address_map: _containers.ScalarMap[str, str]
     peer_address_map: _containers.ScalarMap[str, str]
-    def __init__(self, rank: _Optional[int] = ..., image: _Optional[_Union[RankImage, _Mapping]] = ..., local_address_map: _Optional[_Mapping[str, str]] = ..., peer_address_map: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    sources: _containers.RepeatedCompositeFieldContainer[ImageHolder]
+    def __init__(self, rank: _Optional[int] = ..., image: _Optional[_Union[RankImage, _Mapping]] = ..., local_address_map: _Optional[_Mapping[str, str]] = ..., peer_address_map: _Optional[_Mapping[str, str]] = ..., sources: _Optional[_Iterable[_Union[ImageHolder, _Mapping]]] = ...) -> None: ...
+
+class ImageHolder(_message.Message):
+    __slots__ = ("host", "endpoint", "server_key")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_KEY_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    endpoint: str
+    server_key: bytes
+    def __init__(self, host: _Optional[str] = ..., endpoint: _Optional[str] = ..., server_key: _Optional[bytes] = ...) -> None: ...
+
+class CopyImages(_message.Message):
+    __slots__ = ("job", "checkpoint", "checkpoint_dir", "ranks")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    checkpoint_dir: str
+    ranks: _containers.RepeatedCompositeFieldContainer[RestoreRank]
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RestoreRank, _Mapping]]] = ...) -> None: ...
+
+class ImagesCopied(_message.Message):
+    __slots__ = ("checkpoint", "ok", "reason", "ranks", "bytes", "seconds")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    ok: bool
+    reason: str
+    ranks: _containers.RepeatedScalarFieldContainer[int]
+    bytes: int
+    seconds: float
+    def __init__(self, checkpoint: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class DropImages(_message.Message):
+    __slots__ = ("job", "checkpoint", "checkpoint_dir")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    checkpoint_dir: str
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ...) -> None: ...
+
+class ImagesDropped(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
+
+class VerifyImages(_message.Message):
+    __slots__ = ("job", "checkpoint", "checkpoint_dir", "ranks")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    checkpoint: str
+    checkpoint_dir: str
+    ranks: _containers.RepeatedCompositeFieldContainer[RankImage]
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankImage, _Mapping]]] = ...) -> None: ...
+
+class ImageProblem(_message.Message):
+    __slots__ = ("path", "kind", "detail")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    kind: str
+    detail: str
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ImagesVerified(_message.Message):
+    __slots__ = ("checkpoint", "problems")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    problems: _containers.RepeatedCompositeFieldContainer[ImageProblem]
+    def __init__(self, checkpoint: _Optional[str] = ..., problems: _Optional[_Iterable[_Union[ImageProblem, _Mapping]]] = ...) -> None: ...
 
 class PrepareRestore(_message.Message):
     __slots__ = ("job", "restore", "checkpoint", "checkpoint_dir", "ranks", "address_map", "host_map", "host_addresses", "plugins", "plugin_options", "hold_timeout", "close_connections", "lazy_pages", "peer_ranks", "owner_uid", "owner", "split_hosts")
@@ -429,7 +523,7 @@ class OrderFailed(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("correlation_id", "register", "heartbeat", "rank_launched", "rank_exited", "job_killed", "vote", "commit_result", "abort_result", "order_failed", "restore_result", "ready")
+    __slots__ = ("correlation_id", "register", "heartbeat", "rank_launched", "rank_exited", "job_killed", "vote", "commit_result", "abort_result", "order_failed", "restore_result", "ready", "images_copied", "images_dropped", "images_verified")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +536,9 @@ class AgentMessage(_message.Message):
     ORDER_FAILED_FIELD_NUMBER: _ClassVar[int]
     RESTORE_RESULT_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_COPIED_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_VERIFIED_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     register: Register
     heartbeat: Heartbeat
@@ -454,10 +551,13 @@ class AgentMessage(_message.Message):
     order_failed: OrderFailed
     restore_result: RestoreResult
     ready: CheckpointReady
-    def __init__(self, correlation_id: _Optional[str] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rank_launched: _Optional[_Union[RankLaunched, _Mapping]] = ..., rank_exited: _Optional[_Union[RankExited, _Mapping]] = ..., job_killed: _Optional[_Union[JobKilled, _Mapping]] = ..., vote: _Optional[_Union[CheckpointVote, _Mapping]] = ..., commit_result: _Optional[_Union[CommitResult, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., order_failed: _Optional[_Union[OrderFailed, _Mapping]] = ..., restore_result: _Optional[_Union[RestoreResult, _Mapping]] = ..., ready: _Optional[_Union[CheckpointReady, _Mapping]] = ...) -> None: ...
+    images_copied: ImagesCopied
+    images_dropped: ImagesDropped
+    images_verified: ImagesVerified
+    def __init__(self, correlation_id: _Optional[str] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rank_launched: _Optional[_Union[RankLaunched, _Mapping]] = ..., rank_exited: _Optional[_Union[RankExited, _Mapping]] = ..., job_killed: _Optional[_Union[JobKilled, _Mapping]] = ..., vote: _Optional[_Union[CheckpointVote, _Mapping]] = ..., commit_result: _Optional[_Union[CommitResult, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., order_failed: _Optional[_Union[OrderFailed, _Mapping]] = ..., restore_result: _Optional[_Union[RestoreResult, _Mapping]] = ..., ready: _Optional[_Union[CheckpointReady, _Mapping]] = ..., images_copied: _Optional[_Union[ImagesCopied, _Mapping]] = ..., images_dropped: _Optional[_Union[ImagesDropped, _Mapping]] = ..., images_verified: _Optional[_Union[ImagesVerified, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("correlation_id", "register_ack", "heartbeat_ack", "launch_rank", "kill_job", "prepare", "commit", "abort", "prepare_restore", "restore_step", "freeze")
+    __slots__ = ("correlation_id", "register_ack", "heartbeat_ack", "launch_rank", "kill_job", "prepare", "commit", "abort", "prepare_restore", "restore_step", "freeze", "copy_images", "drop_images", "verify_images")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_ACK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -469,6 +569,9 @@ class CoordinatorMessage(_message.Message):
     PREPARE_RESTORE_FIELD_NUMBER: _ClassVar[int]
     RESTORE_STEP_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FIELD_NUMBER: _ClassVar[int]
+    COPY_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    DROP_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_IMAGES_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     register_ack: RegisterAck
     heartbeat_ack: HeartbeatAck
@@ -480,4 +583,7 @@ class CoordinatorMessage(_message.Message):
     prepare_restore: PrepareRestore
     restore_step: RestoreStep
     freeze: FreezeCheckpoint
-    def __init__(self, correlation_id: _Optional[str] = ..., register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., launch_rank: _Optional[_Union[LaunchRank, _Mapping]] = ..., kill_job: _Optional[_Union[KillJob, _Mapping]] = ..., prepare: _Optional[_Union[PrepareCheckpoint, _Mapping]] = ..., commit: _Optional[_Union[CommitCheckpoint, _Mapping]] = ..., abort: _Optional[_Union[AbortCheckpoint, _Mapping]] = ..., prepare_restore: _Optional[_Union[PrepareRestore, _Mapping]] = ..., restore_step: _Optional[_Union[RestoreStep, _Mapping]] = ..., freeze: _Optional[_Union[FreezeCheckpoint, _Mapping]] = ...) -> None: ...
+    copy_images: CopyImages
+    drop_images: DropImages
+    verify_images: VerifyImages
+    def __init__(self, correlation_id: _Optional[str] = ..., register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., launch_rank: _Optional[_Union[LaunchRank, _Mapping]] = ..., kill_job: _Optional[_Union[KillJob, _Mapping]] = ..., prepare: _Optional[_Union[PrepareCheckpoint, _Mapping]] = ..., commit: _Optional[_Union[CommitCheckpoint, _Mapping]] = ..., abort: _Optional[_Union[AbortCheckpoint, _Mapping]] = ..., prepare_restore: _Optional[_Union[PrepareRestore, _Mapping]] = ..., restore_step: _Optional[_Union[RestoreStep, _Mapping]] = ..., freeze: _Optional[_Union[FreezeCheckpoint, _Mapping]] = ..., copy_images: _Optional[_Union[CopyImages, _Mapping]] = ..., drop_images: _Optional[_Union[DropImages, _Mapping]] = ..., verify_images: _Optional[_Union[VerifyImages, _Mapping]] = ...) -> None: ...

@@ -24,6 +24,8 @@ class FileProblemKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FILE_PROBLEM_KIND_MISSING: _ClassVar[FileProblemKind]
     FILE_PROBLEM_KIND_SIZE: _ClassVar[FileProblemKind]
     FILE_PROBLEM_KIND_DIGEST: _ClassVar[FileProblemKind]
+    FILE_PROBLEM_KIND_UNREACHABLE: _ClassVar[FileProblemKind]
+    FILE_PROBLEM_KIND_COPY: _ClassVar[FileProblemKind]
 AGENT_STATE_UNSPECIFIED: AgentState
 AGENT_STATE_ALIVE: AgentState
 AGENT_STATE_LOST: AgentState
@@ -31,6 +33,8 @@ FILE_PROBLEM_KIND_UNSPECIFIED: FileProblemKind
 FILE_PROBLEM_KIND_MISSING: FileProblemKind
 FILE_PROBLEM_KIND_SIZE: FileProblemKind
 FILE_PROBLEM_KIND_DIGEST: FileProblemKind
+FILE_PROBLEM_KIND_UNREACHABLE: FileProblemKind
+FILE_PROBLEM_KIND_COPY: FileProblemKind
 
 class Agent(_message.Message):
     __slots__ = ("host", "addresses", "state", "last_heartbeat", "registered_at", "criu_version", "capabilities", "pid")

@@ -12,7 +12,9 @@ COMMIT_TIMEOUT = 4.0
 PLUGIN_DIR = Path(__file__).with_name("plugins")
 
 
-def _testbed(hosts: int, *, with_slurm: bool = False) -> Iterator[bed.State]:
+def _testbed(
+    hosts: int, *, with_slurm: bool = False, private_storage: bool = False, replicas: int = 0
+) -> Iterator[bed.State]:
     if bed.status(bed.DEFAULT_DIR) is not None:
         pytest.fail(
             "a testbed is already up; run `crctl testbed down` before the tests", pytrace=False
@@ -25,6 +27,8 @@ def _testbed(hosts: int, *, with_slurm: bool = False) -> Iterator[bed.State]:
         commit_timeout=COMMIT_TIMEOUT,
         plugin_dir=PLUGIN_DIR,
         with_slurm=with_slurm,
+        private_storage=private_storage,
+        replicas=replicas,
     )
     try:
         yield state
@@ -52,3 +56,10 @@ def coordinator_log(state: bed.State) -> str:
 def testbed_slurm() -> Iterator[bed.State]:
     """Four hosts with real Slurm: munge, slurmctld, a slurmd per host (nodes h1..h4)."""
     yield from _testbed(4, with_slurm=True)
+
+
+@pytest.fixture(scope="module")
+def private6() -> Iterator[bed.State]:
+    """Six hosts that share no storage (each its own /tmp, /dev/shm, agent work directory and
+    checkpoint store), with a partner copy of each host's images after every commit."""
+    yield from _testbed(6, private_storage=True, replicas=1)

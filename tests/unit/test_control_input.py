@@ -151,8 +151,8 @@ async def agents(keys_dir: Path, endpoint: str, *names: str) -> AsyncIterator[li
     [
         ([b"\xff\xff\xff"], "control_bad_message", "malformed agent message"),
         ([b""], "control_bad_message", "agent message with no body"),
-        # field 12: in no AgentMessage's oneof, so it parses as an unknown field and no body
-        ([b"\x62\x00"], "control_bad_message", "agent message with no body"),
+        # field 16: in no AgentMessage's oneof, so it parses as an unknown field and no body
+        ([b"\x82\x01\x00"], "control_bad_message", "agent message with no body"),
         ([heartbeat("h1"), b"and more"], "control_bad_envelope", "frames=3"),
     ],
     ids=["not-protobuf", "empty", "unknown-oneof-member", "two-frames"],
@@ -284,7 +284,7 @@ class Coordinator:
     [
         ([b"\xff\xff\xff"], "control_bad_message"),
         ([b""], "control_bad_message"),
-        ([b"\x5a\x00"], "control_bad_message"),  # field 11: in no CoordinatorMessage's oneof
+        ([b"\x72\x00"], "control_bad_message"),  # field 14: in no CoordinatorMessage's oneof
         ([b"one", b"two"], "control_bad_envelope"),
     ],
     ids=["not-protobuf", "empty", "unknown-oneof-member", "two-frames"],

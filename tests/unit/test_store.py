@@ -143,6 +143,7 @@ def test_a_schema_3_database_opens_with_its_checkpoints_unpinned_and_no_schedule
         assert record.pinned is False
         job = store.job("ring")
         assert job is not None and job.owner == "alice" and job.schedule is None
+        assert all(a.image_endpoint == "" for a in store.agents())  # schema 5 added it
         assert store.schedules() == []
         store.pin_checkpoint("ckpt-1", True)
         store.set_schedule(ScheduleRecord("ring", 60.0, 2, False, next_at=100.0))
@@ -153,7 +154,7 @@ def test_a_schema_3_database_opens_with_its_checkpoints_unpinned_and_no_schedule
         assert reopened.checkpoint("ckpt-1").pinned is True  # type: ignore[union-attr]
         assert [s.job for s in reopened.schedules()] == ["ring"]
         version = reopened._db.execute("SELECT value FROM meta WHERE key='schema_version'")
-        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "4"
+        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "5"
     finally:
         reopened.close()
 

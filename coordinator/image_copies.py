@@ -1,0 +1,235 @@
+"""Where a checkpoint's images are, and their copies: the hosts a restarting host fetches a
+rank's images from, the partner that copies a host's images after a commit (``replicas``),
+and the images retention drops on every host that holds them.
+
+A rank's images are on the host that dumped it (``RankImage.host``) and on each host that
+fetched a complete, verified copy (``RankImage.copies``, recorded in the manifest once
+copied). With a shared checkpoint store every host sees them anyway; a restart still names
+the holders, and a host that finds them in its own store fetches nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+import structlog
+from google.protobuf.json_format import Parse
+
+from coordinator.control import Plane
+from coordinator.registry import ALIVE
+from coordinator.storage import CheckpointStore
+from coordinator.store import AgentRecord, Store
+from crctl.errors import ConflictError, CrctlError
+from crctl.v1 import control_pb2, coordinator_pb2
+
+log = structlog.get_logger()
+
+COPY_TIMEOUT = 600.0  # a partner's fetch of a host's images (GiBs at network speed)
+DROP_TIMEOUT = 30.0
+
+
+def holders(image: control_pb2.RankImage) -> list[str]:
+    """The hosts holding a complete copy of a rank's images: the one that dumped it first."""
+    return list(dict.fromkeys([image.host, *image.copies]))
+
+
+def image_holder(agent: AgentRecord) -> control_pb2.ImageHolder | None:
+    """How to reach an agent's image server; None if it has none or is not alive."""
+    if agent.state != ALIVE or not agent.image_endpoint:
+        return None
+    return control_pb2.ImageHolder(
+        host=agent.host,
+        endpoint=agent.image_endpoint,
+        server_key=agent.image_server_key.encode("ascii"),
+    )
+
+
+def sources(
+    image: control_pb2.RankImage, target: str, agents: Mapping[str, AgentRecord]
+) -> list[control_pb2.ImageHolder]:
+    """Where ``target`` fetches a rank's images it lacks: every other live holder, the host
+    that dumped them first."""
+    found = []
+    for host in holders(image):
+        agent = agents.get(host)
+        holder = image_holder(agent) if agent is not None and host != target else None
+        if holder is not None:
+            found.append(holder)
+    return found
+
+
+def require_restorable(
+    manifest: coordinator_pb2.Manifest,
+    rank_hosts: Mapping[int, str],
+    agents: Mapping[str, AgentRecord],
+) -> None:
+    """Refuse a restart a rank of which has no reachable copy: no live holder, and not on the
+    host it restarts on. (A live holder without an image server is counted: with a shared
+    store the target reads the images itself; else its fetch fails, naming the holder.)"""
+    missing = []
+    for image in manifest.ranks:
+        target = rank_hosts.get(image.rank, "")
+        live = [h for h in holders(image) if h in agents and agents[h].state == ALIVE]
+        if target in holders(image) or live:
+            continue
+        where = ", ".join(f"{h} ({'lost' if h in agents else 'unknown'})" for h in holders(image))
+        missing.append(f"rank {image.rank} (only on {where})")
+    if missing:
+        raise ConflictError(
+            f"checkpoint {manifest.checkpoint} cannot be restored: no reachable copy of "
+            f"{'; '.join(missing)}; bring a host that holds them back, or restart from an "
+            "older checkpoint (--checkpoint)",
+            job=manifest.job,
+            checkpoint=manifest.checkpoint,
+        )
+
+
+def partners(dumped_on: Sequence[str], candidates: Sequence[str]) -> dict[str, str]:
+    """Each host that dumped ranks -> the host that keeps a copy of its images: the next of
+    ``candidates`` (the live hosts with an image server, in name order) after it, as SCR pairs
+    partner nodes. A host with no other candidate has no partner."""
+    ring = sorted(set(candidates) | set(dumped_on))
+    chosen: dict[str, str] = {}
+    for host in sorted(set(dumped_on)):
+        start = ring.index(host)
+        for step in range(1, len(ring)):
+            other = ring[(start + step) % len(ring)]
+            if other in candidates and other != host:
+                chosen[host] = other
+                break
+    return chosen
+
+
+class ImageCopies:
+    """Copies after a commit and drops at retirement, in the background (never on a
+    checkpoint's critical path); the manifest (database and manifest.json) records each copy
+    once its host verified it."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        files: CheckpointStore,
+        plane: Plane,
+        agents: Callable[[], Mapping[str, AgentRecord]],
+        replicas: int,
+    ) -> None:
+        self._store = store
+        self._files = files
+        self._plane = plane
+        self._agents = agents
+        self._replicas = replicas
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def after_commit(self, checkpoint: str) -> None:
+        if self._replicas > 0:
+            self._spawn(self.replicate(checkpoint), f"copy-{checkpoint}")
+
+    async def replicate(self, checkpoint: str) -> None:
+        """Each host's images fetched by its partner; the copies recorded."""
+        record = self._store.checkpoint(checkpoint)
+        if record is None or record.manifest is None:
+            return
+        manifest = Parse(record.manifest, coordinator_pb2.Manifest())
+        agents = self._agents()
+        live = [h for h, a in agents.items() if image_holder(a) is not None]
+        dumped_on = sorted({image.host for image in manifest.ranks})
+        pairs = partners(dumped_on, live)
+        logger = log.bind(job=record.job, checkpoint=checkpoint, phase="copy")
+        for host in dumped_on:
+            if host not in pairs:
+                logger.warning("checkpoint_copy_skipped", host=host, reason="no partner host")
+
+        async def copy(host: str, partner: str) -> tuple[str, list[int]]:
+            order = control_pb2.CoordinatorMessage()
+            body = order.copy_images
+            body.job, body.checkpoint = record.job, checkpoint
+            body.checkpoint_dir = record.directory
+            for image in manifest.ranks:
+                if image.host == host and partner not in holders(image):
+                    body.ranks.add(rank=image.rank, image=image).sources.extend(
+                        sources(image, partner, agents)
+                    )
+            if not body.ranks:
+                return partner, []
+            try:
+                reply = await self._plane.request(partner, order, COPY_TIMEOUT)
+            except CrctlError as exc:
+                logger.warning(
+                    "checkpoint_copy_failed", host=partner, source=host, reason=exc.message
+                )
+                return partner, []
+            result = reply.images_copied
+            if reply.WhichOneof("body") != "images_copied" or not result.ok:
+                why = result.reason or reply.order_failed.reason or "unexpected reply"
+                logger.warning("checkpoint_copy_failed", host=partner, source=host, reason=why)
+            else:
+                logger.info(
+                    "checkpoint_copied",
+                    host=partner,
+                    source=host,
+                    ranks=list(result.ranks),
+                    bytes=result.bytes,
+                    seconds=round(result.seconds, 3),
+                )
+            return partner, list(result.ranks) if result.ok else []
+
+        done = await asyncio.gather(*(copy(h, p) for h, p in pairs.items()))
+        self._record(checkpoint, {rank: partner for partner, ranks in done for rank in ranks})
+
+    def _record(self, checkpoint: str, copied: Mapping[int, str]) -> None:
+        """Add the copies to the manifest, read again now (retention may have retired it)."""
+        if not copied:
+            return
+        record = self._store.checkpoint(checkpoint)
+        if record is None or record.manifest is None:
+            return
+        manifest = Parse(record.manifest, coordinator_pb2.Manifest())
+        for image in manifest.ranks:
+            host = copied.get(image.rank)
+            if host is not None and host not in holders(image):
+                image.copies.append(host)
+        text = self._files.write_manifest(self._files.directory(record.job, checkpoint), manifest)
+        self._store.update_manifest(checkpoint, text)
+
+    def retire(self, job: str, checkpoint: str, manifest: coordinator_pb2.Manifest | None) -> None:
+        """A retired checkpoint's images removed from every live host that holds them (the
+        coordinator's own folder is removed by its caller)."""
+        if manifest is None:
+            return
+        hosts = sorted({h for image in manifest.ranks for h in holders(image)})
+        agents = self._agents()
+        live = [h for h in hosts if h in agents and agents[h].state == ALIVE]
+        directory = str(self._files.directory(job, checkpoint))
+
+        async def drop() -> None:
+            order = control_pb2.CoordinatorMessage()
+            order.drop_images.job, order.drop_images.checkpoint = job, checkpoint
+            order.drop_images.checkpoint_dir = directory
+            results = await asyncio.gather(
+                *(self._plane.request(h, order, DROP_TIMEOUT) for h in live),
+                return_exceptions=True,
+            )
+            for host, result in zip(live, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning(
+                        "checkpoint_images_not_dropped",
+                        job=job,
+                        checkpoint=checkpoint,
+                        host=host,
+                        reason=str(result),
+                    )
+
+        if live:
+            self._spawn(drop(), f"drop-{checkpoint}")
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

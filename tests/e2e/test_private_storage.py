@@ -1,0 +1,154 @@
+"""Hosts that share no storage (issue 14, items 1 and 2), with real CRIU: each emulated host
+has its own /tmp, /dev/shm, agent work directory and checkpoint store, as cluster nodes
+sharing only home directories would. A ring moves to hosts that never saw its images (they
+fetch them from the hosts that dumped them), a checkpoint survives the removal of a host's
+store (restored from the partner copies made after the commit), spreads and packs, and is
+verified where its copies are."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed import bed
+from testbed.ringjob import RingJob
+
+from .helpers import crctl, crctl_json, kill_daemon, running_ring, wait_for
+from .test_restart import assert_nothing_left, checkpoint_and_stop, ranks_by_host, restart
+from .test_spread import PACKED, SPREAD, counts_on
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def ring(private6: bed.State, request: pytest.FixtureRequest) -> Iterator[RingJob]:
+    yield from running_ring(private6, request, ["h1", "h2", "h3"])
+
+
+def images_in(state: bed.State, host: str, job: str, checkpoint: str) -> set[str]:
+    """The rank folders of a checkpoint in a host's own store."""
+    folder = bed.host_store(state, host) / job / checkpoint
+    return {p.name for p in folder.glob("rank-*")} if folder.is_dir() else set()
+
+
+def copies_made(job: str, checkpoint: str, count: int) -> dict[int, list[str]]:
+    """Wait for every rank to have ``count`` copies recorded; rank -> its copies."""
+
+    def copies() -> dict[int, list[str]]:
+        found = next(c for c in crctl_json("checkpoints", job) if c["checkpoint"] == checkpoint)
+        return {r["rank"]: r.get("copies", []) for r in found["manifest"]["ranks"]}
+
+    wait_for(lambda: all(len(c) == count for c in copies().values()), timeout=20,
+             what=f"{count} copies of every rank of {checkpoint}")  # fmt: skip
+    return copies()
+
+
+def test_a_ring_moves_to_hosts_that_never_saw_its_images_and_back(
+    private6: bed.State, ring: RingJob
+) -> None:
+    outcome = checkpoint_and_stop(ring)
+    checkpoint = outcome["checkpoint"]
+    # Each host's store holds its own ranks only, the coordinator's folder the manifest only.
+    for rank, host in enumerate(["h1", "h2", "h3"]):
+        assert f"rank-{rank}" in images_in(private6, host, ring.job, checkpoint)
+    assert images_in(private6, "h5", ring.job, checkpoint) == set()  # h4 may have h3's copy
+    coordinator_folder = private6.dir / "checkpoints" / ring.job / checkpoint
+    assert sorted(p.name for p in coordinator_folder.iterdir()) == ["manifest.json"]
+
+    code, _, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
+    assert code == 0, stderr
+    assert ranks_by_host(ring.job) == {0: "h4", 1: "h5", 2: "h6"}
+    assert "rank-1" in images_in(private6, "h5", ring.job, checkpoint)  # fetched
+    ring.wait_for_progress(tokens=30)
+    assert ring.errors() == []
+
+    checkpoint_and_stop(ring)
+    code, _, stderr = restart(ring, "--map", "h4=h1,h5=h2,h6=h3")
+    assert code == 0, stderr
+    ring.wait_for_progress(tokens=30)
+    assert ring.errors() == []
+
+
+def test_a_checkpoint_whose_source_store_was_removed_restarts_from_the_partner_copies(
+    private6: bed.State, ring: RingJob
+) -> None:
+    checkpoint = checkpoint_and_stop(ring)["checkpoint"]
+    copies = copies_made(ring.job, checkpoint, 1)
+    assert copies == {0: ["h2"], 1: ["h3"], 2: ["h4"]}  # each host's next one
+    listing = crctl("checkpoints", ring.job).stdout
+    assert "h1+h2 h2+h3 h3+h4" in listing, listing
+    assert "rank-0" in images_in(private6, "h2", ring.job, checkpoint)
+
+    shutil.rmtree(bed.host_store(private6, "h1") / ring.job / checkpoint)
+    verified = crctl("verify", ring.job, "--json", check=False)
+    assert verified.returncode != 0 and "rank-0" in verified.stdout  # h1's copy is gone
+
+    code, result, stderr = restart(ring, "--map", "h1=h5,h2=h6,h3=h4")
+    assert code == 0, stderr
+    assert result["restarted"] is True
+    ring.wait_for_progress(tokens=30)
+    assert ring.errors() == []
+
+
+def test_a_restart_whose_only_copy_is_on_a_lost_host_is_refused_naming_it(
+    private6: bed.State, ring: RingJob
+) -> None:
+    checkpoint = checkpoint_and_stop(ring)["checkpoint"]
+    copies_made(ring.job, checkpoint, 1)
+    # rank 2 is on h3 and its copy on h4: remove h4's copy and stop h3's agent
+    shutil.rmtree(bed.host_store(private6, "h4") / ring.job / checkpoint)
+    assert kill_daemon("agent-h3")
+    try:
+        wait_for(lambda: crctl_json("agents")[2]["state"] == "lost", timeout=15,
+                 what="h3 lost")  # fmt: skip
+        code, _, stderr = restart(ring, "--map", "h1=h5,h2=h6,h3=h1")
+        assert code != 0
+        assert "no such file" in stderr or "rank 2" in stderr, stderr
+        assert crctl_json("status", ring.job)["state"] == "stopped"
+    finally:
+        crctl("testbed", "start", "agent-h3")
+        wait_for(lambda: crctl_json("agents")[2]["state"] == "alive", timeout=20,
+                 what="h3 back")  # fmt: skip
+    # with h3 back its own images restore rank 2
+    code, _, stderr = restart(ring, "--map", "h1=h5,h2=h6,h3=h3")
+    assert code == 0, stderr
+    ring.wait_for_progress(tokens=20)
+    assert ring.errors() == []
+
+
+@pytest.fixture
+def packed(private6: bed.State, request: pytest.FixtureRequest) -> Iterator[RingJob]:
+    yield from running_ring(private6, request, PACKED)
+
+
+def test_a_ring_packed_on_two_hosts_spreads_over_four_that_share_no_storage(
+    private6: bed.State, packed: RingJob
+) -> None:
+    checkpoint_and_stop(packed)
+    code, _, stderr = restart(packed, "--hosts", ",".join(SPREAD))
+    assert code == 0, stderr
+    assert ranks_by_host(packed.job) == dict(enumerate(SPREAD))
+    counts_on(packed, SPREAD, private6)
+    checkpoint_and_stop(packed)
+    code, _, stderr = restart(packed, "--map", "h3=h1,h4=h1,h5=h2,h6=h2")
+    assert code == 0, stderr
+    counts_on(packed, PACKED, private6)
+    time.sleep(0.5)
+    crctl("kill", packed.job)
+    assert_nothing_left(private6, packed.job, ["h1", "h2"])
+
+
+def test_retention_drops_the_images_on_every_host_that_holds_them(
+    private6: bed.State, ring: RingJob
+) -> None:
+    first = crctl_json("checkpoint", ring.job, "--leave-running")["checkpoint"]
+    copies_made(ring.job, first, 1)
+    for _ in range(3):  # retain_checkpoints = 3
+        crctl("checkpoint", ring.job, "--leave-running")
+    stores = [bed.host_store(private6, h) / ring.job / first for h in private6.hosts]
+    wait_for(lambda: not any(Path(s).exists() for s in stores), timeout=20,
+             what=f"{first} gone from every host")  # fmt: skip
