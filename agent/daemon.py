@@ -65,6 +65,7 @@ class Agent:
             engine=engine,
             plugin_dir=config.plugin_dir,
             images=self._images,
+            private_paths=config.host_private_paths,
         )
         self._interval = config.heartbeat_interval
         self._registered = False

@@ -125,8 +125,15 @@ def _process(rank: Rank) -> RankProcess:
 class CriuEngine:
     """The real host: ranks as PID-namespace inits in freezer cgroups, CRIU dumps and restores."""
 
-    def __init__(self, work_dir: Path, plugin_dir: Path, images: HostImages | None = None) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        plugin_dir: Path,
+        images: HostImages | None = None,
+        private_paths: str = "/tmp,/dev/shm",
+    ) -> None:
         self._work_dir = work_dir
+        self._private_paths = private_paths
         self._plugin_dir = plugin_dir
         self._images = images
         self._freezer: FreezerHierarchy | None = None
@@ -212,7 +219,7 @@ class CriuEngine:
             ranks={number: _process(rank) for number, rank in ranks.items()},
             host=host,
             host_addresses=list(addresses),
-            private_roots=host_files.private_roots(self._work_dir),
+            private_roots=host_files.private_roots(self._work_dir, self._private_paths),
         )
 
     def restore(self, order: control_pb2.PrepareRestore, *, host: str) -> HostRestore:

@@ -26,16 +26,36 @@ log = structlog.get_logger()
 
 ARCHIVE = "host-files.tar"
 FILES_IMG = "files.img"
-DEFAULT_PRIVATE = (Path("/tmp"), Path("/dev/shm"))
 
 
-def private_roots(work_dir: Path) -> tuple[Path, ...]:
-    """The folders whose contents are this host's own: /tmp, /dev/shm, the agent's work dir."""
-    return (*DEFAULT_PRIVATE, work_dir)
+def private_roots(work_dir: Path, configured: str = "/tmp,/dev/shm") -> tuple[Path, ...]:
+    """The folders whose contents are this host's own: those configured (host_private_paths)
+    and the agent's work dir."""
+    return (*(Path(p.strip()) for p in configured.split(",") if p.strip()), work_dir)
 
 
-def _under(path: Path, roots: Sequence[Path]) -> bool:
-    return any(path != root and path.is_relative_to(root) for root in roots)
+def _mount_points() -> list[Path]:
+    try:
+        with open("/proc/self/mountinfo") as mountinfo:
+            return [Path(line.split()[4]) for line in mountinfo]
+    except OSError:
+        return [Path("/")]
+
+
+def _mount_of(path: Path, mounts: Sequence[Path]) -> Path:
+    """The mount point ``path`` lives on (the longest that contains it)."""
+    return max((m for m in mounts if path.is_relative_to(m)), key=lambda m: len(m.parts))
+
+
+def _under(path: Path, roots: Sequence[Path], mounts: Sequence[Path]) -> bool:
+    """Under a private root and on that root's own mount: a folder mounted inside it from
+    elsewhere (crctl's checkout kept shared inside a host's own /tmp) is not the host's."""
+    return any(
+        path != root
+        and path.is_relative_to(root)
+        and _mount_of(path, mounts) == _mount_of(root, mounts)
+        for root in roots
+    )
 
 
 def named_paths(images_dir: Path) -> list[Path]:
@@ -54,8 +74,9 @@ def pack(images_dir: Path, roots: Sequence[Path]) -> list[str]:
     images name (and their parent folders below the root, so they come back as they were);
     nothing is written when there are none. Returns the paths packed."""
     chosen: list[Path] = []
+    mounts = _mount_points()
     for path in named_paths(images_dir):
-        if not path.is_absolute() or not _under(path, roots) or not _plain(path):
+        if not path.is_absolute() or not _under(path, roots, mounts) or not _plain(path):
             continue
         try:
             mode = os.lstat(path).st_mode

@@ -37,11 +37,12 @@ class Orders:
         engine: HostEngine | None = None,
         plugin_dir: Path = Path("/etc/crctl/plugins"),
         images: HostImages | None = None,
+        private_paths: str = "/tmp,/dev/shm",
     ) -> None:
         self._host = host
         self._send = send
         self._images = images
-        self._engine: HostEngine = engine or CriuEngine(work_dir, plugin_dir, images)
+        self._engine: HostEngine = engine or CriuEngine(work_dir, plugin_dir, images, private_paths)
         self.ranks: dict[tuple[str, int], Rank] = {}
         self._expected_exits: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()

@@ -25,7 +25,9 @@ def add_option(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def bench_testbed(hosts: int, *, on_disk: bool) -> Iterator[tuple[bed.State, Path]]:
+def bench_testbed(
+    hosts: int, *, on_disk: bool, private_storage: bool = False, replicas: int = 0
+) -> Iterator[tuple[bed.State, Path]]:
     """A testbed of ``hosts`` hosts and a scratch folder for plain CRIU runs beside its
     checkpoint store; everything is removed afterwards."""
     directory = bed.DEFAULT_DIR
@@ -40,7 +42,7 @@ def bench_testbed(hosts: int, *, on_disk: bool) -> Iterator[tuple[bed.State, Pat
         )
         mounted = True
     try:
-        state = bed.up(hosts, directory)
+        state = bed.up(hosts, directory, private_storage=private_storage, replicas=replicas)
         yield state, Path(tempfile.mkdtemp(prefix="plain-criu-", dir=directory))
     finally:
         bed.down(directory)  # removes the scratch folder too

@@ -3,11 +3,14 @@ emulated hosts, checkpointed with its ranks left running, checkpointed and resta
 hosts, then moved once more; each step passes when every rank went on making progress it
 verified itself, with no error of its own.
 
-    .venv/bin/python bench/workloads.py [--only NAME,...] [--store-on-disk]
+    .venv/bin/python bench/workloads.py [--only NAME,...] [--store-on-disk] [--shared-storage]
 
 Prints the catalogue as a table (workload, ranks, what it covers, each step's result, time)
 and `workloads: P of N passed`. Needs root; brings up its own testbed (three hosts per rank of
-the widest workload) and removes it afterwards."""
+the widest workload) and removes it afterwards. By default its hosts share no storage (each
+its own /tmp, /dev/shm, agent work dir and checkpoint store; a partner copy of each host's
+images after every commit): a restart on other hosts fetches the images from the hosts that
+hold them. ``--shared-storage`` runs it with one checkpoint store for all."""
 
 from __future__ import annotations
 
@@ -24,6 +27,11 @@ from tests.workloads.catalogue import WORKLOADS
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated workload names")
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="one checkpoint store and /tmp for every host (default: each host its own)",
+    )
     add_option(parser)
     args = parser.parse_args()
     chosen = (
@@ -31,7 +39,10 @@ def main() -> int:
     )
     hosts = 3 * max(spec.ranks for spec in chosen)
     results = []
-    with bench_testbed(hosts, on_disk=args.store_on_disk) as (state, _):
+    private = not args.shared_storage
+    with bench_testbed(
+        hosts, on_disk=args.store_on_disk, private_storage=private, replicas=int(private)
+    ) as (state, _):
         for spec in chosen:
             result = workloads.run(state, spec, say=lambda line: print(line, file=sys.stderr))
             results.append((spec, result))
@@ -56,7 +67,8 @@ def main() -> int:
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     passed = sum(result.passed for _, result in results)
-    print(f"workloads: {passed} of {len(results)} passed")
+    storage = "hosts sharing no storage, a partner copy each" if private else "a shared store"
+    print(f"workloads: {passed} of {len(results)} passed ({storage})")
     return 0 if passed == len(results) else 1
 
 

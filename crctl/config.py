@@ -87,6 +87,10 @@ class Config:
     operations_keep_for: float = 7 * 24 * 3600.0
     # Scratch space of an agent (working image copies, rank pipes).
     agent_work_dir: Path = Path("/var/lib/crctl/agent")
+    # Folders whose files are each host's own (comma-separated; the agent's work dir always
+    # is): the files ranks use there go with their checkpoint, and a restart elsewhere
+    # recreates them. "" where they are shared (one machine, or /tmp on shared storage).
+    host_private_paths: str = "/tmp,/dev/shm"
     # "auto" (JSON when not a terminal), "json" or "console".
     log_format: str = "auto"
     log_level: str = "info"

@@ -110,7 +110,10 @@ def _make_private_storage(state: State, host: Host) -> None:
         source.mkdir(parents=True, exist_ok=True)
         if target in (Path("/tmp"), Path("/dev/shm")):
             source.chmod(0o1777)
-    netns.create_private_storage(host.namespace, folders)
+    # What the daemons run from stays shared, wherever it is (a checkout in /tmp, say).
+    keep = {_project_root().resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    keep |= {Path(p).resolve() for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    netns.create_private_storage(host.namespace, folders, sorted(keep))
 
 
 def agent_process(host: str) -> str:
@@ -170,6 +173,9 @@ def _daemon_argv(state: State, name: str) -> list[str]:
         str(state.dir / "agents" / host.name),
         "--checkpoint-dir",
         str(state.dir / "checkpoints"),
+        # the hosts share this machine's /tmp and /dev/shm unless their storage is private
+        "--host-private-paths",
+        "/tmp,/dev/shm" if state.private_storage else "",
         "--plugin-dir",
         state.plugin_dir or str(state.dir / "plugins"),
     ]

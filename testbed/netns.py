@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from crctl.errors import PrerequisiteError
@@ -124,17 +125,30 @@ def _run(argv: list[str]) -> None:
         raise PrerequisiteError(f"`{' '.join(argv)}` failed: {result.stderr.strip()}")
 
 
-def create_private_storage(namespace: str, binds: dict[Path, Path]) -> None:
+def create_private_storage(
+    namespace: str, binds: dict[Path, Path], keep: Sequence[Path] = ()
+) -> None:
     """A mount namespace for the host, every mount in it private (none propagates either way,
     so CRIU sees no sharing it cannot reach), with each target of ``binds`` covered by its
-    source (a folder of the host's own), e.g. {/tmp: <host's tmp>}. Entered by nsenter_prefix."""
+    source (a folder of the host's own), e.g. {/tmp: <host's tmp>}, except the folders of
+    ``keep`` under a target (crctl's own checkout in /tmp, say), which stay what every host
+    sees. Entered by nsenter_prefix."""
     MNTNS_DIR.mkdir(parents=True, exist_ok=True)
     if not _is_mountpoint(MNTNS_DIR):
         _run(["mount", "--bind", str(MNTNS_DIR), str(MNTNS_DIR)])
     _run(["mount", "--make-private", str(MNTNS_DIR)])
     anchor = mntns_path(namespace)
     anchor.touch()
-    script = "".join(f'mount --bind "{source}" "{target}" && ' for target, source in binds.items())
+    steps = []
+    outermost = [k for k in keep if not any(k != o and k.is_relative_to(o) for o in keep)]
+    for target, source in binds.items():
+        for shared in outermost:
+            if shared.is_relative_to(target) and shared != target:
+                inside = source / shared.relative_to(target)
+                inside.mkdir(parents=True, exist_ok=True)
+                steps.append(f'mount --bind "{shared}" "{inside}"')
+        steps.append(f'mount --rbind "{source}" "{target}"')
+    script = "".join(f"{step} && " for step in steps)
     _run(["unshare", f"--mount={anchor}", "--propagation", "private", "--", "sh", "-c",
           script + "true"])  # fmt: skip
 

@@ -59,3 +59,21 @@ def test_nothing_is_packed_through_a_symbolic_link_or_when_nothing_is_private(
     assert host_files.pack(images, [root]) == []
     assert not (images / host_files.ARCHIVE).exists()
     assert host_files.unpack(images, tmp_path) == []
+
+
+def test_a_folder_mounted_into_a_private_root_from_elsewhere_is_not_packed(
+    tmp_path: Path, named: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """crctl's checkout kept shared inside a host's own /tmp: its files are every host's."""
+    root, images = tmp_path / "tmp", tmp_path / "images"
+    (root / "checkout").mkdir(parents=True)
+    images.mkdir()
+    own, shared = root / "own.txt", root / "checkout" / "libmpi.so"
+    own.write_text("mine")
+    shared.write_text("everyone's")
+    named.extend([own, shared])
+    monkeypatch.setattr(host_files, "_mount_points", lambda: [Path("/"), root / "checkout"])
+    assert host_files.pack(images, [root]) == [str(own)]
+    assert host_files.private_roots(Path("/work"), "") == (Path("/work"),)
+    assert host_files.private_roots(Path("/work"), "/tmp, /dev/shm") == (
+        Path("/tmp"), Path("/dev/shm"), Path("/work"))  # fmt: skip

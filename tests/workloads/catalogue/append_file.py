@@ -19,13 +19,13 @@ So across a leave-running checkpoint then a restart from it, the lines the first
 after the checkpoint (beyond the restored counter) are from a previous life and not errors.
 Two lives appending at the same time would interleave and be reported: only one may run.
 
-CRIU records a regular file's size at dump time and refuses to restore it if the size has
-changed since (criu/files-reg.c: "File ... has bad size"; no option is known to turn that off).
-Here it will have changed whenever the first life ran on after the checkpoint, so a restart
-from a leave-running checkpoint fails unless the file is first put back to its size at the
-checkpoint (truncated). Then the file holds just the restored counter's lines and the checker
-sees one life; without the truncation (if CRIU ever let it through) it sees two. Both are
-within the rule.
+What the restored file holds (crctl's rule, ARCHITECTURE.md "Files a restart finds"):
+CRIU records no size for a file open O_WRONLY|O_APPEND (criu/files-reg.c, should_check_size:
+a log) and reopens it as it finds it, so a restart from a leave-running checkpoint after the
+file grew works, and the file holds every line both lives wrote, in order: the abandoned
+life's lines after the checkpoint stay, the restored process appends after them (O_APPEND
+writes go to the end), numbering on from its restored counter. The checker reads that as a
+new life (above). crctl never truncates or rewrites a user's file to make a restart fit.
 Progress: operations checked."""
 
 from __future__ import annotations
