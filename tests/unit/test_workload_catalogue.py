@@ -34,6 +34,7 @@ from tests.workloads.catalogue import (
     append_file,
     big_memory,
     eventfd_timerfd,
+    file_locks,
     fork_tree,
     half_closed,
     inotify,
@@ -41,10 +42,13 @@ from tests.workloads.catalogue import (
     memcached,
     mmap_file,
     nginx_download,
+    python_multiprocessing,
+    signalfd,
     tcp_pair,
     threads64,
     timers_signals,
     udp_connected,
+    unlinked_file,
     zombies,
 )
 
@@ -370,7 +374,7 @@ def test_the_registry_names_every_program_in_the_catalogue() -> None:
     folder = Path(catalogue.__file__).parent
     programs = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
     assert programs == {spec.program or spec.name for spec in catalogue.WORKLOADS.values()}
-    assert len(catalogue.WORKLOADS) >= 26
+    assert len(catalogue.WORKLOADS) >= 31
     for spec in catalogue.WORKLOADS.values():
         assert spec.ranks in (1, 2) and spec.covers
         assert spec.program is None or spec.program in catalogue.WORKLOADS
@@ -591,7 +595,7 @@ def test_the_clients_parse_replies_and_refuse_garbage() -> None:
             _clients.Stream(left).readline()
 
 
-def test_new_checkers_reject_bad_input() -> None:
+def test_new_checkers_reject_bad_input(tmp_path: Path) -> None:
     item = (b"value", 7)
     assert memcached.check_gets((b"value", 7, 1), "k", item) is None
     assert "flags 8" in str(memcached.check_gets((b"value", 8, 1), "k", item))
@@ -603,3 +607,27 @@ def test_new_checkers_reject_bad_input() -> None:
     damaged = bytearray(piece)
     damaged[9000] ^= 1
     assert "offset 18192" in str(nginx_download.check_piece(bytes(damaged), 10_000))
+    assert unlinked_file.check_record(unlinked_file.record(3, 5), 3, 5) is None
+    assert "expected message 6, got 5" in str(
+        unlinked_file.check_record(unlinked_file.record(3, 5), 3, 6)
+    )
+    assert unlinked_file.check_record(unlinked_file.record(4, 5), 3, 5) is not None
+    own, child = 100, 200
+    checker = signalfd.Checker(own, child)
+    usr2 = signalfd.Received(signal.SIGUSR2, signalfd.SI_USER, own, 0)
+    queued = [signalfd.Received(signalfd.QUEUED, signalfd.SI_QUEUE, child, v) for v in (0, 1)]
+    assert checker.check([*queued, usr2], {signal.SIGUSR2}) == []
+    gap = signalfd.Received(signalfd.QUEUED, signalfd.SI_QUEUE, child, 3)
+    assert checker.check([gap, usr2], {signal.SIGUSR2}) == ["queued value 3, expected 2"]
+    assert len(checker.check([], set())) == 2  # SIGUSR2 neither pending nor read
+    stranger = signalfd.Received(signal.SIGUSR1, signalfd.SI_USER, 300, 0)
+    assert "not the child" in checker.check([stranger, usr2], {signal.SIGUSR2})[0]
+    outstanding = {1: 0, 2: 0}
+    good = python_multiprocessing.task(1)
+    assert python_multiprocessing.check_result(good, outstanding, own=-1) is None
+    assert "not outstanding" in str(python_multiprocessing.check_result(good, outstanding, -1))
+    assert "checksum" in str(python_multiprocessing.check_result((2, 0, 5), outstanding, -1))
+    for name in ("flock.lock", "ofd.lock", "records.lock"):
+        (tmp_path / name).write_bytes(bytes(file_locks.RANGES * file_locks.RANGE))
+    assert file_locks.probe(tmp_path) == "flock=free ofd=None ranges="
+    assert file_locks.probe(tmp_path) != file_locks.expected_probe(own, {1, 2})

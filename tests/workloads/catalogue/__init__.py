@@ -65,6 +65,16 @@ _SPECS = (
         extra_args=("--memory-mib", "1024"),
         program="big_memory",
     ),
+    Spec("posix_shm", 1, "a shm_open object in /dev/shm mapped by two processes"),
+    Spec("signalfd", 1, "a signalfd with queued real-time and pending standard signals"),
+    Spec("pty_pair", 1, "a pty whose slave is a child session's controlling terminal"),
+    Spec("unlinked_file", 1, "a deleted file held by two descriptors (a CRIU ghost file)"),
+    Spec("unix_seqpacket", 1, "SOCK_SEQPACKET: a socketpair and a path-bound listener's link"),
+    Spec("unix_dgram", 1, "path-bound Unix datagram sockets with bursts queued unread"),
+    Spec("python_multiprocessing", 1, "a fork Pool of 4 workers, replaced every 50 tasks"),
+    Spec("tcp_many", 2, "200 TCP connections between two ranks, a message on each per round"),
+    Spec("file_locks", 1, "flock, POSIX record and OFD locks held, probed by a child"),
+    Spec("memfd", 1, "a sealed memfd mapped by two processes"),
 )
 
 WORKLOADS: dict[str, Spec] = {spec.name: spec for spec in _SPECS}
