@@ -19,7 +19,8 @@ A psql or server that dies is an error.
 The server runs with dynamic_shared_memory_type=sysv, shared_buffers=16MB and
 max_connections=20, as tests/e2e/test_services.py runs it (POSIX shared memory in /dev/shm is
 posix_shm's to cover); everything else is initdb's default. SIGTERM stops psql and the server
-(fast shutdown: SIGINT). Progress: answers checked."""
+(immediate shutdown, SIGQUIT: the cluster is scratch, no shutdown checkpoint to wait for).
+Progress: answers checked."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def start_server(args: _common.Args) -> _servers.Child:
         *("-c", "dynamic_shared_memory_type=sysv", "-c", "shared_buffers=16MB"),
         *("-c", "max_connections=20"),
     ]
-    return _servers.spawn("postgres", argv, log=log, stop_signal=signal.SIGINT)
+    return _servers.spawn("postgres", argv, log=log, stop_signal=signal.SIGQUIT)
 
 
 def connect(family: int, address: str | tuple[str, int]) -> _clients.PgConnection:
