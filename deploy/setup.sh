@@ -102,15 +102,20 @@ else
     say "$command_link -> $system_venv/bin/crctl (a copy: run deploy/setup.sh again after changing the checkout)"
 fi
 
-# The services the end-to-end tests move between hosts as their own users' jobs, and Slurm
-# (`crctl testbed up --slurm`). Installed without starting them (a policy-rc.d refusing every
-# start, no default PostgreSQL cluster): the tests and the testbed run their own.
-say "installing PostgreSQL, nginx and Slurm (slurm-wlm, munge), not started"
+# The services the end-to-end tests and the workload catalogue (tests/workloads/catalogue: redis,
+# memcached, postgres, nginx_download, jvm) move between hosts, and Slurm (`crctl testbed up
+# --slurm`). Installed without starting them (a policy-rc.d refusing every start, no default
+# PostgreSQL cluster): the tests and the testbed run their own.
+say "installing PostgreSQL, nginx, Redis, memcached, a JRE and Slurm (slurm-wlm, munge), not started"
 (
     # shellcheck source=install-criu.sh
     source "$here/deploy/install-criu.sh"
-    if ! pkg_installed postgresql-15 || ! pkg_installed nginx-light ||
-        ! pkg_installed slurm-wlm || ! pkg_installed munge; then
+    services=(postgresql-15 nginx-light redis-server memcached default-jre-headless slurm-wlm munge)
+    missing=0
+    for package in "${services[@]}"; do
+        pkg_installed "$package" || missing=1
+    done
+    if [ "$missing" = 1 ]; then
         mkdir -p /etc/postgresql-common
         conf=/etc/postgresql-common/createcluster.conf
         if grep -q '^ *create_main_cluster' "$conf" 2>/dev/null; then
@@ -123,7 +128,7 @@ say "installing PostgreSQL, nginx and Slurm (slurm-wlm, munge), not started"
         [ -e "$policy" ] && had_policy=1
         [ "$had_policy" = 1 ] || printf '#!/bin/sh\nexit 101\n' >"$policy"
         chmod +x "$policy"
-        apt_install postgresql-15 nginx-light slurm-wlm munge
+        apt_install "${services[@]}"
         [ "$had_policy" = 1 ] || rm -f "$policy"
     fi
 )

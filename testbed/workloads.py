@@ -5,19 +5,30 @@ making verified progress with no error of its own.
 
 A workload's program checks itself (tests/workloads/catalogue's contract): it writes a JSON
 status with a monotonic ``progress`` count of operations it verified and the ``errors`` it
-found. The runner only reads those, so a program from anyone can be added to the catalogue."""
+found. The runner only reads those, so a program from anyone can be added to the catalogue.
+
+A workload whose Spec names a ``user`` is launched by that user (``runuser`` running the CLI,
+so the job is theirs and its ranks run as them; root checkpoints and restarts it as an admin).
+One whose ``launcher`` is ``"mpirun"`` is one MPI job started as ``crctl mpirun`` does (crctl
+rank 0 mpiexec, then one proxy per host; ``ranks`` MPI processes, one per host), each MPI
+process writing the status of its MPI rank."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from cli.client import CoordinatorClient
+from cli.mpi_commands import start_mpi_job
 from crctl.errors import CrctlError
 from crctl.v1 import coordinator_pb2
 from testbed.bed import State
@@ -27,6 +38,9 @@ BASE_PORT = 7300
 STEP_PROGRESS = 20  # verified operations every rank must add after each step
 STEP_TIMEOUT = 60.0
 STEPS = ("leave-running", "restart elsewhere", "second move")
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: PYTHONPATH of the programs
+RUNUSER = "/usr/sbin/runuser"
+MPICH_SEGMENTS = Path("/dev/shm")  # mpich_shm_*: a killed MPI rank leaves its own behind
 
 
 class Spec(Protocol):
@@ -38,6 +52,12 @@ class Spec(Protocol):
     def ranks(self) -> int: ...
     @property
     def extra_args(self) -> tuple[str, ...]: ...
+    @property
+    def module(self) -> str: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def launcher(self) -> Literal["ranks", "mpirun"]: ...
 
 
 @dataclass
@@ -90,13 +110,13 @@ class WorkloadJob:
             time.sleep(0.05)
 
 
-def _argv(spec: Spec, job: WorkloadJob, rank: int, addresses: list[str]) -> list[str]:
-    work = job.status_dir / f"work-{rank}"
-    work.mkdir(parents=True, exist_ok=True)
+def _argv(spec: Spec, job: WorkloadJob, rank: int | str, addresses: list[str]) -> list[str]:
+    """Rank ``rank``'s command (an MPI job's: ``rank`` "{rank}", which each process replaces
+    with its MPI rank)."""
     return [
         sys.executable,
         "-m",
-        f"tests.workloads.catalogue.{spec.name}",
+        spec.module,
         "--rank",
         str(rank),
         "--ranks",
@@ -108,9 +128,89 @@ def _argv(spec: Spec, job: WorkloadJob, rank: int, addresses: list[str]) -> list
         "--status",
         str(job.status_dir / f"rank-{rank}.json"),
         "--work-dir",
-        str(work),
+        str(job.status_dir / f"work-{rank}"),
         *spec.extra_args,
     ]
+
+
+def _prepare(job: WorkloadJob) -> None:
+    """The job's folder, with an empty work dir per rank (none left from an earlier run),
+    owned by the workload's user if it has one."""
+    job.status_dir.mkdir(parents=True, exist_ok=True)
+    for old in job.status_dir.glob("rank-*.json"):
+        old.unlink()
+    folders = [job.status_dir]
+    for rank in range(job.spec.ranks):
+        work = job.status_dir / f"work-{rank}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        folders.append(work)
+    if job.spec.user is not None:
+        entry = pwd.getpwnam(job.spec.user)
+        for folder in folders:
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+
+
+def _launch_as(
+    state: State, user: str, job: str, host: str, rank: int, argv: list[str], cwd: Path
+) -> None:
+    """Launch one rank as ``user``: the CLI run by them (runuser drops every credential), so
+    the coordinator sees them call and the job is theirs."""
+    entry = pwd.getpwnam(user)
+    api = state.api_address
+    env = {
+        "HOME": entry.pw_dir,
+        "USER": user,
+        "LOGNAME": user,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(ROOT),
+        **(
+            {"CRCTL_API_SOCKET": api.removeprefix("unix:")}
+            if api.startswith("unix:")
+            else {"CRCTL_API_ADDRESS": api}
+        ),
+    }
+    command = [
+        RUNUSER, "-u", user, "--", sys.executable, "-m", "cli", "launch", "--job", job,
+        "--host", host, "--rank", str(rank), "--cwd", str(cwd), "--", *argv,
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            command, env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"launch of rank {rank} as {user}: no answer in 60s") from None
+    if done.returncode != 0:
+        raise StepFailed(f"launch of rank {rank} as {user}: {done.stderr.strip()[-500:]}")
+
+
+def _launch(
+    state: State,
+    client: CoordinatorClient,
+    job: WorkloadJob,
+    hosts: list[str],
+    addresses: list[str],
+) -> None:
+    spec = job.spec
+    if spec.launcher == "mpirun":
+        start_mpi_job(
+            client,
+            job.job,
+            hosts,
+            ranks_per_host=1,
+            n=spec.ranks,
+            command=_argv(spec, job, "{rank}", addresses),
+            extra_env={"PYTHONPATH": str(ROOT)},
+        )
+        return
+    for rank, host in enumerate(hosts):
+        argv = _argv(spec, job, rank, addresses)
+        if spec.user is None:
+            client.launch(job.job, host, rank, argv, {})
+        else:
+            work = job.status_dir / f"work-{rank}"
+            _launch_as(state, spec.user, job.job, host, rank, argv, work)
 
 
 def _checkpoint(client: CoordinatorClient, job: str, *, leave_running: bool) -> None:
@@ -153,14 +253,12 @@ def run(
         Path(state.directory) / "jobs" / f"{job_prefix}-{spec.name}",
     )
     first, second, third = host_sets(spec, sorted(state.hosts, key=lambda h: int(h[1:])))
-    job.status_dir.mkdir(parents=True, exist_ok=True)
-    for old in job.status_dir.glob("rank-*.json"):
-        old.unlink()
+    _prepare(job)
     addresses = [state.hosts[h].address for h in first]
+    segments = set(MPICH_SEGMENTS.glob("mpich_shm_*"))
     with CoordinatorClient(state.api_address, timeout=60) as client:
         try:
-            for rank, host in enumerate(first):
-                client.launch(job.job, host, rank, _argv(spec, job, rank, addresses), {})
+            _launch(state, client, job, first, addresses)
             job.wait_for_progress([0] * spec.ranks, 10, STEP_TIMEOUT)
             steps: list[tuple[str, Callable[[], None]]] = [
                 ("leave-running", lambda: _checkpoint(client, job.job, leave_running=True)),
@@ -186,6 +284,9 @@ def run(
                     client.kill(job.job)
             except CrctlError as exc:
                 say(f"{spec.name}: could not kill {job.job}: {exc}")
+    if spec.launcher == "mpirun":
+        for segment in set(MPICH_SEGMENTS.glob("mpich_shm_*")) - segments:
+            segment.unlink(missing_ok=True)
     result.seconds = time.monotonic() - started
     return result
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,27 +26,41 @@ from typing import Any
 
 import pytest
 
+from crctl import mpi
 from tests.workloads import catalogue
 from tests.workloads.catalogue import (
+    _clients,
     _common,
     append_file,
     big_memory,
     eventfd_timerfd,
+    file_locks,
     fork_tree,
     half_closed,
     inotify,
     listen_backlog,
+    memcached,
     mmap_file,
+    nginx_download,
+    python_multiprocessing,
+    signalfd,
     tcp_pair,
     threads64,
     timers_signals,
     udp_connected,
+    unlinked_file,
     zombies,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = "127.0.0.1"
-QUICK_ARGS = {"listen_backlog": ("--backlog-hold", "0.3"), "big_memory": ("--memory-mib", "32")}
+QUICK_ARGS = {
+    "listen_backlog": ("--backlog-hold", "0.3"),
+    "big_memory": ("--memory-mib", "32"),
+    "big_memory_1g": ("--memory-mib", "64"),  # 1 GiB is for the testbed
+    "nginx_download": ("--file-mib", "4", "--rate-mib", "16"),
+}
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
 MIN_PROGRESS = 10
 PROGRESS_PATIENCE = 30.0
 EXIT_PATIENCE = 5.0
@@ -76,6 +93,7 @@ class Rank:
     process: subprocess.Popen[bytes]
     status_path: Path
     stderr_path: Path
+    port: int  # the workload's --port
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -97,32 +115,64 @@ class Rank:
 def launch(
     name: str, ranks: int, tmp: Path, extra: Sequence[str] = (), only: int | None = None
 ) -> list[Rank]:
-    """Start `name`'s ranks (or just rank `only`) as subprocesses on 127.0.0.1."""
+    """Start `name`'s ranks (or just rank `only`) as subprocesses on 127.0.0.1, as its Spec's
+    user if it has one; an MPI workload's under one mpiexec. Rank R's status is
+    tmp/NAME/rank-R.json and its work dir tmp/NAME/work-R (as testbed.workloads lays them out)."""
+    spec = catalogue.WORKLOADS[name]
     port = free_port_run(ranks)
-    started = []
-    for rank in range(ranks) if only is None else [only]:
-        work_dir = tmp / f"{name}-{rank}"
-        work_dir.mkdir(parents=True)
-        stderr_path = tmp / f"{name}-{rank}.stderr"
+    home = tmp / name
+    home.mkdir(exist_ok=True)
+    chosen = list(range(ranks)) if only is None else [only]
+    for rank in chosen:
+        (home / f"work-{rank}").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    user: dict[str, Any] = {}
+    if spec.user is not None:
+        entry = pwd.getpwnam(spec.user)
+        for path in [home, *home.iterdir()]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        user = {
+            "user": entry.pw_uid,
+            "group": entry.pw_gid,
+            "extra_groups": os.getgrouplist(spec.user, entry.pw_gid),
+        }
+        env |= {"HOME": entry.pw_dir, "USER": spec.user, "LOGNAME": spec.user}
+
+    def start(rank: str, stderr_path: Path) -> subprocess.Popen[bytes]:
         argv = [
             sys.executable,
             "-m",
-            catalogue.WORKLOADS[name].module,
-            *("--rank", str(rank), "--ranks", str(ranks)),
+            spec.module,
+            *("--rank", rank, "--ranks", str(ranks)),
             *("--addresses", ",".join([LOCAL] * ranks), "--port", str(port)),
-            *("--status", str(tmp / f"{name}-{rank}.json"), "--work-dir", str(work_dir)),
+            *("--status", str(home / f"rank-{rank}.json")),
+            *("--work-dir", str(home / f"work-{rank}")),
             *extra,
         ]
+        mpi_env = {}
+        if spec.launcher == "mpirun":
+            argv = [str(MPIEXEC), "-n", str(ranks), *argv]
+            mpi_env = dict(mpi.TCP_ONLY)
         with open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 argv,
                 cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env=env | mpi_env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
+                **user,
             )
-        started.append(Rank(name, rank, process, tmp / f"{name}-{rank}.json", stderr_path))
+
+    if spec.launcher == "mpirun":
+        stderr_path = home / "mpiexec.stderr"
+        process = start("{rank}", stderr_path)
+        return [Rank(name, r, process, home / f"rank-{r}.json", stderr_path, port) for r in chosen]
+    started = []
+    for rank in chosen:
+        stderr_path = home / f"rank-{rank}.stderr"
+        process = start(str(rank), stderr_path)
+        started.append(Rank(name, rank, process, home / f"rank-{rank}.json", stderr_path, port))
     return started
 
 
@@ -167,9 +217,11 @@ def stop(ranks: Sequence[Rank]) -> Stopped:
     whatever is still there afterwards."""
     result = Stopped()
     offspring = descendants([r.process.pid for r in ranks if r.process.poll() is None])
+    signalled = set()  # an MPI job's ranks share one process, its mpiexec
     for rank in ranks:
-        if rank.process.poll() is None:
+        if rank.process.poll() is None and rank.process.pid not in signalled:
             rank.process.send_signal(signal.SIGTERM)
+            signalled.add(rank.process.pid)
     deadline = time.monotonic() + EXIT_PATIENCE
     for rank in ranks:
         try:
@@ -187,6 +239,22 @@ def stop(ranks: Sequence[Rank]) -> Stopped:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return result
+
+
+def mpich_segments(pids: Sequence[int]) -> set[Path]:
+    """The /dev/shm segments MPICH made for these processes (a rank ended by SIGTERM without
+    MPI_Finalize, or killed by mpiexec, leaves its own behind)."""
+    found = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/dev/shm/mpich_shm_"):
+                found.add(Path(fields[5]))
+    return found
 
 
 def freeze(pids: Sequence[int], seconds: float) -> None:
@@ -227,17 +295,23 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def catalogue_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+def catalogue_run() -> Iterator[dict[str, Outcome]]:
     """Every workload's ranks, all at once: statuses once every rank has MIN_PROGRESS; then
     every process is frozen for FREEZE_SECONDS (as during a checkpoint); statuses again once
-    every rank has MIN_PROGRESS more; then what SIGTERM did."""
-    tmp = tmp_path_factory.mktemp("catalogue")
+    every rank has MIN_PROGRESS more; then what SIGTERM did. In a folder other users can
+    enter (postgres's ranks, nginx's www-data workers), removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="crctl-catalogue-"))
+    tmp.chmod(0o755)
     all_ranks: list[Rank] = []
+    segments: set[Path] = set()
     try:
-        for spec in catalogue.WORKLOADS.values():
-            all_ranks += launch(spec.name, spec.ranks, tmp, QUICK_ARGS.get(spec.name, ()))
+        for spec in local_workloads():
+            extra = (*spec.extra_args, *QUICK_ARGS.get(spec.name, ()))
+            all_ranks += launch(spec.name, spec.ranks, tmp, extra)
         wait_until(lambda: all(r.progress() >= MIN_PROGRESS for r in all_ranks))
         first = {(r.name, r.rank): r.status() for r in all_ranks}
+        mpiexecs = {r.process.pid for r in all_ranks if launched_by_mpiexec(r)}
+        segments = mpich_segments(sorted(descendants(sorted(mpiexecs))))
         freeze([r.process.pid for r in all_ranks], FREEZE_SECONDS)
         marks = {(r.name, r.rank): r.progress() for r in all_ranks}
         wait_until(
@@ -245,7 +319,7 @@ def catalogue_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome
         )
         second = {(r.name, r.rank): r.status() for r in all_ranks}
         outcomes = {}
-        for name in catalogue.WORKLOADS:
+        for name in (spec.name for spec in local_workloads()):
             ranks = [r for r in all_ranks if r.name == name]
             outcomes[name] = Outcome(
                 first={r.rank: first[name, r.rank] for r in ranks},
@@ -253,22 +327,42 @@ def catalogue_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome
                 stopped=stop(ranks),
                 stderr={r.rank: r.stderr_tail() for r in ranks},
             )
-        return outcomes
+        yield outcomes
     finally:
         stop(all_ranks)
+        shutil.rmtree(tmp, ignore_errors=True)
+        for segment in segments:
+            segment.unlink(missing_ok=True)
+
+
+def local_workloads() -> list[catalogue.Spec]:
+    """The workloads this test can run: all as root; as anyone else, those with no user of
+    their own."""
+    root = os.geteuid() == 0
+    return [s for s in catalogue.WORKLOADS.values() if root or s.user in (None, current_user())]
+
+
+def current_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def launched_by_mpiexec(rank: Rank) -> bool:
+    return catalogue.WORKLOADS[rank.name].launcher == "mpirun"
 
 
 @pytest.mark.parametrize("name", sorted(catalogue.WORKLOADS))
 def test_workload_progresses_without_errors_and_ends_on_sigterm(
     name: str, catalogue_run: dict[str, Outcome]
 ) -> None:
-    outcome = catalogue_run[name]
     spec = catalogue.WORKLOADS[name]
+    if name not in catalogue_run:
+        pytest.skip(f"{name} runs as user {spec.user}: switching to it needs root")
+    outcome = catalogue_run[name]
     for rank in range(spec.ranks):
         first, second = outcome.first[rank], outcome.second[rank]
         context = f"{name} rank {rank}; stderr:\n{outcome.stderr[rank]}"
         assert first is not None and second is not None, context
-        assert (first["workload"], first["rank"]) == (name, rank), context
+        assert (first["workload"], first["rank"]) == (spec.program or name, rank), context
         assert second["errors"] == [], context
         assert first["progress"] >= MIN_PROGRESS, context
         assert second["progress"] >= first["progress"] + MIN_PROGRESS, context
@@ -279,10 +373,12 @@ def test_workload_progresses_without_errors_and_ends_on_sigterm(
 def test_the_registry_names_every_program_in_the_catalogue() -> None:
     folder = Path(catalogue.__file__).parent
     programs = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
-    assert programs == set(catalogue.WORKLOADS)
-    assert len(catalogue.WORKLOADS) >= 16
+    assert programs == {spec.program or spec.name for spec in catalogue.WORKLOADS.values()}
+    assert len(catalogue.WORKLOADS) >= 31
     for spec in catalogue.WORKLOADS.values():
         assert spec.ranks in (1, 2) and spec.covers
+        assert spec.program is None or spec.program in catalogue.WORKLOADS
+        assert spec.user is None or pwd.getpwnam(spec.user)
 
 
 # The checks can fail: live programs fed bad data.
@@ -330,13 +426,13 @@ def launch_at(name: str, ranks: int, tmp: Path, port: int, only: int) -> list[Ra
         process = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=stderr
         )
-    return [Rank(name, only, process, tmp / "status.json", stderr_path)]
+    return [Rank(name, only, process, tmp / "status.json", stderr_path, port)]
 
 
 def test_mmap_file_reports_a_counter_it_did_not_write(tmp_path: Path) -> None:
     with running(launch("mmap_file", 1, tmp_path)) as (rank,):
         assert wait_until(lambda: rank.progress() >= MIN_PROGRESS), rank.stderr_tail()
-        fd = os.open(tmp_path / "mmap_file-0" / "mapped", os.O_RDWR)
+        fd = os.open(tmp_path / "mmap_file" / "work-0" / "mapped", os.O_RDWR)
         try:
             for _ in range(20):  # the parent may overwrite one in the instant after it lands
                 os.pwrite(fd, struct.pack("!q", 10**9), 0)
@@ -350,10 +446,21 @@ def test_mmap_file_reports_a_counter_it_did_not_write(tmp_path: Path) -> None:
 def test_append_file_reports_lines_it_did_not_write(tmp_path: Path) -> None:
     with running(launch("append_file", 1, tmp_path)) as (rank,):
         assert wait_until(lambda: rank.progress() >= MIN_PROGRESS), rank.stderr_tail()
-        with open(tmp_path / "append_file-0" / "appended.log", "ab") as log:
+        with open(tmp_path / "append_file" / "work-0" / "appended.log", "ab") as log:
             log.write(b"999999\n")
         assert wait_until(lambda: errors_of(rank) != [], 5)
         assert "are missing" in errors_of(rank)[0]
+
+
+def test_redis_reports_a_counter_someone_else_changed(tmp_path: Path) -> None:
+    ranks = launch("redis", 2, tmp_path)
+    with running(ranks):
+        assert wait_until(lambda: ranks[0].progress() >= MIN_PROGRESS), ranks[0].stderr_tail()
+        with _common.connect_tcp(LOCAL, ranks[0].port) as sock:
+            assert isinstance(_clients.Resp(sock).call("INCRBY", "r0:counter", 5), int)
+        assert wait_until(lambda: errors_of(ranks[0]) != [], 5), ranks[0].stderr_tail()
+    assert "INCR r0:counter: expected" in errors_of(ranks[0])[0]
+    assert errors_of(ranks[1]) == []
 
 
 # The checks can fail: the pure checkers fed bad input.
@@ -460,3 +567,67 @@ def test_other_checkers_reject_bad_input() -> None:
     assert mmap_file.check_file(b"x", b"x", 0) is not None
     assert eventfd_timerfd.check_drained(12, 12) is None
     assert eventfd_timerfd.check_drained(None, 12) is not None
+
+
+def test_the_clients_parse_replies_and_refuse_garbage() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        resp = _clients.Resp(left)
+        right.sendall(b"*3\r\n$3\r\nabc\r\n:-7\r\n*-1\r\n-ERR wrong type\r\n$-1\r\n+OK\r\n")
+        assert resp.reply() == [b"abc", -7, None]
+        assert resp.reply() == _clients.RespError("ERR wrong type")
+        assert resp.reply() is None and resp.reply() == "OK"
+        right.sendall(b"?what\r\n")
+        with pytest.raises(_clients.ProtocolError):
+            resp.reply()
+        memcache = _clients.Memcache(left)
+        right.sendall(b"VALUE k 3 2 99\r\nhi\r\nEND\r\nVALUE other 0 1 1\r\nx\r\nEND\r\n")
+        assert memcache.gets("k") == (b"hi", 3, 99)
+        with pytest.raises(_clients.ProtocolError):
+            memcache.gets("k")
+        right.sendall(b"HTTP/1.1 206 Partial\r\nContent-Length: 12\r\nETag: x\r\n\r\n")
+        head = _clients.http_head(_clients.Stream(left))
+        assert (head.status, head.content_length, head.headers["etag"]) == (206, 12, "x")
+    left, right = socket.socketpair()
+    with left:
+        right.close()
+        with pytest.raises(_clients.ProtocolError, match="closed"):
+            _clients.Stream(left).readline()
+
+
+def test_new_checkers_reject_bad_input(tmp_path: Path) -> None:
+    item = (b"value", 7)
+    assert memcached.check_gets((b"value", 7, 1), "k", item) is None
+    assert "flags 8" in str(memcached.check_gets((b"value", 8, 1), "k", item))
+    assert "nothing" in str(memcached.check_gets(None, "k", item))
+    assert "expected none" in str(memcached.check_gets((b"value", 7, 1), "k", None))
+    piece = nginx_download.pattern(10_000, 20_000)
+    assert nginx_download.check_piece(piece, 10_000) is None
+    assert "offset 14096" in str(nginx_download.check_piece(piece, 10_000 + 4096))
+    damaged = bytearray(piece)
+    damaged[9000] ^= 1
+    assert "offset 18192" in str(nginx_download.check_piece(bytes(damaged), 10_000))
+    assert unlinked_file.check_record(unlinked_file.record(3, 5), 3, 5) is None
+    assert "expected message 6, got 5" in str(
+        unlinked_file.check_record(unlinked_file.record(3, 5), 3, 6)
+    )
+    assert unlinked_file.check_record(unlinked_file.record(4, 5), 3, 5) is not None
+    own, child = 100, 200
+    checker = signalfd.Checker(own, child)
+    usr2 = signalfd.Received(signal.SIGUSR2, signalfd.SI_USER, own, 0)
+    queued = [signalfd.Received(signalfd.QUEUED, signalfd.SI_QUEUE, child, v) for v in (0, 1)]
+    assert checker.check([*queued, usr2], {signal.SIGUSR2}) == []
+    gap = signalfd.Received(signalfd.QUEUED, signalfd.SI_QUEUE, child, 3)
+    assert checker.check([gap, usr2], {signal.SIGUSR2}) == ["queued value 3, expected 2"]
+    assert len(checker.check([], set())) == 2  # SIGUSR2 neither pending nor read
+    stranger = signalfd.Received(signal.SIGUSR1, signalfd.SI_USER, 300, 0)
+    assert "not the child" in checker.check([stranger, usr2], {signal.SIGUSR2})[0]
+    outstanding = {1: 0, 2: 0}
+    good = python_multiprocessing.task(1)
+    assert python_multiprocessing.check_result(good, outstanding, own=-1) is None
+    assert "not outstanding" in str(python_multiprocessing.check_result(good, outstanding, -1))
+    assert "checksum" in str(python_multiprocessing.check_result((2, 0, 5), outstanding, -1))
+    for name in ("flock.lock", "ofd.lock", "records.lock"):
+        (tmp_path / name).write_bytes(bytes(file_locks.RANGES * file_locks.RANGE))
+    assert file_locks.probe(tmp_path) == "flock=free ofd=None ranges="
+    assert file_locks.probe(tmp_path) != file_locks.expected_probe(own, {1, 2})

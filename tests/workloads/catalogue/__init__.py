@@ -3,11 +3,18 @@ run as `python -m tests.workloads.catalogue.<name> --rank R --ranks N --addresse
 --port P --status FILE --work-dir DIR [extra args]` (see _common for the shared contract).
 
 `WORKLOADS` names each program, how many ranks it runs as, what it covers, and the extra
-arguments a runner passes it by default."""
+arguments a runner passes it by default. Also, where an entry says so:
+- `program`: the module it runs, when that is another entry's with other arguments;
+- `user`: the local user its ranks run as (a runner launches them as that user; by default
+  they run as the runner's user, root on the testbed);
+- `launcher="mpirun"`: an MPI program, started as one MPI job of `ranks` processes (one per
+  host) by `crctl mpirun`, not rank by rank. Every process gets the same arguments, in which
+  "{rank}" stands for its MPI rank (`--rank {rank} --status DIR/rank-{rank}.json ...`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -16,10 +23,13 @@ class Spec:
     ranks: int
     covers: str
     extra_args: tuple[str, ...] = ()
+    program: str | None = None
+    user: str | None = None
+    launcher: Literal["ranks", "mpirun"] = "ranks"
 
     @property
     def module(self) -> str:
-        return f"{__name__}.{self.name}"
+        return f"{__name__}.{self.program or self.name}"
 
 
 _SPECS = (
@@ -42,6 +52,29 @@ _SPECS = (
     Spec("big_memory", 1, "256 MiB of patterned memory, checked and partly rewritten"),
     Spec("eventfd_timerfd", 1, "an eventfd holding a count and a periodic timerfd"),
     Spec("ipv6_loopback", 1, "a TCP connection over ::1 between two threads of one rank"),
+    Spec("redis", 2, "redis-server as a child, clients pipelining on two connections"),
+    Spec("memcached", 2, "memcached as a child run by nobody, gets/cas/incr on two connections"),
+    Spec("postgres", 2, "PostgreSQL 15 as user postgres, psql and a wire client", user="postgres"),
+    Spec("nginx_download", 2, "nginx, www-data workers, a slow 64 MiB keep-alive download"),
+    Spec("jvm", 1, "a JVM run from source: 10 threads, a ConcurrentHashMap, a queue"),
+    Spec("mpi_ring", 2, "MPICH via mpi4py: sendrecv ring, allreduce, bcast", launcher="mpirun"),
+    Spec(
+        "big_memory_1g",
+        1,
+        "1 GiB of patterned memory (big_memory's program)",
+        extra_args=("--memory-mib", "1024"),
+        program="big_memory",
+    ),
+    Spec("posix_shm", 1, "a shm_open object in /dev/shm mapped by two processes"),
+    Spec("signalfd", 1, "a signalfd with queued real-time and pending standard signals"),
+    Spec("pty_pair", 1, "a pty whose slave is a child session's controlling terminal"),
+    Spec("unlinked_file", 1, "a deleted file held by two descriptors (a CRIU ghost file)"),
+    Spec("unix_seqpacket", 1, "SOCK_SEQPACKET: a socketpair and a path-bound listener's link"),
+    Spec("unix_dgram", 1, "path-bound Unix datagram sockets with bursts queued unread"),
+    Spec("python_multiprocessing", 1, "a fork Pool of 4 workers, replaced every 50 tasks"),
+    Spec("tcp_many", 2, "200 TCP connections between two ranks, a message on each per round"),
+    Spec("file_locks", 1, "flock, POSIX record and OFD locks held, probed by a child"),
+    Spec("memfd", 1, "a sealed memfd mapped by two processes"),
 )
 
 WORKLOADS: dict[str, Spec] = {spec.name: spec for spec in _SPECS}

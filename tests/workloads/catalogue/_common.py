@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 STATUS_EVERY = 0.25
 MAX_ERRORS = 20
@@ -366,7 +366,7 @@ def check_message(data: bytes, tag: bytes, expected_seq: int, max_size: int = 40
     return None
 
 
-def idle_forever() -> None:
+def idle_forever() -> NoReturn:
     """After a fatal error (a dead connection): keep the status, wait for SIGTERM."""
     while True:
         time.sleep(1)
