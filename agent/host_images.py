@@ -40,6 +40,7 @@ class HostImages:
         self.store_root = store_root
         self._keypair = keypair
         self._allowed: set[bytes] = set()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._server: image_transfer.ImageServer | None = None
         self.endpoint = ""
 
@@ -97,6 +98,18 @@ class HostImages:
         sources in turn, verified as it arrives, the ranks in parallel; the bytes fetched.
         Ranks already here cost a size check of their files."""
         self._folder(job, checkpoint, folder)
+        # One fetch of a checkpoint at a time here: a restart's and a partner copy's of the same
+        # images (a restart right after the commit) would write the same files.
+        async with self._locks.setdefault((job, checkpoint), asyncio.Lock()):
+            return await self._fetch_missing(job, checkpoint, ranks, peers)
+
+    async def _fetch_missing(
+        self,
+        job: str,
+        checkpoint: str,
+        ranks: Sequence[control_pb2.RestoreRank],
+        peers: Sequence[control_pb2.RestoreRank],
+    ) -> int:
         wanted: list[tuple[control_pb2.RestoreRank, list[control_pb2.FileDigest]]] = []
         for entry, all_files in [(r, True) for r in ranks] + [(p, False) for p in peers]:
             files = [

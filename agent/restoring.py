@@ -38,6 +38,7 @@ log = structlog.get_logger()
 
 # In each restore's folder: which job it restores (read by an agent restarted meanwhile).
 RESTORE_RECORD = "restore.json"
+COPY_NOTICE_BYTES = 64 << 20  # a working copy that copied this much says so
 
 
 class RankFailure(CrctlError):
@@ -210,7 +211,17 @@ class HostRestore:
             made = host_files.unpack(source)
             if made:
                 self._log.info("restore_host_files", rank=entry.rank, paths=made[:20])
-            images.make_working_copy(source, working)
+            # A thread: where the store and the work dir are on different file systems (or
+            # mounts), the page images are copied, not linked (GiBs: seconds).
+            copy = await asyncio.to_thread(images.make_working_copy, source, working)
+            if copy.copied_bytes >= COPY_NOTICE_BYTES:
+                self._log.info(
+                    "restore_images_copied",
+                    rank=entry.rank,
+                    bytes=copy.copied_bytes,
+                    seconds=round(copy.seconds, 3),
+                    why="store and work dir on different file systems: no hard links",
+                )
             images.skip_criu_network_lock(working)  # this host's own lock (below) covers it
             handed = images.hand_over_in_flight(working, source, ends)
             if handed:

@@ -121,7 +121,7 @@ def raw_remote_lazy(
             shutil.copy2(path, copy / path.name)
     address = state.hosts[source_host].address
     # The source's store as the source host sees it (its own, mounted at the shared path).
-    seen = state.dir / "checkpoints" / source.relative_to(bed.host_store(state, source_host))
+    seen = bed.checkpoint_dir(state) / source.relative_to(bed.host_store(state, source_host))
     began = time.perf_counter()
     server = subprocess.Popen(
         [

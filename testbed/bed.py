@@ -83,24 +83,49 @@ class State:
 PRIVATE_TARGETS = ("tmp", "dev/shm")
 
 
+DISK = "disk"  # with private storage: the path of each host's own disk, in the testbed dir
+
+
 def private_folders(state: State, host: str) -> dict[Path, Path]:
     """With private storage: what host ``host`` sees at a path -> the folder of its own behind
-    it (under <testbed>/nodes/<host>/, so that tests can look at a host's disk, or remove it)."""
+    it (under <testbed>/nodes/<host>/, so that tests can look at a host's disk, or remove it).
+    Its agent work dir and checkpoint store are on one "disk" (one mount: hard links between
+    them work, as on a node whose /var/lib/crctl is one file system)."""
     own = state.dir / "nodes" / host
     return {
         Path("/tmp"): own / "tmp",
         Path("/dev/shm"): own / "shm",
-        state.dir / "agents": own / "agents",
-        state.dir / "checkpoints": own / "checkpoints",
+        state.dir / DISK: own / DISK,
     }
+
+
+def checkpoint_dir(state: State) -> Path:
+    """The checkpoint_dir of the coordinator and of every agent (each host's own store with
+    private storage, the coordinator's holding the manifests only)."""
+    return state.dir / DISK / "checkpoints" if state.private_storage else state.dir / "checkpoints"
+
+
+def work_dir(state: State, host: str) -> Path:
+    """Host ``host``'s agent work dir, as that host sees it."""
+    return state.dir / DISK / "agent" if state.private_storage else state.dir / "agents" / host
+
+
+def _own_view(state: State, host: str, path: Path) -> Path:
+    """Where the root namespace sees ``path`` as host ``host`` sees it."""
+    if state.private_storage and path.is_relative_to(state.dir / DISK):
+        return state.dir / "nodes" / host / DISK / path.relative_to(state.dir / DISK)
+    return path
 
 
 def host_store(state: State, host: str) -> Path:
     """Host ``host``'s checkpoint store, as the root namespace sees it (its own with private
     storage, else the one every host shares)."""
-    if state.private_storage:
-        return private_folders(state, host)[state.dir / "checkpoints"]
-    return state.dir / "checkpoints"
+    return _own_view(state, host, checkpoint_dir(state))
+
+
+def host_work_dir(state: State, host: str) -> Path:
+    """Host ``host``'s agent work dir, as the root namespace sees it."""
+    return _own_view(state, host, work_dir(state, host))
 
 
 def _make_private_storage(state: State, host: Host) -> None:
@@ -153,7 +178,7 @@ def _daemon_argv(state: State, name: str) -> list[str]:
             "--state-db",
             str(state.dir / "coordinator.db"),
             "--checkpoint-dir",
-            str(state.dir / "checkpoints"),
+            str(checkpoint_dir(state)),
             "--agent-lost-after",
             str(state.agent_lost_after),
             "--commit-timeout",
@@ -170,12 +195,14 @@ def _daemon_argv(state: State, name: str) -> list[str]:
         "--host",
         host.name,
         "--agent-work-dir",
-        str(state.dir / "agents" / host.name),
+        str(work_dir(state, host.name)),
         "--checkpoint-dir",
-        str(state.dir / "checkpoints"),
+        str(checkpoint_dir(state)),
         # the hosts share this machine's /tmp and /dev/shm unless their storage is private
         "--host-private-paths",
-        "/tmp,/dev/shm" if state.private_storage else "",
+        ",".join(str(p) for p in private_folders(state, host.name))
+        if state.private_storage
+        else "",
         "--plugin-dir",
         state.plugin_dir or str(state.dir / "plugins"),
     ]

@@ -24,6 +24,9 @@ class DumpSpec:
     images_dir: Path
     leave_running: bool = False
     tcp_established: bool = True
+    # flock, POSIX record and OFD locks the tasks hold are dumped (and taken again at restore)
+    # instead of refusing the dump ("Some file locks are hold by dumping tasks").
+    file_locks: bool = True
     # Quiesce through this freezer cgroup (the rank's own, see agent.freezer) rather than with
     # ptrace alone: CRIU freezes it and its children, seizes every task there, then thaws it
     # (the tasks stay stopped under ptrace). Tasks outside the dumped tree are let go.
@@ -56,6 +59,7 @@ class RestoreSpec:
     log_file: str = "restore.log"
     log_level: int = 4
     tcp_established: bool = True
+    file_locks: bool = True  # the locks the dump recorded are taken again
     # No network lock option: a restore always takes the lock method from the images (the
     # dump's), whatever the request says; agent.images.skip_criu_network_lock changes it there.
     # CRIU inherit_fd: key (e.g. "pipe:[1234]") -> fd in this process, handed to CRIU.

@@ -79,6 +79,7 @@ async def start_dump(spec: DumpSpec) -> HeldDump:
         opts.pid = spec.pid
         opts.leave_running = spec.leave_running
         opts.tcp_established = spec.tcp_established
+        opts.file_locks = spec.file_locks
         if spec.freeze_cgroup is not None:
             opts.freeze_cgroup = str(spec.freeze_cgroup)
         opts.network_lock = spec.network_lock.value
@@ -132,6 +133,7 @@ async def start_restore(spec: RestoreSpec, *, pages: LazyPages | None = None) ->
 
     def fill(opts: Any) -> None:
         opts.tcp_established = spec.tcp_established
+        opts.file_locks = spec.file_locks
         opts.rst_sibling = True
         opts.lazy_pages = spec.lazy_pages
         for key, fd in spec.inherit_fds.items():

@@ -35,6 +35,10 @@ class CopyReport:
     copied: tuple[str, ...]  # files copied (files.img is always among them)
     seconds: float
 
+    @property
+    def copied_bytes(self) -> int:
+        return sum((self.target / name).stat().st_size for name in self.copied)
+
 
 def make_working_copy(source: Path, target: Path, *, link_unmodified: bool = True) -> CopyReport:
     """Make ``target``, a copy of the images in ``source`` that rewriters may change.

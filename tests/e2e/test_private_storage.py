@@ -56,7 +56,7 @@ def test_a_ring_moves_to_hosts_that_never_saw_its_images_and_back(
     for rank, host in enumerate(["h1", "h2", "h3"]):
         assert f"rank-{rank}" in images_in(private6, host, ring.job, checkpoint)
     assert images_in(private6, "h5", ring.job, checkpoint) == set()  # h4 may have h3's copy
-    coordinator_folder = private6.dir / "checkpoints" / ring.job / checkpoint
+    coordinator_folder = bed.checkpoint_dir(private6) / ring.job / checkpoint
     assert sorted(p.name for p in coordinator_folder.iterdir()) == ["manifest.json"]
 
     code, _, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")

@@ -83,7 +83,7 @@ def lazy_pages_daemons(state: bed.State) -> dict[Path, int]:
 
 
 def working_copies(state: bed.State, host: str) -> list[str]:
-    restores = Path(state.directory) / "agents" / host / "restores"
+    restores = bed.host_work_dir(state, host) / "restores"
     return sorted(str(p.relative_to(restores)) for p in restores.rglob("*"))
 
 
