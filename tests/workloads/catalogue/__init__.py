@@ -26,6 +26,11 @@ class Spec:
     program: str | None = None
     user: str | None = None
     launcher: Literal["ranks", "mpirun"] = "ranks"
+    # All ranks on one host (and moved together), not one per host.
+    packed: bool = False
+    # What crctl cannot carry: its checkpoint must be refused with a reason saying this (and
+    # the job run on untouched); "" for a workload that must move.
+    refused: str = ""
 
     @property
     def module(self) -> str:
@@ -75,6 +80,13 @@ _SPECS = (
     Spec("tcp_many", 2, "200 TCP connections between two ranks, a message on each per round"),
     Spec("file_locks", 1, "flock, POSIX record and OFD locks held, probed by a child"),
     Spec("memfd", 1, "a sealed memfd mapped by two processes"),
+    Spec(
+        "shm_between_ranks",
+        2,
+        "two ranks of one host sharing /dev/shm memory (refused: cannot be split)",
+        packed=True,
+        refused="share the memory of /dev/shm/crctl-shm-",
+    ),
 )
 
 WORKLOADS: dict[str, Spec] = {spec.name: spec for spec in _SPECS}
