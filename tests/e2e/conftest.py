@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,26 @@ from testbed import bed
 LOST_AFTER = 3.0
 COMMIT_TIMEOUT = 4.0
 PLUGIN_DIR = Path(__file__).with_name("plugins")
+# The storage the hosts of testbed3 / testbed6 have: "shared" (one store, /tmp and /dev/shm
+# for all), "private" (each host its own, a partner copy of each host's images), or both, a
+# module's tests running once on each. A module that sets STORAGE = ("shared",) needs one
+# store (it looks at images in the coordinator's folder, say); CRCTL_E2E_STORAGE narrows the
+# run to one mode.
+STORAGE_MODES = ("shared", "private")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if {"testbed3", "testbed6"} & set(metafunc.fixturenames):
+        modes = tuple(getattr(metafunc.module, "STORAGE", STORAGE_MODES))
+        only = os.environ.get("CRCTL_E2E_STORAGE", "")
+        if only:
+            modes = tuple(m for m in modes if m == only)
+        metafunc.parametrize("storage", modes, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def storage(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def _testbed(
@@ -37,15 +58,17 @@ def _testbed(
 
 
 @pytest.fixture(scope="module")
-def testbed3() -> Iterator[bed.State]:
+def testbed3(storage: str) -> Iterator[bed.State]:
     """A real testbed of 3 emulated hosts with a coordinator and 3 agents (separate processes)."""
-    yield from _testbed(3)
+    private = storage == "private"
+    yield from _testbed(3, private_storage=private, replicas=int(private))
 
 
 @pytest.fixture(scope="module")
-def testbed6() -> Iterator[bed.State]:
+def testbed6(storage: str) -> Iterator[bed.State]:
     """Six emulated hosts: a job on h1-h3 can move to h4-h6."""
-    yield from _testbed(6)
+    private = storage == "private"
+    yield from _testbed(6, private_storage=private, replicas=int(private))
 
 
 def coordinator_log(state: bed.State) -> str:

@@ -13,6 +13,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Folders tests make for ranks live here: shared by every emulated host, also when their
+# /tmp is each host's own (testbed up --private-storage), as home directories on NFS would be.
+SHARED_TMP = "/var/tmp"
+
 
 def crctl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a separate process."""

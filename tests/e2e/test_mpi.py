@@ -21,7 +21,7 @@ import pytest
 
 from testbed import bed, faultmatrix
 
-from .helpers import crctl, crctl_json, wait_for
+from .helpers import SHARED_TMP, crctl, crctl_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,7 @@ class MpiJob:
 def mpi_job(testbed6: bed.State, request: pytest.FixtureRequest) -> Iterator[Any]:
     """``start(hosts, *options)`` runs the example under `crctl mpirun` as a job named after
     the test; it is killed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="crctl-mpi-"))
+    folder = Path(tempfile.mkdtemp(prefix="crctl-mpi-", dir=SHARED_TMP))
     segments = set(Path("/dev/shm").glob("mpich_shm_*"))
     name = "mpi-" + request.node.name.removeprefix("test_")[:40].replace("_", "-").strip("-")
     started: list[str] = []

@@ -20,7 +20,7 @@ import pytest
 
 from testbed import bed
 
-from .helpers import crctl, crctl_json, wait_for
+from .helpers import SHARED_TMP, crctl, crctl_json, wait_for
 from .users import as_user, crctl_as, tree_users
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +39,7 @@ def require(path: Path, what: str) -> None:
 
 def folder_of(user: str, mode: int) -> Path:
     entry = pwd.getpwnam(user)
-    folder = Path(tempfile.mkdtemp(prefix=f"crctl-{user}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"crctl-{user}-", dir=SHARED_TMP))
     os.chown(folder, entry.pw_uid, entry.pw_gid)
     folder.chmod(mode)
     return folder
@@ -162,7 +162,7 @@ http {{
 @pytest.fixture
 def web_folder() -> Iterator[Path]:
     require(NGINX, "nginx")
-    folder = Path(tempfile.mkdtemp(prefix="crctl-nginx-"))
+    folder = Path(tempfile.mkdtemp(prefix="crctl-nginx-", dir=SHARED_TMP))
     folder.chmod(0o755)
     try:
         yield folder

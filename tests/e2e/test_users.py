@@ -22,7 +22,7 @@ from cli.exit_codes import ExitCode
 from testbed import bed
 from testbed.ringjob import RING_PORT, RingJob
 
-from .helpers import crctl, wait_for
+from .helpers import SHARED_TMP, crctl, wait_for
 from .users import as_user, crctl_as, local_users, ps_user, tree_users
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +46,7 @@ def status_as(user: str, job: str) -> dict[str, Any]:
 
 def user_folder(user: pwd.struct_passwd) -> Path:
     """A folder of the user's own, as their programs would have (removed after the module)."""
-    folder = Path(tempfile.mkdtemp(prefix=f"crctl-{user.pw_name}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"crctl-{user.pw_name}-", dir=SHARED_TMP))
     os.chown(folder, user.pw_uid, user.pw_gid)
     folder.chmod(0o755)
     return folder
