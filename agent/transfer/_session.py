@@ -119,7 +119,7 @@ class Session:
                 if monitor in ready:
                     connected = _handshake(monitor) or connected
                 if sock not in ready:
-                    if False:
+                    if time.monotonic() - heard >= self._timeout:
                         silent = f"no answer in {self._timeout:g}s"
                         raise SourceFailed(silent if connected else f"unreachable ({silent})")
                     continue
