@@ -11,6 +11,7 @@ several outstanding hides the round trips, and each client's queue is bounded
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -21,7 +22,14 @@ import structlog
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from agent.transfer._paths import PathRefused, check_names, image_path, open_folder, open_regular
+from agent.transfer._paths import (
+    PathRefused,
+    check_names,
+    image_path,
+    open_folder,
+    open_regular,
+    open_store,
+)
 from agent.transfer._protocol import (
     MAX_CHUNK_BYTES,
     MAX_QUEUED_REPLIES,
@@ -145,7 +153,8 @@ class ImageServer:
             return
         self._closed = True
         if self._thread is not None and self._wake is not None:
-            self._wake.send(b"")
+            with contextlib.suppress(zmq.Again):  # else the thread has ended already
+                self._wake.send(b"", zmq.NOBLOCK)
             self._thread.join()
         elif self._router is not None:  # bound failed: the thread never took it
             self._router.close(0)
@@ -179,7 +188,10 @@ class ImageServer:
                         frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._handle(router, frames)
+                    try:
+                        self._handle(router, frames)
+                    except Exception:  # one request's bug must not stop the others' service
+                        log.exception("image_request_failed", endpoint=self.endpoint)
         except Exception:
             log.exception("image_server_failed", endpoint=self.endpoint)
         finally:
@@ -191,7 +203,7 @@ class ImageServer:
         if len(frames) != 2:
             log.warning(
                 "image_request_malformed",
-                reason=f"{len(frames)} frames, not one",
+                reason=f"{len(frames) - 1} frames, not one",
                 client_key=frames[-1].get("User-Id"),
             )
             return
@@ -257,7 +269,7 @@ class ImageServer:
             return reply, b""
         fd: int | None = None
         try:
-            root = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            root = open_store(self._root, create=False)
             try:
                 folder = open_folder(root, (request.job, request.checkpoint, *path.folders))
             finally:

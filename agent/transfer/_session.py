@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,15 +93,18 @@ class Session:
         """Fetch every file of ``todo`` in order, removing each from it once in place."""
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self._chunk_bytes + (64 << 10))  # a chunk, or a reply
-        sock.setsockopt(zmq.IPV6, 1)
-        sock.curve_serverkey = self._source.server_key
-        sock.curve_publickey = self._own.public
-        sock.curve_secretkey = self._own.secret
         monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         incoming: Incoming | None = None
         try:
-            sock.connect(self._source.endpoint)
+            try:
+                sock.setsockopt(zmq.MAXMSGSIZE, self._chunk_bytes + (64 << 10))  # chunk or reply
+                sock.setsockopt(zmq.IPV6, 1)
+                sock.curve_serverkey = self._source.server_key
+                sock.curve_publickey = self._own.public
+                sock.curve_secretkey = self._own.secret
+                sock.connect(self._source.endpoint)
+            except zmq.ZMQError as exc:  # a malformed endpoint or key
+                raise SourceFailed(f"cannot connect to {self._source.endpoint}: {exc}") from None
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             poller.register(monitor, zmq.POLLIN)
@@ -119,7 +123,7 @@ class Session:
                 if monitor in ready:
                     connected = _handshake(monitor) or connected
                 if sock not in ready:
-                    if False:
+                    if time.monotonic() - heard >= self._timeout:
                         silent = f"no answer in {self._timeout:g}s"
                         raise SourceFailed(silent if connected else f"unreachable ({silent})")
                     continue
@@ -214,6 +218,9 @@ def _handshake(monitor: zmq.Socket[bytes]) -> bool:
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             raise SourceFailed("refused this host's key (CurveZMQ authentication)")
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            raise SourceFailed("the CurveZMQ handshake failed (not the server key it was given?)")
-        else:
-            raise SourceFailed(f"the CurveZMQ handshake failed (errno {event['value']})")
+            raise SourceFailed(f"broke the CurveZMQ handshake (ZMTP error {event['value']:#x})")
+        else:  # what a server whose key is another does: it cannot read our hello, and hangs up
+            why = os.strerror(event["value"])
+            raise SourceFailed(
+                f"hung up in the CurveZMQ handshake ({why}): not the key this host was given?"
+            )

@@ -68,6 +68,22 @@ def test_threaded_and_single_threaded_hashes_agree(
     assert single == blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
 
 
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+def test_bytes_hashed_piece_by_piece_have_the_digest_of_the_whole_file(
+    tmp_path: Path, algorithm: Algorithm
+) -> None:
+    """What a fetch computes as chunks arrive is what a manifest records of the file."""
+    data = os.urandom((1 << 20) * 3 + 777)
+    path = write(tmp_path / "pages-1.img", data)
+    hasher = digests.new_hasher(algorithm, piece_size=1 << 20)
+    for offset in range(0, len(data), 1 << 20):
+        hasher.update(memoryview(data)[offset : offset + (1 << 20)])
+    assert hasher.hexdigest() == digests.digest_file(path, algorithm)
+    assert digests.new_hasher(algorithm).hexdigest() == digests.digest_file(
+        write(tmp_path / "empty.img", b""), algorithm
+    )
+
+
 def test_large_files_are_hashed_with_blake3_s_threads_small_ones_on_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
