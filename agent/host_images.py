@@ -53,8 +53,7 @@ class HostImages:
         self._server = image_transfer.ImageServer(
             self.store_root, address, port, self._keypair, lambda: self._allowed
         )
-        self.endpoint = self._server.start()
-        log.info("image_server_listening", host=self.host, endpoint=self.endpoint)
+        self.endpoint = self._server.start()  # it logs image_server_listening
         return self.endpoint
 
     @property
@@ -208,6 +207,7 @@ class HostImages:
     def drop(self, order: control_pb2.DropImages) -> None:
         """Remove this host's images of a retired checkpoint (idempotent)."""
         folder = self._folder(order.job, order.checkpoint, order.checkpoint_dir)
+        self._locks.pop((order.job, order.checkpoint), None)
         if folder.is_dir():
             for rank_dir in folder.glob("rank-*"):
                 remove_tree(rank_dir)

@@ -112,8 +112,16 @@ def work_dir(state: State, host: str) -> Path:
 
 def _own_view(state: State, host: str, path: Path) -> Path:
     """Where the root namespace sees ``path`` as host ``host`` sees it."""
-    if state.private_storage and path.is_relative_to(state.dir / DISK):
-        return state.dir / "nodes" / host / DISK / path.relative_to(state.dir / DISK)
+    return seen_from_root(state, host, path)
+
+
+def seen_from_root(state: State, host: str, path: Path) -> Path:
+    """Where the root namespace (tests, operators) finds what host ``host`` has at ``path``:
+    the host's own folder behind it with private storage (its /tmp, /dev/shm, disk)."""
+    if state.private_storage:
+        for target, source in private_folders(state, host).items():
+            if path.is_relative_to(target):
+                return source / path.relative_to(target)
     return path
 
 

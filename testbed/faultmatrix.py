@@ -251,7 +251,7 @@ def leftovers(testbed: Bed) -> list[str]:
         found += [
             f"nft table on {host}: {t}" for t in tables.split() if "crctl-" in t or "CRIU-" in t
         ]
-        work = testbed.directory / "agents" / host
+        work = bed.host_work_dir(testbed.state, host)
         found += [f"working copy on {host}: {p.name}" for p in _entries(work / "restores")]
         found += [f"{host} awaits a decision for {p.stem}" for p in _entries(work / "checkpoints")]
     found += [f"CRIU process {pid}: {' '.join(argv[:3])}" for pid, argv in _criu_processes()]
@@ -269,7 +269,7 @@ def clear(testbed: Bed) -> None:
         for name in tables.split():
             if "crctl-" in name or "CRIU-" in name:
                 bed.exec_in_host(testbed.state, host, ["nft", "delete", "table", "inet", name])
-        work = testbed.directory / "agents" / host
+        work = bed.host_work_dir(testbed.state, host)
         for entry in [*_entries(work / "restores"), *_entries(work / "checkpoints")]:
             remove_tree(entry)
     for pid, _ in _criu_processes():

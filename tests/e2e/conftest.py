@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from testbed import bed
+
+from .helpers import SHARED_TMP
 
 LOST_AFTER = 3.0
 COMMIT_TIMEOUT = 4.0
@@ -86,3 +90,16 @@ def private6() -> Iterator[bed.State]:
     """Six hosts that share no storage (each its own /tmp, /dev/shm, agent work directory and
     checkpoint store), with a partner copy of each host's images after every commit."""
     yield from _testbed(6, private_storage=True, replicas=1)
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A folder of the test's own that every emulated host sees, also when the hosts' /tmp
+    is each their own (private storage): under /var/tmp, as a home directory on NFS would be.
+    Removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="crctl-e2e-", dir=SHARED_TMP))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -32,6 +32,9 @@ from .helpers import (
 )
 
 HOSTS = ["h1", "h2", "h3"]
+# These tests read, damage and fill the images in the checkpoint store the coordinator sees:
+# one store for all (tests/e2e/test_private_storage.py covers the stores of each host).
+STORAGE = ("shared",)
 
 
 @pytest.fixture

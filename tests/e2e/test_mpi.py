@@ -223,12 +223,13 @@ def test_memory_shared_between_two_ranks_is_refused_before_anything_is_frozen(
 ) -> None:
     """What a shared-memory transport between two process trees does; a restart elsewhere
     would split it, so the checkpoint is refused in its prepare step and the job runs on."""
-    segment = Path("/dev/shm") / f"crctl-test-{os.getpid()}"
+    segment = Path("/dev/shm") / f"crctl-test-{os.getpid()}"  # as h1 sees it
+    on_h1 = bed.seen_from_root(testbed6, "h1", segment)
     try:
         for _ in range(2):
             crctl("launch", "--job", "sharing", "--host", "h1", "--", sys.executable, "-c",
                   SHARER, str(segment))  # fmt: skip
-        wait_for(segment.exists, timeout=10, what="the shared segment")
+        wait_for(on_h1.exists, timeout=10, what="the shared segment")
         refused = crctl("checkpoint", "sharing", check=False)
         assert refused.returncode != 0
         assert "ranks [0, 1] share the memory of " + str(segment) in refused.stdout + refused.stderr
@@ -236,7 +237,7 @@ def test_memory_shared_between_two_ranks_is_refused_before_anything_is_frozen(
         assert faultmatrix.leftovers(faultmatrix.Bed(testbed6)) == []
     finally:
         crctl("kill", "sharing", check=False)
-        segment.unlink(missing_ok=True)
+        on_h1.unlink(missing_ok=True)
 
 
 def test_mpirun_wait_exits_with_the_jobs_status(testbed6: bed.State) -> None:

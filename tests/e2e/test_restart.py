@@ -191,13 +191,48 @@ def test_a_target_host_whose_agent_is_down_is_refused_before_anything_runs(
     ring.wait_for_progress(tokens=20)
 
 
+def damaged_copy_is_passed_over(state: bed.State, ring: RingJob, image: str) -> None:
+    """Rank 1's images on h2 (which dumped it) damaged, its partner copy on h3 intact: `crctl
+    verify` names the damaged copy and keeps the checkpoint; a restart fetches from h3."""
+    outcome = checkpoint_and_stop(ring)
+    checkpoint = outcome["checkpoint"]
+
+    def copies() -> list[str]:
+        found = next(
+            c for c in crctl_json("checkpoints", ring.job) if c["checkpoint"] == checkpoint
+        )
+        return list(found["manifest"]["ranks"][1].get("copies", []))
+
+    wait_for(lambda: copies() == ["h3"], timeout=20, what="rank 1's copy on h3")
+    victim = bed.host_store(state, "h2") / ring.job / checkpoint / "rank-1" / image
+    original = victim.read_bytes()
+    victim.write_bytes(bytes([original[0] ^ 0xFF]) + original[1:])
+    verified = crctl("verify", ring.job, "--json", check=False)
+    assert verified.returncode == 1
+    problems = json.loads(verified.stdout)["problems"]
+    assert [(p["path"], p["kind"]) for p in problems] == [(f"rank-1/{image}", "copy")], problems
+    assert "(on h2)" in problems[0]["detail"]
+    assert crctl_json("checkpoints", ring.job)[0]["state"] == "committed"
+    code, restarted, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
+    assert code == 0, stderr
+    assert restarted["checkpoint"] == checkpoint
+    log = (state.dir / "logs" / f"{bed.agent_process('h5')}.log").read_text()
+    assert '"event": "image_source_failed"' in log and '"source": "h2"' in log
+    ring.wait_for_progress(tokens=20)
+    assert ring.errors() == []
+
+
 @pytest.mark.parametrize("image", ["pages-1.img", "files.img"])
 def test_a_corrupted_image_is_refused_by_checksum_naming_the_file(
     testbed6: bed.State, ring: RingJob, image: str
 ) -> None:
     """A memory page image (checked while CRIU starts, before it may create any task) or any
     other image (checked before CRIU starts). The checkpoint is marked damaged, so that it is
-    not offered again; put back, it verifies (`crctl verify`) and restarts."""
+    not offered again; put back, it verifies (`crctl verify`) and restarts. On hosts with
+    stores of their own, a damaged copy is passed over for the partner's intact one."""
+    if testbed6.private_storage:
+        damaged_copy_is_passed_over(testbed6, ring, image)
+        return
     outcome = checkpoint_and_stop(ring)
     directory = Path(crctl_json("checkpoints", ring.job)[0]["directory"])
     victim = directory / "rank-1" / image
