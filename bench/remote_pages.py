@@ -24,7 +24,6 @@ from pathlib import Path
 import _checkout  # noqa: F401  # this checkout first on sys.path
 from store import add_option, bench_testbed
 
-from agent import images
 from agent.freezer import V1_ROOT as FREEZER
 from cli.client import CoordinatorClient
 from crctl.v1 import coordinator_pb2
@@ -91,15 +90,29 @@ def raw_copy_and_restore(state: bed.State, source: Path, target: str, scratch: P
 
 
 def restore(state: bed.State, host: str, copy: Path, *, lazy: bool) -> None:
-    (FREEZER / "crctl" / "bench" / copy.name).mkdir(parents=True, exist_ok=True)
+    # as crctl's restore does: an existing cgroup keeps CRIU from restoring the freezer state
+    # the checkpoint recorded (FROZEN), which would leave the restored rank stopped
+    (FREEZER / "crctl" / JOB / "rank-0").mkdir(parents=True, exist_ok=True)
     command = [*netns.nsenter_prefix(state.hosts[host].namespace), "criu", "restore"]
     command += ["-D", str(copy), "-d", "--pidfile", str(copy / "restored.pid")]
     command += ["-o", "restore.log"]
     if lazy:
         command.append("--lazy-pages")
-    result = subprocess.run(command, capture_output=True, check=False)
+    try:
+        result = subprocess.run(command, capture_output=True, check=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise RawFailed(f"criu restore did not return in 120 s ({copy / 'restore.log'})") from None
     if result.returncode != 0:
-        raise SystemExit(f"raw criu restore failed, see {copy / 'restore.log'}")
+        errors = [
+            line.split(": ", 2)[-1]
+            for line in (copy / "restore.log").read_text(errors="replace").splitlines()
+            if "Error" in line
+        ]
+        raise RawFailed("criu restore failed: " + "; ".join(errors[:2]))
+
+
+class RawFailed(Exception):
+    """A raw CRIU way did not work here; the table says why."""
 
 
 def kill_restored(copy: Path) -> None:
@@ -112,13 +125,20 @@ def raw_remote_lazy(
     state: bed.State, source_host: str, source: Path, target: str, scratch: Path
 ) -> tuple[float, float, float]:
     """CRIU's remote lazy pages: (seconds the source's page server took to be ready, until the
-    restore returned, until every page was in), the last two from the restore's start."""
+    restore returned, until every page was in), the last two counting the copy of the images
+    and from the restore's start."""
     copy = scratch / "remote-lazy"
     shutil.rmtree(copy, ignore_errors=True)
     copy.mkdir()
+    # The page images too: a restore reads the pages CRIU does not restore lazily (the stack
+    # around its pointer, say) from pages-*.img itself, and those files hold both kinds
+    # ("Can't read async pr bytes" without them). So remote lazy pages from stored images
+    # moves every page image anyway; only a dump made with --lazy-pages keeps them back.
+    copied = time.perf_counter()
     for path in source.iterdir():
-        if path.is_file() and not images.is_page_image(path.name):
+        if path.is_file():
             shutil.copy2(path, copy / path.name)
+    copy_seconds = time.perf_counter() - copied
     address = state.hosts[source_host].address
     # The source's store as the source host sees it (its own, mounted at the shared path).
     seen = bed.checkpoint_dir(state) / source.relative_to(bed.host_store(state, source_host))
@@ -169,13 +189,29 @@ def raw_remote_lazy(
         time.sleep(0.001)
     started = time.perf_counter()
     restore(state, target, copy, lazy=True)
-    returned = time.perf_counter() - started
-    if daemon.wait(timeout=120) != 0:
-        raise SystemExit(f"criu lazy-pages failed, see {copy}")
-    filled = time.perf_counter() - started
+    returned = time.perf_counter() - started + copy_seconds
+    try:
+        failed = daemon.wait(timeout=120) != 0
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        failed = True
+    if failed:
+        server.kill()
+        kill_restored(copy)
+        raise RawFailed(f"criu lazy-pages failed ({_errors(copy / 'page-server.log')})")
+    filled = time.perf_counter() - started + copy_seconds
     server.wait(timeout=30)
     kill_restored(copy)
     return ready, returned, filled
+
+
+def _errors(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    found = [line.split(": ", 2)[-1] for line in lines if "Error" in line]
+    return "; ".join(found[:2]) or "no error logged"
 
 
 def wait_listening(
@@ -198,6 +234,7 @@ def main() -> int:
     args = parser.parse_args()
     spec = WORKLOADS["big_memory"]
     results: dict[str, list[float]] = {}
+    failures: dict[str, str] = {}
 
     def note(name: str, seconds: float) -> None:
         results.setdefault(name, []).append(seconds)
@@ -233,10 +270,14 @@ def main() -> int:
                 note("raw: cp images + criu restore; runs", raw_copy_and_restore(
                     state, source, other, scratch))  # fmt: skip
                 kill_restored(scratch / "copied")
-                ready, returned, filled = raw_remote_lazy(state, holder, source, other, scratch)
-                note("raw remote lazy: page server ready (source)", ready)
-                note("raw remote lazy: criu restore --lazy-pages; runs", returned)
-                note("raw remote lazy: all memory in", filled)
+                try:
+                    ready, returned, filled = raw_remote_lazy(state, holder, source, other, scratch)
+                except RawFailed as exc:
+                    failures["raw remote lazy (+ cp of images)"] = str(exc)
+                else:
+                    note("raw remote lazy: page server ready (source)", ready)
+                    note("raw remote lazy (+ cp of images): restore returns", returned)
+                    note("raw remote lazy (+ cp of images): all memory in", filled)
                 back = client.restart_outcome(coordinator_pb2.RestartRequest(job=JOB))
                 if back is None or not back.restarted:
                     raise SystemExit(f"restart where it was failed: {back}")
@@ -246,6 +287,8 @@ def main() -> int:
     print(f"{'measure':<56} {'seconds':>8}")
     for name, values in results.items():
         print(f"{name:<56} {statistics.median(values):8.3f}")
+    for name, why in failures.items():
+        print(f"{name:<56}   failed: {why}")
     return 0
 
 
