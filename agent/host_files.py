@@ -60,7 +60,8 @@ def _under(path: Path, roots: Sequence[Path], mounts: Sequence[Path]) -> bool:
 
 def named_paths(images_dir: Path) -> list[Path]:
     """Every path the images name through CRIU's regular-file entries (files, directories
-    such as a task's cwd, FIFOs), in order, without those CRIU carries itself (ghosts)."""
+    such as a task's cwd, FIFOs), in order, once each. Ghosts (deleted while open, carried
+    by CRIU itself) are among them; pack passes over them, as they no longer exist."""
     entries = load(images_dir / FILES_IMG, "FILES")
     paths = []
     for entry in entries:

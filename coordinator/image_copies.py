@@ -34,6 +34,11 @@ def holders(image: control_pb2.RankImage) -> list[str]:
     return list(dict.fromkeys([image.host, *image.copies]))
 
 
+def live_holders(image: control_pb2.RankImage, agents: Mapping[str, AgentRecord]) -> list[str]:
+    """The holders of a rank's images whose agent is alive now, in holders' order."""
+    return [h for h in holders(image) if h in agents and agents[h].state == ALIVE]
+
+
 def image_holder(agent: AgentRecord) -> control_pb2.ImageHolder | None:
     """How to reach an agent's image server; None if it has none or is not alive."""
     if agent.state != ALIVE or not agent.image_endpoint:
@@ -70,8 +75,7 @@ def require_restorable(
     missing = []
     for image in manifest.ranks:
         target = rank_hosts.get(image.rank, "")
-        live = [h for h in holders(image) if h in agents and agents[h].state == ALIVE]
-        if target in holders(image) or live:
+        if target in holders(image) or live_holders(image, agents):
             continue
         where = ", ".join(f"{h} ({'lost' if h in agents else 'unknown'})" for h in holders(image))
         missing.append(f"rank {image.rank} (only on {where})")

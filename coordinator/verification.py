@@ -15,8 +15,7 @@ from pathlib import Path
 import structlog
 
 from coordinator.control import Plane
-from coordinator.image_copies import holders
-from coordinator.registry import ALIVE
+from coordinator.image_copies import holders, live_holders
 from coordinator.store import AgentRecord, CheckpointRecord
 from crctl import digests
 from crctl.clock import Clock
@@ -64,10 +63,7 @@ async def _on_holders(
     rank whose copy there differs, by the next. A rank with one intact copy is restorable: the
     other copies' problems are reported as such (kind "copy"), not as damage."""
     problems: list[digests.Problem] = []
-    remaining = {
-        image.rank: [h for h in holders(image) if h in agents and agents[h].state == ALIVE]
-        for image in ranks
-    }
+    remaining = {image.rank: live_holders(image, agents) for image in ranks}
     images = {image.rank: image for image in ranks}
     for rank, live in remaining.items():
         if not live:
@@ -142,10 +138,11 @@ async def verify_checkpoint(
     started = clock.monotonic()
     expected = manifest_files(manifest)
     directory = Path(record.directory)
-    here = [r for r in manifest.ranks if (directory / f"rank-{r.rank}").is_dir()]
-    elsewhere = [r for r in manifest.ranks if r not in here]
-    if plane is None or agents is None:
-        here, elsewhere = list(manifest.ranks), []
+    here, elsewhere = list(manifest.ranks), []
+    if plane is not None and agents is not None:  # else every rank is read here
+        seen = [(directory / f"rank-{r.rank}").is_dir() for r in manifest.ranks]
+        here = [r for r, is_here in zip(manifest.ranks, seen, strict=True) if is_here]
+        elsewhere = [r for r, is_here in zip(manifest.ranks, seen, strict=True) if not is_here]
     local = [digests.FileDigest.from_proto(f) for r in here for f in r.files]
     problems = await asyncio.to_thread(digests.verify, directory, local)
     if elsewhere:

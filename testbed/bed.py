@@ -110,11 +110,6 @@ def work_dir(state: State, host: str) -> Path:
     return state.dir / DISK / "agent" if state.private_storage else state.dir / "agents" / host
 
 
-def _own_view(state: State, host: str, path: Path) -> Path:
-    """Where the root namespace sees ``path`` as host ``host`` sees it."""
-    return seen_from_root(state, host, path)
-
-
 def seen_from_root(state: State, host: str, path: Path) -> Path:
     """Where the root namespace (tests, operators) finds what host ``host`` has at ``path``:
     the host's own folder behind it with private storage (its /tmp, /dev/shm, disk)."""
@@ -128,12 +123,12 @@ def seen_from_root(state: State, host: str, path: Path) -> Path:
 def host_store(state: State, host: str) -> Path:
     """Host ``host``'s checkpoint store, as the root namespace sees it (its own with private
     storage, else the one every host shares)."""
-    return _own_view(state, host, checkpoint_dir(state))
+    return seen_from_root(state, host, checkpoint_dir(state))
 
 
 def host_work_dir(state: State, host: str) -> Path:
     """Host ``host``'s agent work dir, as the root namespace sees it."""
-    return _own_view(state, host, work_dir(state, host))
+    return seen_from_root(state, host, work_dir(state, host))
 
 
 def _make_private_storage(state: State, host: Host) -> None:

@@ -117,3 +117,15 @@ def wait_for(
 
 def agent_states() -> dict[str, str]:
     return {a["host"]: a["state"] for a in crctl_json("agents")}
+
+
+def copies_made(job: str, checkpoint: str, count: int) -> dict[int, list[str]]:
+    """Wait for every rank to have ``count`` copies recorded; rank -> its copies."""
+
+    def copies() -> dict[int, list[str]]:
+        found = next(c for c in crctl_json("checkpoints", job) if c["checkpoint"] == checkpoint)
+        return {r["rank"]: r.get("copies", []) for r in found["manifest"]["ranks"]}
+
+    wait_for(lambda: all(len(c) == count for c in copies().values()), timeout=20,
+             what=f"{count} copies of every rank of {checkpoint}")  # fmt: skip
+    return copies()

@@ -17,7 +17,7 @@ import pytest
 from testbed import bed
 from testbed.ringjob import RingJob
 
-from .helpers import crctl, crctl_json, kill_daemon, running_ring, wait_for
+from .helpers import copies_made, crctl, crctl_json, kill_daemon, running_ring, wait_for
 from .test_restart import assert_nothing_left, checkpoint_and_stop, ranks_by_host, restart
 from .test_spread import PACKED, SPREAD, counts_on
 
@@ -33,18 +33,6 @@ def images_in(state: bed.State, host: str, job: str, checkpoint: str) -> set[str
     """The rank folders of a checkpoint in a host's own store."""
     folder = bed.host_store(state, host) / job / checkpoint
     return {p.name for p in folder.glob("rank-*")} if folder.is_dir() else set()
-
-
-def copies_made(job: str, checkpoint: str, count: int) -> dict[int, list[str]]:
-    """Wait for every rank to have ``count`` copies recorded; rank -> its copies."""
-
-    def copies() -> dict[int, list[str]]:
-        found = next(c for c in crctl_json("checkpoints", job) if c["checkpoint"] == checkpoint)
-        return {r["rank"]: r.get("copies", []) for r in found["manifest"]["ranks"]}
-
-    wait_for(lambda: all(len(c) == count for c in copies().values()), timeout=20,
-             what=f"{count} copies of every rank of {checkpoint}")  # fmt: skip
-    return copies()
 
 
 def test_a_ring_moves_to_hosts_that_never_saw_its_images_and_back(

@@ -21,7 +21,15 @@ from agent import criu
 from testbed import bed, netns
 from testbed.ringjob import RING_PORT, RingJob
 
-from .helpers import crctl, crctl_json, kill_daemon, launch_rank, running_ring, wait_for
+from .helpers import (
+    copies_made,
+    crctl,
+    crctl_json,
+    kill_daemon,
+    launch_rank,
+    running_ring,
+    wait_for,
+)
 
 OLD = ["h1", "h2", "h3"]
 
@@ -197,13 +205,7 @@ def damaged_copy_is_passed_over(state: bed.State, ring: RingJob, image: str) -> 
     outcome = checkpoint_and_stop(ring)
     checkpoint = outcome["checkpoint"]
 
-    def copies() -> list[str]:
-        found = next(
-            c for c in crctl_json("checkpoints", ring.job) if c["checkpoint"] == checkpoint
-        )
-        return list(found["manifest"]["ranks"][1].get("copies", []))
-
-    wait_for(lambda: copies() == ["h3"], timeout=20, what="rank 1's copy on h3")
+    assert copies_made(ring.job, checkpoint, 1)[1] == ["h3"]  # rank 1's, on h3
     victim = bed.host_store(state, "h2") / ring.job / checkpoint / "rank-1" / image
     original = victim.read_bytes()
     victim.write_bytes(bytes([original[0] ^ 0xFF]) + original[1:])
