@@ -97,8 +97,6 @@ def test_postgres_as_its_own_user_moves_with_a_clients_connection_alive(
                       str(PG_BIN / "postgres"), "-D", str(pg_folder / "data"),
                       "-c", f"listen_addresses={old}", "-p", str(PG_PORT),
                       "-c", f"unix_socket_directories={pg_folder}",
-                      "-c", "dynamic_shared_memory_type=sysv",  # POSIX shm lives in /dev/shm
-                      "-c", "shared_buffers=16MB", "-c", "max_connections=20",
                       cwd=pg_folder)  # fmt: skip
     assert server.returncode == 0, server.stderr
     wait_for(lambda: _ready(old), timeout=30, what="postgres accepting connections")

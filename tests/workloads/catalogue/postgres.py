@@ -16,9 +16,11 @@ inserted: they must be i, the model's sum and 1 (none lost, none twice, one conn
 every tenth operation inserts in a transaction it rolls back, which must change nothing.
 A psql or server that dies is an error.
 
-The server runs with dynamic_shared_memory_type=sysv, shared_buffers=16MB and
-max_connections=20, as tests/e2e/test_services.py runs it (POSIX shared memory in /dev/shm is
-posix_shm's to cover); everything else is initdb's default. SIGTERM stops psql and the server
+The server runs with initdb's default settings (128MB of shared buffers in anonymous shared
+memory, dynamic shared memory in POSIX segments under /dev/shm, which the host's own /dev/shm
+must carry to where the ranks restart); only where it listens and keeps its Unix socket is set.
+Rank 0 checks the server it talks to runs with the default kinds of shared memory (an error
+otherwise), so a changed default shows. SIGTERM stops psql and the server
 (immediate shutdown, SIGQUIT: the cluster is scratch, no shutdown checkpoint to wait for).
 Progress: answers checked."""
 
@@ -39,6 +41,7 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 USER = "postgres"
 READY_PATIENCE = 60.0
 ROLLBACK_EVERY = 10
+DEFAULT_SHARED_MEMORY = ["mmap", "posix"]  # shared_memory_type, dynamic_shared_memory_type
 
 
 def _program(name: str) -> str:
@@ -69,8 +72,6 @@ def start_server(args: _common.Args) -> _servers.Child:
         *("-D", str(data), "-p", str(args.listen_port(0))),
         *("-c", f"listen_addresses={args.own_address}"),
         *("-c", f"unix_socket_directories={args.work_dir}"),
-        *("-c", "dynamic_shared_memory_type=sysv", "-c", "shared_buffers=16MB"),
-        *("-c", "max_connections=20"),
     ]
     return _servers.spawn("postgres", argv, log=log, stop_signal=signal.SIGQUIT)
 
@@ -98,6 +99,10 @@ def count(args: _common.Args, status: _common.Status, server: _servers.Child) ->
     client = connect(socket.AF_UNIX, path)
     client.query("CREATE TABLE c0 (id integer PRIMARY KEY, n bigint); INSERT INTO c0 VALUES (1, 0)")
     backend = client.backend_pid
+    settings = client.query(
+        "SELECT current_setting('shared_memory_type'), current_setting('dynamic_shared_memory_type')"
+    )
+    status.check(None if settings == [DEFAULT_SHARED_MEMORY] else f"settings: {settings}")
     expected = 0
     while True:
         expected += 1
