@@ -29,7 +29,7 @@ from agent.ranks import (
     rank_number,
 )
 from crctl import failpoints
-from crctl.errors import CrctlError
+from crctl.errors import CrctlError, ImageFetchError
 from crctl.fs import remove_tree
 from crctl.plugins import HostMove, HostSplit, RestartContext, RestartPlugin
 from crctl.v1 import control_pb2
@@ -154,13 +154,18 @@ class HostRestore:
         self.plugins = load_plugins(list(self.order.plugins), self.plugin_dir)
         checkpoint_dir = Path(self.order.checkpoint_dir)
         if self.images is not None:
-            await self.images.fetch_missing(
-                self.job,
-                self.order.checkpoint,
-                self.order.checkpoint_dir,
-                list(self.order.ranks),
-                list(self.order.peer_ranks),
-            )
+            try:
+                await self.images.fetch_missing(
+                    self.job,
+                    self.order.checkpoint,
+                    self.order.checkpoint_dir,
+                    list(self.order.ranks),
+                    list(self.order.peer_ranks),
+                )
+            except ImageFetchError as exc:
+                if exc.damaged_ranks:  # every host asked holds a copy unlike the manifest
+                    raise ImagesDamaged(exc.damaged_ranks[0], exc.message) from None
+                raise
             self._go_on()
         self._peer_folders = self._peer_dirs(checkpoint_dir)
         await self._verify(checkpoint_dir, pages=False)

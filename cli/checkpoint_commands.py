@@ -116,7 +116,9 @@ def cmd_checkpoints(args: argparse.Namespace, config: Config) -> int:
                 len(c.manifest.ranks),
                 f"{sum(r.bytes for r in c.manifest.ranks) / 2**20:.1f}M",
                 images_on(c.manifest),
-                c.reason or "",
+                "; ".join(
+                    filter(None, [c.reason, c.unreachable and f"not restorable: {c.unreachable}"])
+                ),
             ]
             for c in checkpoints
         ],

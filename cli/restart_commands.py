@@ -45,6 +45,13 @@ def cmd_restart(args: argparse.Namespace, config: Config) -> int:
             empty=coordinator_pb2.RestartOutcome,
             progress=progress,
         )
+    if not args.json:
+        for skipped in outcome.passed_over:
+            print(
+                f"crctl: passed over checkpoint {skipped.checkpoint} of {args.job}, newer than "
+                f"{outcome.checkpoint}: {skipped.reason}",
+                file=sys.stderr,
+            )
     if args.json:
         render.print_json(render.to_dict(outcome))
     elif outcome.restarted:
@@ -68,7 +75,11 @@ def cmd_restart(args: argparse.Namespace, config: Config) -> int:
 def register(add: render.AddCommand) -> None:
     p = add("restart", cmd_restart, "restart a job from a checkpoint, here or on other hosts", True)
     p.add_argument("job")
-    p.add_argument("--checkpoint", default="", help="checkpoint id (default: the latest)")
+    p.add_argument(
+        "--checkpoint",
+        default="",
+        help="checkpoint id (default: the newest one every rank of which has a reachable copy)",
+    )
     p.add_argument(
         "--map",
         type=host_map,

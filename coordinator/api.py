@@ -4,7 +4,7 @@ statuses through crctl.status, in one place (``coordinator.api_errors.domain_err
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator import requests
+from coordinator import image_copies, requests
 from coordinator.access import AccessPolicy, audit, authorized
 from coordinator.api_errors import domain_errors
 from coordinator.callers import Callers
@@ -91,7 +91,7 @@ def job_to_proto(record: JobRecord) -> coordinator_pb2.Job:
 
 
 def checkpoint_to_proto(
-    record: CheckpointRecord, latest: str | None
+    record: CheckpointRecord, latest: str | None, agents: Mapping[str, AgentRecord]
 ) -> coordinator_pb2.CheckpointInfo:
     info = coordinator_pb2.CheckpointInfo(
         checkpoint=record.checkpoint,
@@ -107,6 +107,8 @@ def checkpoint_to_proto(
         info.finished_at.CopyFrom(_timestamp(record.finished_at))
     if record.manifest:
         Parse(record.manifest, info.manifest)
+        if record.state == "committed":
+            info.unreachable = image_copies.unreachable_ranks(info.manifest, {}, agents)
     return info
 
 
@@ -363,8 +365,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             caller = self._callers.identify(context)
             job = self._job(caller, request.job, "see the checkpoints of", mutating=False)
             records = self._service.checkpoints.list(request.job)
+            agents = self._service.jobs.agents()
         return coordinator_pb2.ListCheckpointsResponse(
-            checkpoints=[checkpoint_to_proto(r, job.latest_checkpoint) for r in records]
+            checkpoints=[checkpoint_to_proto(r, job.latest_checkpoint, agents) for r in records]
         )
 
     async def VerifyCheckpoint(
@@ -404,7 +407,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             requests.check_pin(request)
             job = self._job(caller, request.job, "pin checkpoints of", mutating=True)
             record = self._service.checkpoints.pin(request.job, request.checkpoint, request.pinned)
-        return checkpoint_to_proto(record, job.latest_checkpoint)
+        return checkpoint_to_proto(record, job.latest_checkpoint, self._service.jobs.agents())
 
 
 async def create_server(

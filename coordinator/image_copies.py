@@ -64,13 +64,14 @@ def sources(
     return found
 
 
-def require_restorable(
+def unreachable_ranks(
     manifest: coordinator_pb2.Manifest,
     rank_hosts: Mapping[int, str],
     agents: Mapping[str, AgentRecord],
-) -> None:
-    """Refuse a restart a rank of which has no reachable copy: no live holder, and not on the
-    host it restarts on. (A live holder without an image server is counted: with a shared
+) -> str:
+    """The ranks of a checkpoint with no reachable copy (no live holder, and not on the host
+    it restarts on, ``rank_hosts``), each with where its copies are, for a person; empty when
+    every rank has one. (A live holder without an image server is counted: with a shared
     store the target reads the images itself; else its fetch fails, naming the holder.)"""
     missing = []
     for image in manifest.ranks:
@@ -79,14 +80,33 @@ def require_restorable(
             continue
         where = ", ".join(f"{h} ({'lost' if h in agents else 'unknown'})" for h in holders(image))
         missing.append(f"rank {image.rank} (only on {where})")
+    return "; ".join(missing)
+
+
+def require_restorable(
+    manifest: coordinator_pb2.Manifest,
+    rank_hosts: Mapping[int, str],
+    agents: Mapping[str, AgentRecord],
+) -> None:
+    """Refuse a restart a rank of which has no reachable copy (:func:`unreachable_ranks`)."""
+    missing = unreachable_ranks(manifest, rank_hosts, agents)
     if missing:
         raise ConflictError(
             f"checkpoint {manifest.checkpoint} cannot be restored: no reachable copy of "
-            f"{'; '.join(missing)}; bring a host that holds them back, or restart from an "
-            "older checkpoint (--checkpoint)",
+            f"{missing}; bring a host that holds them back, or restart from an older "
+            "checkpoint (--checkpoint)",
             job=manifest.job,
             checkpoint=manifest.checkpoint,
         )
+
+
+def unasked_holders(
+    image: control_pb2.RankImage, asked_by: str, agents: Mapping[str, AgentRecord]
+) -> list[str]:
+    """The holders of a rank's images a restart on ``asked_by`` could not read them from (not
+    alive): when the copies it could read are damaged, one of these may keep an intact one."""
+    live = live_holders(image, agents)
+    return [host for host in holders(image) if host not in live and host != asked_by]
 
 
 def partners(dumped_on: Sequence[str], candidates: Sequence[str]) -> dict[str, str]:

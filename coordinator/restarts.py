@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
+from google.protobuf.json_format import Parse
 
 from coordinator import image_copies
 from coordinator.checkpoints import committed_checkpoint, mark_damaged
@@ -50,6 +51,17 @@ STEPS = ("prepare", "restore", "unlock", "release")
 # then is rolled forward (released), before it rolled back.
 ROLL_FORWARD_AFTER = "unlock"
 ABORT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A restart's checkpoint and where its ranks go."""
+
+    checkpoint: CheckpointRecord
+    manifest: coordinator_pb2.Manifest
+    placement: Placement
+    addresses: Mapping[str, Sequence[str]]
+    lazy: frozenset[str]
 
 
 @dataclass
@@ -88,6 +100,7 @@ class RestartRun:
         job: str,
         checkpoint: CheckpointRecord,
         manifest: coordinator_pb2.Manifest,
+        passed_over: Sequence[coordinator_pb2.PassedOver],
         placement: Placement,
         addresses: Mapping[str, Sequence[str]],
         plugins: Sequence[str],
@@ -104,6 +117,7 @@ class RestartRun:
         self.job = job
         self._checkpoint = checkpoint
         self._manifest = manifest
+        self._passed_over = list(passed_over)
         self._placement = placement
         self._addresses = addresses
         self._plugins = list(plugins)
@@ -263,11 +277,32 @@ class RestartRun:
                 raise result
         return [r for r in results if isinstance(r, control_pb2.RestoreResult)]
 
+    def _damaged(self, failure: StepFailure) -> str:
+        """A rank's images found unlike the manifest on every host asked: the checkpoint is
+        marked damaged, unless a holder that was not asked (lost when the restart began) may
+        still keep an intact copy; a sentence saying which."""
+        unasked = [
+            host
+            for image in self._manifest.ranks
+            if image.rank == failure.rank
+            for host in image_copies.unasked_holders(image, failure.host, self._agents)
+        ]
+        if unasked:
+            self._log.warning(
+                "restart_images_damaged_where_asked", rank=failure.rank, unasked=unasked
+            )
+            return (
+                f"checkpoint {self.checkpoint} stays committed: {', '.join(unasked)} (not "
+                f"reachable now) may hold an intact copy of rank {failure.rank}'s images"
+            )
+        return mark_damaged(self._store, self._jobs, self._checkpoint, failure.reason)
+
     async def run(self) -> coordinator_pb2.RestartOutcome:
         started = self._clock.monotonic()
         outcome = coordinator_pb2.RestartOutcome(
             restore=self.restore, checkpoint=self._checkpoint.checkpoint
         )
+        outcome.passed_over.extend(self._passed_over)
         outcome.address_map.update(self._placement.address_map)
         for old, new in self._placement.split_hosts.items():
             outcome.split_hosts[old] = ",".join(new)
@@ -285,8 +320,7 @@ class RestartRun:
             outcome.failed_rank = failure.rank
             await self._abort(failure.reason)
             if failure.images_damaged:
-                said = mark_damaged(self._store, self._jobs, self._checkpoint, failure.reason)
-                outcome.reason = f"{failure.reason}; {said}"
+                outcome.reason = f"{failure.reason}; {self._damaged(failure)}"
         except Exception as exc:  # never leave ranks held or hosts locked on a bug
             self._log.exception("restart_failed")
             outcome.reason = f"coordinator error: {exc!r}"
@@ -460,19 +494,12 @@ class RestartService:
             pids.update({p.rank: p.pid for p in reply.restore_result.pids})
         return pids
 
-    def start(self, request: coordinator_pb2.RestartRequest) -> RestartRun:
-        job = request.job
-        record = self._jobs.get(job)
-        running = [r.rank for r in record.ranks if r.state == "running"]
-        if running:
-            raise ConflictError(
-                f"job {job} still runs ranks {running}: kill it (crctl kill {job}) or "
-                "checkpoint it without --leave-running before restarting it",
-                job=job,
-            )
-        checkpoint, manifest = committed_checkpoint(
-            self._store, self._jobs, job, request.checkpoint, to="restart from"
-        )
+    def _plan(
+        self,
+        request: coordinator_pb2.RestartRequest,
+        checkpoint: CheckpointRecord,
+        manifest: coordinator_pb2.Manifest,
+    ) -> _Plan:
         candidates = set(request.host_map.values()) | set(request.hosts)
         candidates |= {image.host for image in manifest.ranks}
         addresses = {}
@@ -489,6 +516,102 @@ class RestartService:
             hosts=list(request.hosts),
             addresses=addresses,
         )
+        return _Plan(checkpoint, manifest, placement, addresses, frozenset(lazy))
+
+    def _newest_restorable(
+        self, request: coordinator_pb2.RestartRequest, latest: _Plan
+    ) -> tuple[_Plan, list[coordinator_pb2.PassedOver]]:
+        """A restart that names no checkpoint starts from the newest committed one every rank
+        of which has a reachable copy: the job's latest, or an older one when a host holding
+        the only copies of a rank of the latest is gone. The newer ones it passes over, each
+        with why; refused, naming each, when none is restorable."""
+        agents = self._jobs.agents()
+        passed_over: list[coordinator_pb2.PassedOver] = []
+        plan: _Plan | None = latest
+        older = (
+            c
+            for c in self._store.checkpoints(request.job, "committed")
+            if c.started_at < latest.checkpoint.started_at
+        )
+        while plan is not None and (
+            missing := image_copies.unreachable_ranks(
+                plan.manifest, plan.placement.rank_hosts, agents
+            )
+        ):
+            passed_over.append(
+                coordinator_pb2.PassedOver(
+                    checkpoint=plan.checkpoint.checkpoint, reason=f"no reachable copy of {missing}"
+                )
+            )
+            plan = self._older_plan(request, latest, older, passed_over)
+        if plan is None:
+            raise ConflictError(
+                f"no checkpoint of {request.job} can be restored now: "
+                + "; ".join(f"{p.checkpoint}: {p.reason}" for p in passed_over)
+                + "; bring a host that holds them back",
+                job=request.job,
+                checkpoint=latest.checkpoint.checkpoint,
+            )
+        for skipped in passed_over:
+            log.warning(
+                "restart_passed_over",
+                job=request.job,
+                checkpoint=skipped.checkpoint,
+                reason=skipped.reason,
+                restart_from=plan.checkpoint.checkpoint,
+            )
+        return plan, passed_over
+
+    def _older_plan(
+        self,
+        request: coordinator_pb2.RestartRequest,
+        latest: _Plan,
+        older: Iterator[CheckpointRecord],
+        passed_over: list[coordinator_pb2.PassedOver],
+    ) -> _Plan | None:
+        """The plan from the next of ``older`` whose ranks can go where the request sends the
+        latest's (each rank to the same new host: a map names the latest's hosts, which an
+        older checkpoint may not have run on); one that cannot is passed over too. None when
+        none is left."""
+        rank_hosts = latest.placement.rank_hosts
+        for record in older:
+            if not record.manifest:
+                continue
+            manifest = Parse(record.manifest, coordinator_pb2.Manifest())
+            ranks = sorted(image.rank for image in manifest.ranks)
+            same_place = coordinator_pb2.RestartRequest()
+            same_place.CopyFrom(request)
+            if ranks == sorted(rank_hosts):  # else the request as it is, if it fits
+                same_place.ClearField("host_map")
+                same_place.ClearField("hosts")
+                same_place.hosts.extend(rank_hosts[rank] for rank in ranks)
+            try:
+                return self._plan(same_place, record, manifest)
+            except CrctlError as exc:
+                passed_over.append(
+                    coordinator_pb2.PassedOver(checkpoint=record.checkpoint, reason=exc.message)
+                )
+        return None
+
+    def start(self, request: coordinator_pb2.RestartRequest) -> RestartRun:
+        job = request.job
+        record = self._jobs.get(job)
+        running = [r.rank for r in record.ranks if r.state == "running"]
+        if running:
+            raise ConflictError(
+                f"job {job} still runs ranks {running}: kill it (crctl kill {job}) or "
+                "checkpoint it without --leave-running before restarting it",
+                job=job,
+            )
+        checkpoint, manifest = committed_checkpoint(
+            self._store, self._jobs, job, request.checkpoint, to="restart from"
+        )
+        plan = self._plan(request, checkpoint, manifest)
+        passed_over: list[coordinator_pb2.PassedOver] = []
+        if not request.checkpoint:
+            plan, passed_over = self._newest_restorable(request, plan)
+        checkpoint, manifest, placement = plan.checkpoint, plan.manifest, plan.placement
+        addresses, lazy = plan.addresses, plan.lazy
         image_copies.require_restorable(manifest, placement.rank_hosts, self._jobs.agents())
         rewritten_one_by_one = set(placement.rank_addresses) | set(placement.peer_addresses)
         for host in placement.hosts:
@@ -524,6 +647,7 @@ class RestartService:
             job=job,
             checkpoint=checkpoint,
             manifest=manifest,
+            passed_over=passed_over,
             placement=placement,
             addresses={h: addresses[h] for h in placement.hosts},
             plugins=list(request.plugins),

@@ -93,6 +93,7 @@ class SourceFailure(NamedTuple):
     host: str
     reason: str  # e.g. "no such file rank-2/pages-1.img", "unreachable (no answer in 10s)"
     rank: int
+    damaged: bool = False  # its copy differs from the manifest (not: it could not be asked)
 
 
 class ImageFetchError(CrctlError):
@@ -110,6 +111,10 @@ class ImageFetchError(CrctlError):
         host: str | None = None,
         rank: int | None = None,
         failures: Sequence[SourceFailure] = (),
+        damaged_ranks: Sequence[int] = (),
     ) -> None:
         super().__init__(message, job=job, checkpoint=checkpoint, host=host, rank=rank)
         self.failures = tuple(failures)
+        # The ranks every source of which was tried and holds a copy that differs from the
+        # manifest: no intact copy of their images is left on any host that holds them.
+        self.damaged_ranks = tuple(sorted(set(damaged_ranks)))

@@ -5,7 +5,9 @@ their size and digest stay (a retry, or an earlier fetch that failed part way); 
 differs is an error. The sources are tried in order (``_session``): one that cannot be
 reached, lacks a file, refuses us or serves bytes that do not verify is left for the next,
 which starts from the first file not yet in place. When none is left the fetch fails, naming
-every source and why; no partial file stays behind (``_store``)."""
+every source and why, and saying whether every one of them holds a copy that differs from the
+manifest (the rank's images are then damaged everywhere, not just out of reach); no partial
+file stays behind (``_store``)."""
 
 from __future__ import annotations
 
@@ -81,13 +83,16 @@ def fetch_rank(
     started = time.perf_counter()
     bound = log.bind(job=job, checkpoint=checkpoint, rank=rank)
 
-    def error(reason: str, failures: Sequence[SourceFailure] = ()) -> ImageFetchError:
+    def error(
+        reason: str, failures: Sequence[SourceFailure] = (), *, every_copy_damaged: bool = False
+    ) -> ImageFetchError:
         return ImageFetchError(
             f"rank {rank} of {checkpoint}: {reason}",
             job=job,
             checkpoint=checkpoint,
             rank=rank,
             failures=failures,
+            damaged_ranks=[rank] if every_copy_damaged else [],
         )
 
     failures: list[SourceFailure] = []
@@ -119,7 +124,7 @@ def fetch_rank(
                     try:
                         session.run(todo)
                     except SourceFailed as exc:
-                        failures.append(SourceFailure(source.host, exc.reason, rank))
+                        failures.append(SourceFailure(source.host, exc.reason, rank, exc.damaged))
                         bound.warning("image_source_failed", source=source.host, reason=exc.reason)
                         continue
                     seconds = time.perf_counter() - started
@@ -143,7 +148,9 @@ def fetch_rank(
     except OSError as exc:
         raise error(f"the store {store_root}: {exc.strerror}", failures) from None
     why = "; ".join(f"{f.host}: {f.reason}" for f in failures) or "no host to fetch it from"
-    raise error(why, failures)
+    raise error(
+        why, failures, every_copy_damaged=bool(failures) and all(f.damaged for f in failures)
+    )
 
 
 def fetch_ranks(
@@ -189,6 +196,7 @@ def fetch_ranks(
             job=jobs.pop() if len(jobs) == 1 else None,
             checkpoint=checkpoints.pop() if len(checkpoints) == 1 else None,
             failures=[failure for error in errors for failure in error.failures],
+            damaged_ranks=[rank for error in errors for rank in error.damaged_ranks],
         )
     return [outcome for outcome in outcomes if isinstance(outcome, FetchResult)]
 

@@ -34,11 +34,14 @@ _HANDSHAKE_EVENTS = (
 
 
 class SourceFailed(Exception):
-    """This source will not give the files: ``reason`` says why, for a person."""
+    """This source will not give the files: ``reason`` says why, for a person; ``damaged``
+    when what it holds differs from the manifest (a file missing, of another size, bytes that
+    do not verify), not when it could not be asked or refused."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, damaged: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.damaged = damaged
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ class Session:
                         try:
                             incoming.finish()
                         except Unverified as exc:
-                            raise SourceFailed(exc.message) from None
+                            raise SourceFailed(exc.message, damaged=True) from None
                         incoming = None
                         todo.remove(chunk.file)
         finally:
@@ -188,13 +191,15 @@ def _bytes_of(frames: list[zmq.Frame], chunk: _Asked) -> memoryview:
     if reply.tag != chunk.tag:
         raise SourceFailed(f"answered request {reply.tag}, expected {chunk.tag}")
     if reply.error == transfer_pb2.CHUNK_ERROR_NOT_FOUND:
-        raise SourceFailed(f"no such file {path}")
+        raise SourceFailed(f"no such file {path}", damaged=True)
     if reply.error == transfer_pb2.CHUNK_ERROR_REFUSED:
         raise SourceFailed(f"refused {path}: {reply.reason}")
     if reply.error != transfer_pb2.CHUNK_ERROR_UNSPECIFIED:
         raise SourceFailed(f"could not serve {path}: {reply.reason}")
     if reply.file_size != expected:
-        raise SourceFailed(f"has {path} with {reply.file_size} bytes, the manifest says {expected}")
+        raise SourceFailed(
+            f"has {path} with {reply.file_size} bytes, the manifest says {expected}", damaged=True
+        )
     data = frames[1].buffer
     if len(data) != chunk.length:
         raise SourceFailed(

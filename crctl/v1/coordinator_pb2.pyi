@@ -262,7 +262,7 @@ class Manifest(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., leave_running: _Optional[bool] = ..., ranks: _Optional[_Iterable[_Union[_control_pb2.RankImage, _Mapping]]] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
-    __slots__ = ("checkpoint", "job", "state", "latest", "started_at", "finished_at", "reason", "directory", "manifest", "pinned")
+    __slots__ = ("checkpoint", "job", "state", "latest", "started_at", "finished_at", "reason", "directory", "manifest", "pinned", "unreachable")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +273,7 @@ class CheckpointInfo(_message.Message):
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
     checkpoint: str
     job: str
     state: str
@@ -283,7 +284,8 @@ class CheckpointInfo(_message.Message):
     directory: str
     manifest: Manifest
     pinned: bool
-    def __init__(self, checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., state: _Optional[str] = ..., latest: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., directory: _Optional[str] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    unreachable: str
+    def __init__(self, checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., state: _Optional[str] = ..., latest: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., directory: _Optional[str] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., pinned: _Optional[bool] = ..., unreachable: _Optional[str] = ...) -> None: ...
 
 class ListCheckpointsRequest(_message.Message):
     __slots__ = ("job",)
@@ -390,7 +392,7 @@ class RestartStep(_message.Message):
     def __init__(self, restore: _Optional[str] = ..., step: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RestartOutcome(_message.Message):
-    __slots__ = ("restore", "checkpoint", "restarted", "reason", "failed_host", "failed_rank", "duration_seconds", "ranks", "address_map", "split_hosts")
+    __slots__ = ("restore", "checkpoint", "restarted", "reason", "failed_host", "failed_rank", "duration_seconds", "ranks", "address_map", "split_hosts", "passed_over")
     class AddressMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -415,6 +417,7 @@ class RestartOutcome(_message.Message):
     RANKS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
     SPLIT_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    PASSED_OVER_FIELD_NUMBER: _ClassVar[int]
     restore: str
     checkpoint: str
     restarted: bool
@@ -425,7 +428,16 @@ class RestartOutcome(_message.Message):
     ranks: _containers.RepeatedCompositeFieldContainer[Rank]
     address_map: _containers.ScalarMap[str, str]
     split_hosts: _containers.ScalarMap[str, str]
-    def __init__(self, restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., restarted: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., failed_rank: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., split_hosts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    passed_over: _containers.RepeatedCompositeFieldContainer[PassedOver]
+    def __init__(self, restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., restarted: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., failed_rank: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., split_hosts: _Optional[_Mapping[str, str]] = ..., passed_over: _Optional[_Iterable[_Union[PassedOver, _Mapping]]] = ...) -> None: ...
+
+class PassedOver(_message.Message):
+    __slots__ = ("checkpoint", "reason")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    reason: str
+    def __init__(self, checkpoint: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class HostProgress(_message.Message):
     __slots__ = ("host", "state", "reason")

@@ -96,6 +96,9 @@ def test_a_restart_whose_only_copy_is_on_a_lost_host_is_refused_naming_it(
         code, _, stderr = restart(ring, "--map", "h1=h5,h2=h6,h3=h1")
         assert code != 0
         assert "no such file" in stderr or "rank 2" in stderr, stderr
+        # h4 lacks its copy, but h3, out of reach, may hold an intact one: not marked damaged
+        assert f"checkpoint {checkpoint} stays committed: h3 (not reachable now)" in stderr
+        assert crctl_json("checkpoints", ring.job)[0]["state"] == "committed"
         assert crctl_json("status", ring.job)["state"] == "stopped"
     finally:
         crctl("testbed", "start", "agent-h3")
@@ -106,6 +109,84 @@ def test_a_restart_whose_only_copy_is_on_a_lost_host_is_refused_naming_it(
     assert code == 0, stderr
     ring.wait_for_progress(tokens=20)
     assert ring.errors() == []
+
+
+def test_a_rank_damaged_on_every_host_that_holds_it_marks_the_checkpoint_damaged(
+    private6: bed.State, ring: RingJob
+) -> None:
+    """Rank 1's page image flipped on h2, which dumped it, and on h3, its partner: the restart
+    fails, the checkpoint is marked damaged and the older one becomes the job's latest."""
+    good = crctl_json("checkpoint", ring.job, "--leave-running")["checkpoint"]
+    bad = checkpoint_and_stop(ring)["checkpoint"]
+    assert copies_made(ring.job, bad, 1)[1] == ["h3"]
+    for host in ("h2", "h3"):
+        victim = bed.host_store(private6, host) / ring.job / bad / "rank-1" / "pages-1.img"
+        original = victim.read_bytes()
+        victim.write_bytes(bytes([original[0] ^ 0xFF]) + original[1:])
+    code, failed, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
+    assert code == 1
+    assert "h2: rank-1/pages-1.img does not match the manifest" in stderr, stderr
+    assert "h3: rank-1/pages-1.img does not match the manifest" in stderr, stderr
+    assert f"checkpoint {bad} is marked damaged and the latest good checkpoint is now {good}" in (
+        stderr
+    )
+    assert failed["failed_rank"] == 1
+    assert {c["checkpoint"]: c["state"] for c in crctl_json("checkpoints", ring.job)} == {
+        good: "committed",
+        bad: "damaged",
+    }
+    assert_nothing_left(private6, ring.job, ["h4", "h5", "h6"])
+    code, restarted, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
+    assert code == 0, stderr
+    assert restarted["checkpoint"] == good
+    ring.wait_for_progress(tokens=20)
+    assert ring.errors() == []
+
+
+def agents_are(state: str, *hosts: str) -> None:
+    def states() -> set[str]:
+        return {a["state"] for a in crctl_json("agents") if a["host"] in hosts}
+
+    wait_for(lambda: states() == {state}, timeout=20, what=f"{', '.join(hosts)} {state}")
+
+
+def test_a_restart_passes_over_the_latest_checkpoint_when_every_copy_of_a_rank_is_out_of_reach(
+    private6: bed.State, ring: RingJob
+) -> None:
+    """The latest checkpoint's rank 1 is on h5 and its copy on h6, both agents gone: `crctl
+    checkpoints` says it is not restorable, a restart naming none starts from the older one
+    (on the hosts the map sends the latest's ranks to), naming the one it passed over."""
+    older = checkpoint_and_stop(ring)["checkpoint"]  # dumped on h1-h3
+    code, _, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
+    assert code == 0, stderr
+    ring.wait_for_progress(tokens=10)
+    latest = checkpoint_and_stop(ring)["checkpoint"]  # dumped on h4-h6
+    assert copies_made(ring.job, latest, 1) == {0: ["h5"], 1: ["h6"], 2: ["h1"]}
+    for host in ("h5", "h6"):
+        assert kill_daemon(f"agent-{host}")
+    try:
+        agents_are("lost", "h5", "h6")
+        listed = {c["checkpoint"]: c for c in crctl_json("checkpoints", ring.job)}
+        assert listed[latest]["unreachable"] == "rank 1 (only on h5 (lost), h6 (lost))"
+        assert listed[older]["unreachable"] == ""
+        assert "not restorable: rank 1 (only on h5" in crctl("checkpoints", ring.job).stdout
+        code, result, stderr = restart(ring, "--map", "h4=h1,h5=h2,h6=h3")
+        assert code == 0, stderr
+        assert result["checkpoint"] == older
+        assert result["passed_over"] == [
+            {
+                "checkpoint": latest,
+                "reason": "no reachable copy of rank 1 (only on h5 (lost), h6 (lost))",
+            }
+        ]
+        assert ranks_by_host(ring.job) == {0: "h1", 1: "h2", 2: "h3"}
+        ring.wait_for_progress(tokens=20)
+        assert ring.errors() == []
+        assert crctl_json("status", ring.job)["latest_checkpoint"] == latest  # for h5, h6 back
+    finally:
+        for host in ("h5", "h6"):
+            crctl("testbed", "start", f"agent-{host}")
+        agents_are("alive", "h5", "h6")
 
 
 @pytest.fixture

@@ -276,3 +276,39 @@ async def test_a_spread_onto_an_agent_without_per_rank_rewrites_is_refused_befor
     assert all(not cluster.fake[h].prepared for h in ("h3", "h4", "h5", "h6"))
     packed = await cluster.restart(JOB, host_map={"h1": "h4", "h2": "h5"})  # no spread: fine
     assert packed.restarted, packed.reason
+
+
+@cluster_test(hosts=4)
+async def test_a_restart_naming_no_checkpoint_passes_over_one_a_rank_of_which_is_out_of_reach(
+    cluster: Cluster,
+) -> None:
+    """The newest checkpoint's rank 1 is only on h4, whose agent is gone: a restart that names
+    no checkpoint starts from the older one, saying which it passed over and why; one that
+    names the newest is refused, and with no restorable checkpoint left, every one is named."""
+    older = await stopped_job(cluster)  # dumped on h1 and h2
+    assert (await cluster.restart(JOB, host_map=MOVE)).restarted
+    newer = await cluster.checkpoint(JOB)  # dumped on h3 and h4
+    assert newer.committed, newer.reason
+    await cluster.kill_agent("h4")
+    await cluster.until(lambda: "h4" not in cluster.alive(), "h4 lost")
+    back = {"h3": "h1", "h4": "h2"}
+    with pytest.raises(ConflictError, match=r"no reachable copy of rank 1 \(only on h4 \(lost\)\)"):
+        await cluster.restart(JOB, checkpoint=newer.checkpoint, host_map=back)
+    outcome = await cluster.restart(JOB, host_map=back)
+    assert outcome.restarted, outcome.reason
+    assert outcome.checkpoint == older
+    assert [(p.checkpoint, p.reason) for p in outcome.passed_over] == [
+        (newer.checkpoint, "no reachable copy of rank 1 (only on h4 (lost))")
+    ]
+    assert {r.host for r in cluster.job(JOB).ranks} == {"h1", "h2"}
+    assert cluster.job(JOB).latest_checkpoint == newer.checkpoint  # kept for when h4 is back
+
+    assert (await cluster.checkpoint(JOB)).committed  # on h1 and h2
+    await cluster.kill_agent("h1")
+    await cluster.until(lambda: "h1" not in cluster.alive(), "h1 lost")
+    with pytest.raises(ConflictError) as refused:
+        await cluster.restart(JOB, hosts=["h2", "h3"])
+    message = refused.value.message
+    assert message.startswith(f"no checkpoint of {JOB} can be restored now: ")
+    assert f"{older}: no reachable copy of rank 0 (only on h1 (lost))" in message
+    assert f"{newer.checkpoint}: no reachable copy of rank 1 (only on h4 (lost))" in message

@@ -6,6 +6,7 @@ that serves only rank folders of its store, and only to the keys it allows."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -121,7 +122,8 @@ def test_bytes_that_do_not_match_the_manifest_fail_the_fetch_and_leave_nothing(
     with pytest.raises(ImageFetchError) as caught:
         fetch_rank([serve("h1", tmp_path / "h1")], client, JOB, CKPT, 0, lines, here)
     assert f"rank 0 of {CKPT}: h1: {PAGES} does not match the manifest" in str(caught.value)
-    assert [f.host for f in caught.value.failures] == ["h1"]
+    assert [(f.host, f.damaged) for f in caught.value.failures] == [("h1", True)]
+    assert caught.value.damaged_ranks == (0,)  # its only holder's copy differs
     assert (caught.value.job, caught.value.checkpoint, caught.value.rank) == (JOB, CKPT, 0)
     assert not (here / JOB / CKPT / PAGES).exists()
     assert leftovers(here) == []
@@ -207,7 +209,36 @@ def test_every_source_failing_names_each_one_and_why(
     assert caught.value.message == (
         f"rank 0 of {CKPT}: h3: no such file rank-0/core-1.img; h4: unreachable (no answer in 0.2s)"
     )
+    assert [f.damaged for f in caught.value.failures] == [True, False]
+    assert caught.value.damaged_ranks == ()  # h4 was not asked: it may hold an intact copy
     assert leftovers(tmp_path / "here") == []
+
+
+def test_a_rank_whose_every_holder_has_a_copy_unlike_the_manifest_is_named_damaged(
+    tmp_path: Path, serve: Callable[..., ImageSource], client: keys.KeyPair
+) -> None:
+    """Bytes that do not verify on one holder, a file of another size on the other: rank 0 is
+    damaged everywhere; rank 1, whose holder could not be reached, is only out of reach."""
+    lines = write_rank(tmp_path / "h1", pages=1000)
+    shutil.copytree(tmp_path / "h1", tmp_path / "h2")
+    pages = tmp_path / "h1" / JOB / CKPT / PAGES
+    pages.write_bytes(os.urandom(pages.stat().st_size))
+    (tmp_path / "h2" / JOB / CKPT / PAGES).write_bytes(b"short")
+    nobody = ImageSource("h3", f"tcp://127.0.0.1:{free_port()}", keypair(tmp_path, "h3").public)
+    fetches = [
+        RankFetch(
+            JOB, CKPT, 0, lines, [serve("h1", tmp_path / "h1"), serve("h2", tmp_path / "h2")]
+        ),
+        RankFetch(JOB, CKPT, 1, write_rank(tmp_path / "h3", 1, pages=10), [nobody]),
+    ]
+    with pytest.raises(ImageFetchError) as caught:
+        fetch_ranks(fetches, client, tmp_path / "here", timeout=0.2)
+    assert [(f.rank, f.host, f.damaged) for f in caught.value.failures] == [
+        (0, "h1", True),
+        (0, "h2", True),
+        (1, "h3", False),
+    ]
+    assert caught.value.damaged_ranks == (0,)
 
 
 def test_a_client_whose_key_is_not_allowed_gets_nothing(

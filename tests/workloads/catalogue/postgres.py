@@ -100,7 +100,8 @@ def count(args: _common.Args, status: _common.Status, server: _servers.Child) ->
     client.query("CREATE TABLE c0 (id integer PRIMARY KEY, n bigint); INSERT INTO c0 VALUES (1, 0)")
     backend = client.backend_pid
     settings = client.query(
-        "SELECT current_setting('shared_memory_type'), current_setting('dynamic_shared_memory_type')"
+        "SELECT current_setting('shared_memory_type'), "
+        "current_setting('dynamic_shared_memory_type')"
     )
     status.check(None if settings == [DEFAULT_SHARED_MEMORY] else f"settings: {settings}")
     expected = 0
