@@ -17,6 +17,7 @@ import structlog
 from google.protobuf.json_format import Parse
 
 from coordinator import barrier as b
+from coordinator import image_copies
 from coordinator.control import Plane, request_all
 from coordinator.image_copies import ImageCopies
 from coordinator.jobs import JobService
@@ -88,9 +89,9 @@ class CheckpointRun:
         self.outcome: coordinator_pb2.CheckpointOutcome | None = None
         self._recorded: coordinator_pb2.Manifest | None = None
         self._lost: set[str] = set()  # hosts whose agent went silent during the run
-        # (checkpoint, manifest) of those retention removed after this one committed: their
-        # images on the hosts go next (ImageCopies.retire).
-        self.retired: list[tuple[str, coordinator_pb2.Manifest | None]] = []
+        # Retention removed checkpoints after this one committed: their images on the hosts
+        # go next (ImageCopies.drop_retired).
+        self.retired = False
 
     # --- following progress ---
 
@@ -390,11 +391,16 @@ class CheckpointRun:
         for old in committed[keep:] + older:
             full = self._store.checkpoint(old.checkpoint)
             manifest = full.manifest if full is not None else None
-            self._files.remove(self._files.directory(old.job, old.checkpoint))
-            self._store.delete_checkpoint(old.checkpoint)
-            self.retired.append(
-                (old.checkpoint, Parse(manifest, coordinator_pb2.Manifest()) if manifest else None)
+            images_on = (
+                image_copies.holders_of(Parse(manifest, coordinator_pb2.Manifest()))
+                if manifest
+                else []
             )
+            self._files.remove(self._files.directory(old.job, old.checkpoint))
+            self._store.delete_checkpoint(
+                old.checkpoint, images_on=images_on, now=self._clock.now()
+            )
+            self.retired = True
             self._log.info("checkpoint_retired", retired=old.checkpoint, keep=keep)
 
 
@@ -649,8 +655,8 @@ class CheckpointService:
         def finished(_: asyncio.Task[None]) -> None:
             self._running.pop(job, None)
             self._jobs.release(job)
-            for retired, manifest in run.retired:
-                self.copies.retire(job, retired, manifest)
+            if run.retired:
+                self.copies.drop_retired()
             if run.outcome is not None and run.outcome.committed:
                 self.copies.after_commit(checkpoint)
 

@@ -19,7 +19,7 @@ from google.protobuf.json_format import Parse
 from coordinator.control import Plane
 from coordinator.registry import ALIVE
 from coordinator.storage import CheckpointStore
-from coordinator.store import AgentRecord, Store
+from coordinator.store import AgentRecord, ImageDrop, Store
 from crctl.errors import ConflictError, CrctlError
 from crctl.v1 import control_pb2, coordinator_pb2
 
@@ -27,11 +27,17 @@ log = structlog.get_logger()
 
 COPY_TIMEOUT = 600.0  # a partner's fetch of a host's images (GiBs at network speed)
 DROP_TIMEOUT = 30.0
+DROP_RETRY_AFTER = 60.0  # a host whose drop failed is asked again after this long
 
 
 def holders(image: control_pb2.RankImage) -> list[str]:
     """The hosts holding a complete copy of a rank's images: the one that dumped it first."""
     return list(dict.fromkeys([image.host, *image.copies]))
+
+
+def holders_of(manifest: coordinator_pb2.Manifest) -> list[str]:
+    """Every host holding images of some rank of a checkpoint, in name order."""
+    return sorted({host for image in manifest.ranks for host in holders(image)})
 
 
 def live_holders(image: control_pb2.RankImage, agents: Mapping[str, AgentRecord]) -> list[str]:
@@ -145,6 +151,8 @@ class ImageCopies:
         self._agents = agents
         self._replicas = replicas
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dropping: set[tuple[str, str]] = set()  # (host, checkpoint) asked to drop
+        self._drop_failed_at: dict[tuple[str, str], float] = {}  # the loop's time
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -222,36 +230,50 @@ class ImageCopies:
         text = self._files.write_manifest(self._files.directory(record.job, checkpoint), manifest)
         self._store.update_manifest(checkpoint, text)
 
-    def retire(self, job: str, checkpoint: str, manifest: coordinator_pb2.Manifest | None) -> None:
-        """A retired checkpoint's images removed from every live host that holds them (the
-        coordinator's own folder is removed by its caller)."""
-        if manifest is None:
-            return
-        hosts = sorted({h for image in manifest.ranks for h in holders(image)})
+    def drop_retired(self) -> None:
+        """Ask each live host that still holds images of retired checkpoints (the store's
+        ``image_drops``, recorded when retention deleted them) to remove them, and cross off
+        each drop a host carried out. Called after retention and by the sweeper: a host down
+        at retirement drops them once it is back, one whose drop failed is asked again after
+        DROP_RETRY_AFTER; one ask per host and checkpoint at a time."""
         agents = self._agents()
-        live = [h for h in hosts if h in agents and agents[h].state == ALIVE]
-        directory = str(self._files.directory(job, checkpoint))
+        now = asyncio.get_running_loop().time()
+        for drop in self._store.image_drops():
+            key = (drop.host, drop.checkpoint)
+            agent = agents.get(drop.host)
+            if key in self._dropping or agent is None or agent.state != ALIVE:
+                continue
+            if now - self._drop_failed_at.get(key, -DROP_RETRY_AFTER) < DROP_RETRY_AFTER:
+                continue
+            self._dropping.add(key)
+            self._spawn(self._drop(drop), f"drop-{drop.checkpoint}-{drop.host}")
 
-        async def drop() -> None:
-            order = control_pb2.CoordinatorMessage()
-            order.drop_images.job, order.drop_images.checkpoint = job, checkpoint
-            order.drop_images.checkpoint_dir = directory
-            results = await asyncio.gather(
-                *(self._plane.request(h, order, DROP_TIMEOUT) for h in live),
-                return_exceptions=True,
+    async def _drop(self, drop: ImageDrop) -> None:
+        key = (drop.host, drop.checkpoint)
+        order = control_pb2.CoordinatorMessage()
+        order.drop_images.job, order.drop_images.checkpoint = drop.job, drop.checkpoint
+        order.drop_images.checkpoint_dir = drop.directory
+        try:
+            reply = await self._plane.request(drop.host, order, DROP_TIMEOUT)
+            if reply.WhichOneof("body") != "images_dropped":
+                raise CrctlError(reply.order_failed.reason or "unexpected reply")
+        except CrctlError as exc:
+            self._drop_failed_at[key] = asyncio.get_running_loop().time()
+            log.warning(
+                "checkpoint_images_not_dropped",
+                job=drop.job,
+                checkpoint=drop.checkpoint,
+                host=drop.host,
+                reason=exc.message,
             )
-            for host, result in zip(live, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.warning(
-                        "checkpoint_images_not_dropped",
-                        job=job,
-                        checkpoint=checkpoint,
-                        host=host,
-                        reason=str(result),
-                    )
-
-        if live:
-            self._spawn(drop(), f"drop-{checkpoint}")
+            return
+        finally:
+            self._dropping.discard(key)
+        self._drop_failed_at.pop(key, None)
+        self._store.image_dropped(drop.host, drop.checkpoint)
+        log.info(
+            "checkpoint_images_dropped", job=drop.job, checkpoint=drop.checkpoint, host=drop.host
+        )
 
     async def close(self) -> None:
         for task in list(self._tasks):

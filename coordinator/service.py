@@ -116,6 +116,7 @@ class CoordinatorService:
     async def run_sweeper(self, period: float) -> None:
         while True:
             self.sweep()
+            self.checkpoints.copies.drop_retired()  # images a host was down to drop
             self.operations.settle()
             self.operations.expire()
             await asyncio.sleep(period)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from crctl.errors import ConfigError
 
-SCHEMA_VERSION = 5  # 2: restarts; 3: job owners; 4: schedules, pins; 5: image servers
+# 2: restarts; 3: job owners; 4: schedules, pins; 5: image servers; 6: image drops
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -107,6 +108,14 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_checkpoint TEXT NOT NULL DEFAULT '',
     last_outcome TEXT NOT NULL DEFAULT ''  -- committed | aborted: why | skipped: why
 );
+CREATE TABLE IF NOT EXISTS image_drops (  -- a retired checkpoint's images a host still holds
+    host TEXT NOT NULL,
+    checkpoint TEXT NOT NULL,         -- its record is gone: retention deleted it
+    job TEXT NOT NULL,
+    directory TEXT NOT NULL,
+    retired_at REAL NOT NULL,
+    PRIMARY KEY (host, checkpoint)
+);
 """
 
 
@@ -146,6 +155,17 @@ class JobRecord:
     owner_uid: int = 0
     owner: str = "root"
     schedule: ScheduleRecord | None = None
+
+
+@dataclass(frozen=True)
+class ImageDrop:
+    """Images of a retired checkpoint on a host that has not yet said it removed them."""
+
+    host: str
+    checkpoint: str
+    job: str
+    directory: str
+    retired_at: float
 
 
 @dataclass(frozen=True)
@@ -542,9 +562,39 @@ class Store:
             (checkpoint,),
         )
 
-    def delete_checkpoint(self, checkpoint: str) -> None:
+    def delete_checkpoint(
+        self, checkpoint: str, *, images_on: Sequence[str] = (), now: float = 0.0
+    ) -> None:
+        """Forget a checkpoint; the hosts ``images_on`` still hold its images, to be dropped
+        there (``image_drops``), recorded in the same transaction so that no crash between
+        the two leaves images nobody will remove."""
         with self._transaction() as db:
+            row = db.execute(
+                "SELECT job, directory FROM checkpoints WHERE checkpoint = ?", (checkpoint,)
+            ).fetchone()
             db.execute("DELETE FROM checkpoints WHERE checkpoint = ?", (checkpoint,))
+            if row is not None:
+                db.executemany(
+                    "INSERT OR IGNORE INTO image_drops(host, checkpoint, job, directory, "
+                    "retired_at) VALUES (?, ?, ?, ?, ?)",
+                    [(host, checkpoint, row[0], row[1], now) for host in sorted(set(images_on))],
+                )
+
+    def image_drops(self, host: str | None = None) -> list[ImageDrop]:
+        """The images retired checkpoints left on hosts, oldest first."""
+        where, params = ("WHERE host = ?", (host,)) if host is not None else ("", ())
+        rows = self._db.execute(
+            "SELECT host, checkpoint, job, directory, retired_at FROM image_drops "
+            f"{where} ORDER BY retired_at, checkpoint, host",
+            params,
+        ).fetchall()
+        return [ImageDrop(*row) for row in rows]
+
+    def image_dropped(self, host: str, checkpoint: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM image_drops WHERE host = ? AND checkpoint = ?", (host, checkpoint)
+            )
 
     def checkpoint(self, checkpoint: str, *, manifest: bool = True) -> CheckpointRecord | None:
         """The checkpoint's record; without ``manifest`` it leaves the manifest out (read at

@@ -221,3 +221,25 @@ def test_retention_drops_the_images_on_every_host_that_holds_them(
     stores = [bed.host_store(private6, h) / ring.job / first for h in private6.hosts]
     wait_for(lambda: not any(Path(s).exists() for s in stores), timeout=20,
              what=f"{first} gone from every host")  # fmt: skip
+
+
+def test_a_host_down_when_a_checkpoint_is_retired_drops_its_images_once_back(
+    private6: bed.State, ring: RingJob
+) -> None:
+    first = crctl_json("checkpoint", ring.job, "--leave-running")["checkpoint"]
+    assert copies_made(ring.job, first, 1)[2] == ["h4"]  # rank 2's, from h3
+    partner_copy = bed.host_store(private6, "h4") / ring.job / first
+    assert kill_daemon("agent-h4")
+    try:
+        agents_are("lost", "h4")
+        for _ in range(3):  # retain_checkpoints = 3: the first is retired
+            crctl("checkpoint", ring.job, "--leave-running")
+        assert first not in {c["checkpoint"] for c in crctl_json("checkpoints", ring.job)}
+        dumped = [bed.host_store(private6, h) / ring.job / first for h in ("h1", "h2", "h3")]
+        wait_for(lambda: not any(s.exists() for s in dumped), timeout=20,
+                 what=f"{first} gone from h1-h3")  # fmt: skip
+        assert (partner_copy / "rank-2").is_dir()  # h4 was down: nobody could drop it
+    finally:
+        crctl("testbed", "start", "agent-h4")
+        agents_are("alive", "h4")
+    wait_for(lambda: not partner_copy.exists(), timeout=20, what=f"{first} dropped on h4")

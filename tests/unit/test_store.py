@@ -9,6 +9,7 @@ from pathlib import Path
 from coordinator.store import (
     SCHEMA_VERSION,
     CheckpointRecord,
+    ImageDrop,
     RankRecord,
     RestartRecord,
     ScheduleRecord,
@@ -84,6 +85,26 @@ def test_a_damaged_checkpoint_hands_latest_to_the_newest_good_one_and_back() -> 
     assert store.job("ring").latest_checkpoint == "ckpt-2"  # type: ignore[union-attr]
 
 
+def test_a_deleted_checkpoint_leaves_a_drop_for_each_host_holding_its_images() -> None:
+    store = Store(":memory:")
+    store.add_rank(RankRecord("ring", 0, "h1", 10, "running", None, ("app",)), 1.0)
+    for name, started in (("ckpt-1", 2.0), ("ckpt-2", 4.0)):
+        store.begin_checkpoint(checkpoint(name, started))
+        store.commit_checkpoint(name, "ring", "{}", started + 1, ranks_stop=False)
+    store.delete_checkpoint("ckpt-1", images_on=["h2", "h1", "h2"], now=9.0)
+    assert store.checkpoint("ckpt-1") is None
+    assert store.image_drops() == [
+        ImageDrop("h1", "ckpt-1", "ring", "/c/ckpt-1", 9.0),
+        ImageDrop("h2", "ckpt-1", "ring", "/c/ckpt-1", 9.0),
+    ]
+    store.delete_checkpoint("ckpt-1", images_on=["h3"])  # gone already: nothing to drop
+    store.image_dropped("h1", "ckpt-1")
+    assert [d.host for d in store.image_drops()] == ["h2"]
+    assert store.image_drops("h1") == []
+    store.delete_checkpoint("ckpt-2")  # a shared store's: nobody to ask
+    assert [d.checkpoint for d in store.image_drops()] == ["ckpt-1"]
+
+
 def test_a_finished_restart_moves_every_rank_with_its_new_pid_at_once() -> None:
     store = Store(":memory:")
     for rank in (0, 1):
@@ -144,17 +165,18 @@ def test_a_schema_3_database_opens_with_its_checkpoints_unpinned_and_no_schedule
         job = store.job("ring")
         assert job is not None and job.owner == "alice" and job.schedule is None
         assert all(a.image_endpoint == "" for a in store.agents())  # schema 5 added it
+        assert store.image_drops() == []  # schema 6 added the table
         assert store.schedules() == []
         store.pin_checkpoint("ckpt-1", True)
         store.set_schedule(ScheduleRecord("ring", 60.0, 2, False, next_at=100.0))
     finally:
         store.close()
-    reopened = Store(path)  # a version-4 database opens again as it is
+    reopened = Store(path)  # a database of this version opens again as it is
     try:
         assert reopened.checkpoint("ckpt-1").pinned is True  # type: ignore[union-attr]
         assert [s.job for s in reopened.schedules()] == ["ring"]
         version = reopened._db.execute("SELECT value FROM meta WHERE key='schema_version'")
-        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "5"
+        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "6"
     finally:
         reopened.close()
 
