@@ -104,7 +104,7 @@ class HostRestore:
     aborted: bool = False
     released: bool = False
     _tidy: asyncio.Task[None] | None = None
-    _peer_folders: list[Path] = field(default_factory=list)
+    _peer_folders: dict[Path, str] = field(default_factory=dict)  # -> the host that dumped it
 
     def __post_init__(self) -> None:
         self.restore_id = self.order.restore
@@ -208,7 +208,8 @@ class HostRestore:
         close = set(self.order.close_connections)
         connections: list[netlock.Connection] = []
         ends = images.connection_ends(
-            [checkpoint_dir / rank_name(r.rank) for r in self.order.ranks] + self._peer_folders
+            {checkpoint_dir / rank_name(r.rank): r.image.host for r in self.order.ranks}
+            | self._peer_folders
         )
         for entry in self.order.ranks:
             source = checkpoint_dir / rank_name(entry.rank)
@@ -342,14 +343,15 @@ class HostRestore:
             )
         await asyncio.gather(*checks)
 
-    def _peer_dirs(self, checkpoint_dir: Path) -> list[Path]:
-        """The image folders of the connected ranks elsewhere that this host can read (a store
-        that holds only this host's ranks leaves their bytes in flight to retransmission)."""
-        found = []
+    def _peer_dirs(self, checkpoint_dir: Path) -> dict[Path, str]:
+        """The image folders of the connected ranks elsewhere that this host can read, each
+        with the host that dumped it (a store that holds only this host's ranks leaves their
+        bytes in flight to retransmission)."""
+        found = {}
         for entry in self.order.peer_ranks:
             folder = checkpoint_dir / rank_name(entry.rank)
             if folder.is_dir():
-                found.append(folder)
+                found[folder] = entry.image.host
             else:
                 self._log.warning("restore_peer_images_missing", rank=entry.rank, path=str(folder))
         return found

@@ -18,7 +18,8 @@ nothing in flight. Ends whose numbers do not fit together are left as dumped."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from agent.images._format import FILES_IMG, REMAP_IMG, ImageError, load_with_payload
 from agent.images._format import replace as replace_image
 from agent.images._inspect import Endpoint, InetSocket, inspect
+from crctl.connections import plain
 
 _MAGIC = "TCP_STREAM"
 _SEQ_MASK = (1 << 32) - 1
@@ -133,17 +135,27 @@ def _connections(images_dir: Path) -> list[InetSocket]:
     ]
 
 
-Ends = dict[tuple[Endpoint, Endpoint], tuple[Path, InetSocket]]
+# An endpoint as the far end knows it: the address as packets carry it (a dual-stack socket's
+# ::ffff:a.b.c.d is its peer's a.b.c.d), the port, and for a loopback address the host that
+# dumped it (every host has its own 127.0.0.1: equal endpoints on two hosts are two ends).
+_EndKey = tuple[str, int, str]
+Ends = dict[tuple[_EndKey, _EndKey], tuple[Path, InetSocket, str]]
 
 
-def connection_ends(images_dirs: Iterable[Path]) -> Ends:
-    """Every established TCP connection end in these image folders (of one checkpoint), by its
-    (local, peer) endpoints."""
+def _end_key(endpoint: Endpoint, host: str) -> _EndKey:
+    address = plain(endpoint.address)
+    return (address, endpoint.port, host if ipaddress.ip_address(address).is_loopback else "")
+
+
+def connection_ends(images_dirs: Mapping[Path, str]) -> Ends:
+    """Every established TCP connection end in these image folders (of one checkpoint; each
+    with the host that dumped it), by its (local, peer) endpoints."""
     ends: Ends = {}
-    for images_dir in images_dirs:
+    for images_dir, host in images_dirs.items():
         for sock in _connections(images_dir):
             assert sock.peer is not None
-            ends[(sock.local, sock.peer)] = (images_dir, sock)
+            key = (_end_key(sock.local, host), _end_key(sock.peer, host))
+            ends[key] = (images_dir, sock, host)
     return ends
 
 
@@ -154,14 +166,14 @@ def hand_over_in_flight(working: Path, original: Path, ends: Ends) -> list[Hande
     images are rewritten there, the originals only read. Returns the connection ends that
     changed."""
     changed = []
-    mine_here = [sock for images_dir, sock in ends.values() if images_dir == original]
-    for sock in mine_here:
+    mine_here = [(sock, host) for folder, sock, host in ends.values() if folder == original]
+    for sock, host in mine_here:
         assert sock.peer is not None
-        other = ends.get((sock.peer, sock.local))
+        other = ends.get((_end_key(sock.peer, host), _end_key(sock.local, host)))
         if other is None:
             continue  # a peer outside the checkpoint
         entry, mine = _load(_stream_path(original, sock))
-        _, theirs = _load(_stream_path(*other))
+        _, theirs = _load(_stream_path(other[0], other[1]))
         settled = settle(mine, theirs)
         if settled is None or settled == mine:
             continue

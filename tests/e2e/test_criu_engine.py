@@ -586,7 +586,7 @@ def test_bytes_in_flight_at_the_dump_are_handed_to_the_receiver(
                 process.cgroup.remove()
 
             originals = {side: job.root / f"img-{side}" for side in ("server", "client")}
-            ends = images.connection_ends(originals.values())
+            ends = images.connection_ends({originals["server"]: "a", originals["client"]: "b"})
             handed = {}
             for side, original in originals.items():
                 images.make_working_copy(original, job.root / f"wc-{side}")

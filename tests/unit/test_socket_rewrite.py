@@ -19,16 +19,22 @@ from tests.unit.criu_images import Socket, Stream, write_images
 H1, H2 = "198.18.0.11", "198.18.0.12"
 ADDRESSES = {f"h{i}": [f"198.18.0.{10 + i}"] for i in range(1, 6)}
 TOKEN = b"0123456789abcdef"
+TOKEN_2 = b"fedcba9876543210"
 
 # Ranks 0 and 1 on h1, rank 2 on h2: a ring (0 -> 1 -> 2 -> 0); rank 0 listens dual stack, so
-# its end of 2 -> 0 holds IPv4-mapped addresses; TOKEN, sent by rank 0, never reached rank 1.
+# its end of 2 -> 0 holds IPv4-mapped addresses; TOKEN, sent by rank 0, never reached rank 1;
+# TOKEN_2, sent by rank 2, never reached rank 0 (at its IPv4-mapped end).
 JOB: dict[int, tuple[str, list[Socket]]] = {
     0: (
         "h1",
         [
             Socket(("::", 7100)),
             Socket((H1, 40000), (H1, 7101), Stream(first_unacked=1000, sent=TOKEN, expects=5000)),
-            Socket((f"::ffff:{H1}", 7100), (f"::ffff:{H2}", 40002)),
+            Socket(
+                (f"::ffff:{H1}", 7100),
+                (f"::ffff:{H2}", 40002),
+                Stream(first_unacked=7000, expects=3000),
+            ),
         ],
     ),
     1: (
@@ -43,7 +49,7 @@ JOB: dict[int, tuple[str, list[Socket]]] = {
         "h2",
         [
             Socket((H2, 7102)),
-            Socket((H2, 40002), (H1, 7100)),
+            Socket((H2, 40002), (H1, 7100), Stream(first_unacked=3000, sent=TOKEN_2, expects=7000)),
             Socket((H2, 7102), (H1, 40001)),
         ],
     ),
@@ -72,7 +78,7 @@ def restore_everywhere(tmp_path: Path, plan: Placement) -> dict[int, Path]:
     originals = {
         r: write_images(tmp_path / "checkpoint" / f"rank-{r}", s) for r, (_, s) in JOB.items()
     }
-    ends = images.connection_ends(originals.values())
+    ends = images.connection_ends({originals[r]: host for r, (host, _) in JOB.items()})
     working = {}
     for rank, original in originals.items():
         copy = tmp_path / plan.rank_hosts[rank] / f"rank-{rank}"
@@ -134,6 +140,43 @@ def test_every_connection_meets_at_its_ranks_new_hosts_with_nothing_in_flight(
     assert (working[1] / f"tcp-stream-{stream.ino:x}.img").read_bytes().endswith(TOKEN)
     sender = next(s for s in images.inspect(working[0]).sockets if s.local.port == 40000)
     assert not (working[0] / f"tcp-stream-{sender.ino:x}.img").read_bytes().endswith(TOKEN)
+    # TOKEN_2 reached rank 0's dual-stack end, whose peer it names as ::ffff:a.b.c.d.
+    mapped = next(s for s in connected[0] if s.family == "ipv6")
+    assert (working[0] / f"tcp-stream-{mapped.ino:x}.img").read_bytes().endswith(TOKEN_2)
+
+
+def test_equal_loopback_connections_on_two_hosts_hand_over_each_host_s_own_bytes(
+    tmp_path: Path,
+) -> None:
+    """Ranks 0 and 1 on h1, 2 and 3 on h2, each pair talking over 127.0.0.1 with the same
+    ports: the same endpoints, two connections; each receiver gets what its own host's sender
+    had in flight."""
+    sent = {0: b"from h1's rank 0", 2: b"from h2's rank 2"}
+    folders = {}
+    for sender, host in ((0, "h1"), (2, "h2")):
+        pair = {
+            sender: [
+                Socket(
+                    ("127.0.0.1", 6000),
+                    ("127.0.0.1", 50000),
+                    Stream(first_unacked=100, sent=sent[sender], expects=900),
+                )
+            ],
+            sender + 1: [
+                Socket(("127.0.0.1", 50000), ("127.0.0.1", 6000), Stream(900, expects=100))
+            ],
+        }
+        for rank, sockets in pair.items():
+            folders[write_images(tmp_path / "checkpoint" / f"rank-{rank}", sockets)] = host
+    ends = images.connection_ends(folders)
+    for original in folders:
+        copy = tmp_path / "working" / original.name
+        images.make_working_copy(original, copy)
+        images.hand_over_in_flight(copy, original, ends)
+    for sender, receiver in ((0, 1), (2, 3)):
+        folder = tmp_path / "working" / f"rank-{receiver}"
+        (sock,) = images.inspect(folder).sockets
+        assert (folder / f"tcp-stream-{sock.ino:x}.img").read_bytes().endswith(sent[sender])
 
 
 def test_a_peer_map_naming_an_address_of_another_family_is_refused(tmp_path: Path) -> None:
