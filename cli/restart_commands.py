@@ -63,9 +63,14 @@ def cmd_restart(args: argparse.Namespace, config: Config) -> int:
     if not outcome.restarted:
         where = f" on {outcome.failed_host}" if outcome.failed_host else ""
         rank = f", rank {outcome.failed_rank}" if outcome.failed_rank >= 0 else ""
+        kept = (
+            ""
+            if outcome.checkpoint_damaged
+            else f" and checkpoint {outcome.checkpoint} stays restartable"
+        )
         print(
             f"crctl: restart of {args.job} failed{where}{rank}: {outcome.reason}; nothing "
-            f"is left running and checkpoint {outcome.checkpoint} stays restartable",
+            f"is left running{kept}",
             file=sys.stderr,
         )
         return ExitCode.FAILED

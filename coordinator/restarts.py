@@ -277,10 +277,10 @@ class RestartRun:
                 raise result
         return [r for r in results if isinstance(r, control_pb2.RestoreResult)]
 
-    def _damaged(self, failure: StepFailure) -> str:
+    def _damaged(self, failure: StepFailure) -> tuple[str, bool]:
         """A rank's images found unlike the manifest on every host asked: the checkpoint is
         marked damaged, unless a holder that was not asked (lost when the restart began) may
-        still keep an intact copy; a sentence saying which."""
+        still keep an intact copy; a sentence saying which, and whether it was marked."""
         unasked = [
             host
             for image in self._manifest.ranks
@@ -294,8 +294,8 @@ class RestartRun:
             return (
                 f"checkpoint {self.checkpoint} stays committed: {', '.join(unasked)} (not "
                 f"reachable now) may hold an intact copy of rank {failure.rank}'s images"
-            )
-        return mark_damaged(self._store, self._jobs, self._checkpoint, failure.reason)
+            ), False
+        return mark_damaged(self._store, self._jobs, self._checkpoint, failure.reason), True
 
     async def run(self) -> coordinator_pb2.RestartOutcome:
         started = self._clock.monotonic()
@@ -320,7 +320,8 @@ class RestartRun:
             outcome.failed_rank = failure.rank
             await self._abort(failure.reason)
             if failure.images_damaged:
-                outcome.reason = f"{failure.reason}; {self._damaged(failure)}"
+                said, outcome.checkpoint_damaged = self._damaged(failure)
+                outcome.reason = f"{failure.reason}; {said}"
         except Exception as exc:  # never leave ranks held or hosts locked on a bug
             self._log.exception("restart_failed")
             outcome.reason = f"coordinator error: {exc!r}"

@@ -392,7 +392,7 @@ class RestartStep(_message.Message):
     def __init__(self, restore: _Optional[str] = ..., step: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RestartOutcome(_message.Message):
-    __slots__ = ("restore", "checkpoint", "restarted", "reason", "failed_host", "failed_rank", "duration_seconds", "ranks", "address_map", "split_hosts", "passed_over")
+    __slots__ = ("restore", "checkpoint", "restarted", "reason", "failed_host", "failed_rank", "duration_seconds", "ranks", "address_map", "split_hosts", "passed_over", "checkpoint_damaged")
     class AddressMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -418,6 +418,7 @@ class RestartOutcome(_message.Message):
     ADDRESS_MAP_FIELD_NUMBER: _ClassVar[int]
     SPLIT_HOSTS_FIELD_NUMBER: _ClassVar[int]
     PASSED_OVER_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_DAMAGED_FIELD_NUMBER: _ClassVar[int]
     restore: str
     checkpoint: str
     restarted: bool
@@ -429,7 +430,8 @@ class RestartOutcome(_message.Message):
     address_map: _containers.ScalarMap[str, str]
     split_hosts: _containers.ScalarMap[str, str]
     passed_over: _containers.RepeatedCompositeFieldContainer[PassedOver]
-    def __init__(self, restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., restarted: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., failed_rank: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., split_hosts: _Optional[_Mapping[str, str]] = ..., passed_over: _Optional[_Iterable[_Union[PassedOver, _Mapping]]] = ...) -> None: ...
+    checkpoint_damaged: bool
+    def __init__(self, restore: _Optional[str] = ..., checkpoint: _Optional[str] = ..., restarted: _Optional[bool] = ..., reason: _Optional[str] = ..., failed_host: _Optional[str] = ..., failed_rank: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., address_map: _Optional[_Mapping[str, str]] = ..., split_hosts: _Optional[_Mapping[str, str]] = ..., passed_over: _Optional[_Iterable[_Union[PassedOver, _Mapping]]] = ..., checkpoint_damaged: _Optional[bool] = ...) -> None: ...
 
 class PassedOver(_message.Message):
     __slots__ = ("checkpoint", "reason")

@@ -98,6 +98,7 @@ def test_a_restart_whose_only_copy_is_on_a_lost_host_is_refused_naming_it(
         assert "no such file" in stderr or "rank 2" in stderr, stderr
         # h4 lacks its copy, but h3, out of reach, may hold an intact one: not marked damaged
         assert f"checkpoint {checkpoint} stays committed: h3 (not reachable now)" in stderr
+        assert f"checkpoint {checkpoint} stays restartable" in stderr
         assert crctl_json("checkpoints", ring.job)[0]["state"] == "committed"
         assert crctl_json("status", ring.job)["state"] == "stopped"
     finally:
@@ -130,7 +131,8 @@ def test_a_rank_damaged_on_every_host_that_holds_it_marks_the_checkpoint_damaged
     assert f"checkpoint {bad} is marked damaged and the latest good checkpoint is now {good}" in (
         stderr
     )
-    assert failed["failed_rank"] == 1
+    assert failed["failed_rank"] == 1 and failed["checkpoint_damaged"] is True
+    assert "stays restartable" not in stderr
     assert {c["checkpoint"]: c["state"] for c in crctl_json("checkpoints", ring.job)} == {
         good: "committed",
         bad: "damaged",

@@ -177,6 +177,7 @@ async def test_a_checkpoint_found_damaged_is_never_offered_again(cluster: Cluste
     outcome = await cluster.restart(JOB, host_map=MOVE)
     assert not outcome.restarted
     assert "rank-1/pages-1.img" in outcome.reason
+    assert outcome.checkpoint_damaged
     assert f"the latest good checkpoint is now {good.checkpoint}" in outcome.reason
     assert cluster.job(JOB).latest_checkpoint == good.checkpoint
     assert cluster.coordinator.store.checkpoint(bad.checkpoint).state == "damaged"  # type: ignore[union-attr]
