@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from agent import transfer as image_transfer
-from crctl import digests, keys
+from crctl import digests, failpoints, keys
 from crctl.errors import CrctlError
 from crctl.fs import remove_tree
 from crctl.v1 import control_pb2
@@ -183,6 +183,7 @@ class HostImages:
         started = time.monotonic()
         result = control_pb2.ImagesCopied(checkpoint=order.checkpoint)
         try:
+            await failpoints.reached("agent.images.copy")
             result.bytes = await self.fetch_missing(
                 order.job, order.checkpoint, order.checkpoint_dir, list(order.ranks)
             )

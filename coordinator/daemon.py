@@ -64,7 +64,12 @@ def build(config: Config, plane: Plane, clock: Clock) -> Coordinator:
         files=files,
         clock=clock,
         copies=ImageCopies(
-            store=store, files=files, plane=plane, agents=jobs.agents, replicas=config.replicas
+            store=store,
+            files=files,
+            plane=plane,
+            agents=jobs.agents,
+            replicas=config.replicas,
+            retry_after=config.image_retry_after,
         ),
         settings=CheckpointSettings(
             prepare_timeout=config.checkpoint_timeout,

@@ -27,7 +27,7 @@ log = structlog.get_logger()
 
 COPY_TIMEOUT = 600.0  # a partner's fetch of a host's images (GiBs at network speed)
 DROP_TIMEOUT = 30.0
-DROP_RETRY_AFTER = 60.0  # a host whose drop failed is asked again after this long
+RETRY_AFTER = 60.0  # a copy or a drop that failed is tried again after this long (config)
 
 
 def holders(image: control_pb2.RankImage) -> list[str]:
@@ -144,15 +144,21 @@ class ImageCopies:
         plane: Plane,
         agents: Callable[[], Mapping[str, AgentRecord]],
         replicas: int,
+        retry_after: float = RETRY_AFTER,
     ) -> None:
         self._store = store
         self._files = files
         self._plane = plane
         self._agents = agents
         self._replicas = replicas
+        self._retry_after = retry_after
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropping: set[tuple[str, str]] = set()  # (host, checkpoint) asked to drop
         self._drop_failed_at: dict[tuple[str, str], float] = {}  # the loop's time
+        self._copying: set[str] = set()  # checkpoints being copied
+        # Checkpoints a rank of which has no copy yet -> when the last try ended (the loop's
+        # time); None until the store was read for them (a coordinator that restarted).
+        self._uncopied: dict[str, float] | None = None
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -161,13 +167,60 @@ class ImageCopies:
 
     def after_commit(self, checkpoint: str) -> None:
         if self._replicas > 0:
-            self._spawn(self.replicate(checkpoint), f"copy-{checkpoint}")
+            self._start_copy(checkpoint)
 
-    async def replicate(self, checkpoint: str) -> None:
-        """Each host's images fetched by its partner; the copies recorded."""
+    def _start_copy(self, checkpoint: str) -> None:
+        self._copying.add(checkpoint)
+        self._spawn(self._copy(checkpoint), f"copy-{checkpoint}")
+
+    async def _copy(self, checkpoint: str) -> None:
+        try:
+            complete = await self.replicate(checkpoint)
+        finally:
+            self._copying.discard(checkpoint)
+        if self._uncopied is not None:
+            if complete:
+                self._uncopied.pop(checkpoint, None)
+            else:
+                self._uncopied[checkpoint] = asyncio.get_running_loop().time()
+
+    def copy_again(self) -> None:
+        """Copy again, RETRY_AFTER (``retry_after``) after the last try, each job's latest
+        checkpoint a rank of which has no copy (its partner was down or failed the copy, or
+        no other host was up); called by the sweeper. A coordinator that restarted finds them
+        in the store at its first call."""
+        if self._replicas <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._uncopied is None:
+            self._uncopied = {c: now - self._retry_after for c in self._latest_uncopied()}
+        for checkpoint, tried_at in list(self._uncopied.items()):
+            if checkpoint in self._copying or now - tried_at < self._retry_after:
+                continue
+            record = self._store.checkpoint(checkpoint, manifest=False)
+            if record is None or record.state != "committed":
+                del self._uncopied[checkpoint]  # retired or damaged since
+                continue
+            self._start_copy(checkpoint)
+
+    def _latest_uncopied(self) -> list[str]:
+        found = []
+        for job in self._store.jobs():
+            if not job.latest_checkpoint:
+                continue
+            record = self._store.checkpoint(job.latest_checkpoint)
+            if record is not None and record.manifest:
+                manifest = Parse(record.manifest, coordinator_pb2.Manifest())
+                if any(not image.copies for image in manifest.ranks):
+                    found.append(record.checkpoint)
+        return found
+
+    async def replicate(self, checkpoint: str) -> bool:
+        """Each host's images fetched by its partner; the copies recorded. Whether every
+        rank has a copy now."""
         record = self._store.checkpoint(checkpoint)
         if record is None or record.manifest is None:
-            return
+            return True  # retired: nothing left to copy
         manifest = Parse(record.manifest, coordinator_pb2.Manifest())
         agents = self._agents()
         live = [h for h, a in agents.items() if image_holder(a) is not None]
@@ -213,29 +266,33 @@ class ImageCopies:
             return partner, list(result.ranks) if result.ok else []
 
         done = await asyncio.gather(*(copy(h, p) for h, p in pairs.items()))
-        self._record(checkpoint, {rank: partner for partner, ranks in done for rank in ranks})
+        copied = {rank: partner for partner, ranks in done for rank in ranks}
+        return self._record(checkpoint, copied)
 
-    def _record(self, checkpoint: str, copied: Mapping[int, str]) -> None:
-        """Add the copies to the manifest, read again now (retention may have retired it)."""
-        if not copied:
-            return
+    def _record(self, checkpoint: str, copied: Mapping[int, str]) -> bool:
+        """Add the copies to the manifest, read again now (retention may have retired it);
+        whether every rank has a copy now."""
         record = self._store.checkpoint(checkpoint)
         if record is None or record.manifest is None:
-            return
+            return True
         manifest = Parse(record.manifest, coordinator_pb2.Manifest())
+        added = False
         for image in manifest.ranks:
             host = copied.get(image.rank)
             if host is not None and host not in holders(image):
                 image.copies.append(host)
-        text = self._files.write_manifest(self._files.directory(record.job, checkpoint), manifest)
-        self._store.update_manifest(checkpoint, text)
+                added = True
+        if added:
+            folder = self._files.directory(record.job, checkpoint)
+            self._store.update_manifest(checkpoint, self._files.write_manifest(folder, manifest))
+        return all(image.copies for image in manifest.ranks)
 
     def drop_retired(self) -> None:
         """Ask each live host that still holds images of retired checkpoints (the store's
         ``image_drops``, recorded when retention deleted them) to remove them, and cross off
         each drop a host carried out. Called after retention and by the sweeper: a host down
         at retirement drops them once it is back, one whose drop failed is asked again after
-        DROP_RETRY_AFTER; one ask per host and checkpoint at a time."""
+        ``retry_after``; one ask per host and checkpoint at a time."""
         agents = self._agents()
         now = asyncio.get_running_loop().time()
         for drop in self._store.image_drops():
@@ -243,7 +300,7 @@ class ImageCopies:
             agent = agents.get(drop.host)
             if key in self._dropping or agent is None or agent.state != ALIVE:
                 continue
-            if now - self._drop_failed_at.get(key, -DROP_RETRY_AFTER) < DROP_RETRY_AFTER:
+            if now - self._drop_failed_at.get(key, -self._retry_after) < self._retry_after:
                 continue
             self._dropping.add(key)
             self._spawn(self._drop(drop), f"drop-{drop.checkpoint}-{drop.host}")

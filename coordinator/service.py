@@ -117,6 +117,7 @@ class CoordinatorService:
         while True:
             self.sweep()
             self.checkpoints.copies.drop_retired()  # images a host was down to drop
+            self.checkpoints.copies.copy_again()  # copies a partner was down to make
             self.operations.settle()
             self.operations.expire()
             await asyncio.sleep(period)

@@ -59,6 +59,9 @@ class Config:
     # the checkpoint's critical path), so that a checkpoint survives the loss of the host
     # that dumped it (0: none; 1: one partner copy).
     replicas: int = 0
+    # Seconds before a partner copy or a drop of a retired checkpoint's images that failed
+    # (a host down, a full disk) is tried again.
+    image_retry_after: float = 60.0
     # The TCP port on which an agent serves the checkpoint images it holds to other agents
     # (on its host's first address).
     image_port: int = 50053

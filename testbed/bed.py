@@ -56,6 +56,7 @@ class State:
     # directories on NFS would be.
     private_storage: bool = False
     replicas: int = 0  # the coordinator's: partner copies of each host's images
+    image_retry_after: float = 3.0  # the coordinator's: a failed copy or drop tried again
     hosts: dict[str, Host] = field(default_factory=dict)
     processes: dict[str, procs.ProcessRef] = field(default_factory=dict)
 
@@ -188,6 +189,8 @@ def _daemon_argv(state: State, name: str) -> list[str]:
             str(state.commit_timeout),
             "--replicas",
             str(state.replicas),
+            "--image-retry-after",
+            str(state.image_retry_after),
         ]
     host = state.hosts[name.removeprefix("agent-")]
     return [

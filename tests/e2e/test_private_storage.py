@@ -145,6 +145,29 @@ def test_a_rank_damaged_on_every_host_that_holds_it_marks_the_checkpoint_damaged
     assert ring.errors() == []
 
 
+def test_a_partner_copy_that_failed_is_made_again(private6: bed.State, ring: RingJob) -> None:
+    """h2 fails its copy of h1's images (a failpoint standing for a full disk): the checkpoint
+    is listed without that copy, and the coordinator makes it again image_retry_after later."""
+    failpoints = bed.failpoints_file(private6, "agent-h2")
+    failpoints.parent.mkdir(parents=True, exist_ok=True)
+    failpoints.write_text("agent.images.copy=error:no space left on device (failpoint)\n")
+    try:
+        checkpoint = crctl_json("checkpoint", ring.job, "--leave-running")["checkpoint"]
+        log = private6.dir / "logs" / f"{bed.COORDINATOR}.log"
+        wait_for(lambda: '"event": "checkpoint_copy_failed"' in log.read_text(), timeout=20,
+                 what="h2's copy failed")  # fmt: skip
+        listed = next(
+            c for c in crctl_json("checkpoints", ring.job) if c["checkpoint"] == checkpoint
+        )
+        rank_0 = next(r for r in listed["manifest"]["ranks"] if r["rank"] == 0)
+        assert rank_0.get("copies", []) == []  # not yet
+        assert copies_made(ring.job, checkpoint, 1) == {0: ["h2"], 1: ["h3"], 2: ["h4"]}
+    finally:
+        failpoints.unlink(missing_ok=True)
+    assert "h1+h2 h2+h3 h3+h4" in crctl("checkpoints", ring.job).stdout
+    assert "rank-0" in images_in(private6, "h2", ring.job, checkpoint)
+
+
 def agents_are(state: str, *hosts: str) -> None:
     def states() -> set[str]:
         return {a["state"] for a in crctl_json("agents") if a["host"] in hosts}

@@ -9,9 +9,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from google.protobuf.json_format import Parse
 
 from coordinator.image_copies import (
-    DROP_RETRY_AFTER,
+    RETRY_AFTER,
     ImageCopies,
     holders,
     partners,
@@ -85,11 +86,13 @@ def test_a_restart_is_refused_only_when_a_rank_has_no_live_holder_naming_where_i
         require_restorable(manifest(image(0, "h9")), {0: "h2"}, agents)
 
 
-class DropPlane:
-    """A control plane whose agents answer drops, or fail them while ``failing``."""
+class FakePlane:
+    """A control plane whose agents carry out copies and drops, or fail them while
+    ``failing``; ``asked``: (host, checkpoint) of each order, ``copies`` the copy orders."""
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, str]] = []
+        self.copies: list[tuple[str, list[int]]] = []
         self.failing: set[str] = set()
 
     async def send(
@@ -100,10 +103,20 @@ class DropPlane:
     async def request(
         self, host: str, message: control_pb2.CoordinatorMessage, timeout: float
     ) -> control_pb2.AgentMessage:
+        reply = control_pb2.AgentMessage()
+        if message.WhichOneof("body") == "copy_images":
+            order = message.copy_images
+            self.copies.append((host, [r.rank for r in order.ranks]))
+            reply.images_copied.checkpoint = order.checkpoint
+            reply.images_copied.ok = host not in self.failing
+            if host in self.failing:
+                reply.images_copied.reason = "no space left on device"
+            else:
+                reply.images_copied.ranks.extend(r.rank for r in order.ranks)
+            return reply
         self.asked.append((host, message.drop_images.checkpoint))
         if host in self.failing:
             raise UnavailableError(f"agent {host} did not answer")
-        reply = control_pb2.AgentMessage()
         reply.images_dropped.checkpoint = message.drop_images.checkpoint
         return reply
 
@@ -112,7 +125,7 @@ def test_a_retired_checkpoint_s_images_are_dropped_on_each_holder_once_it_is_rea
     tmp_path: Path,
 ) -> None:
     """h3 is lost when the checkpoint is retired and asked once it is back; h2's drop fails
-    and is asked again only after DROP_RETRY_AFTER; each done drop is crossed off."""
+    and is asked again only after RETRY_AFTER; each done drop is crossed off."""
     store = Store(":memory:")
     store.add_rank(RankRecord("ring", 0, "h1", 10, "running", None, ("app",)), 1.0)
     store.begin_checkpoint(
@@ -122,7 +135,7 @@ def test_a_retired_checkpoint_s_images_are_dropped_on_each_holder_once_it_is_rea
     )
     store.delete_checkpoint("ckpt-1", images_on=["h1", "h2", "h3"], now=3.0)
     agents = {"h1": agent("h1"), "h2": agent("h2"), "h3": agent("h3", state="lost")}
-    plane = DropPlane()
+    plane = FakePlane()
     plane.failing.add("h2")
     copies = ImageCopies(
         store=store,
@@ -149,8 +162,60 @@ def test_a_retired_checkpoint_s_images_are_dropped_on_each_holder_once_it_is_rea
         await sweep(0.05)
         assert plane.asked[2:] == [("h3", "ckpt-1")]  # not h2: it failed a moment ago
         assert [d.host for d in store.image_drops()] == ["h2"]
-        await sweep(DROP_RETRY_AFTER + 0.1)
+        await sweep(RETRY_AFTER + 0.1)
         assert plane.asked[3:] == [("h2", "ckpt-1")]
         assert store.image_drops() == []
 
     vtime.run(scenario())  # a minute of retry delay on virtual time
+
+
+def test_a_partner_copy_that_failed_is_made_again_after_the_retry_delay(tmp_path: Path) -> None:
+    """h2, h1's partner, fails its copy (a full disk): the checkpoint is copied again only
+    after RETRY_AFTER, then recorded in the manifest; a complete one is not copied again."""
+    store = Store(":memory:")
+    store.add_rank(RankRecord("ring", 0, "h1", 10, "running", None, ("app",)), 1.0)
+    store.add_rank(RankRecord("ring", 1, "h2", 11, "running", None, ("app",)), 1.0)
+    files = CheckpointStore(tmp_path)
+    folder = files.create("ring", "ckpt-1")
+    store.begin_checkpoint(
+        CheckpointRecord(
+            "ckpt-1", "ring", None, "preparing", True, str(folder), 2.0, None, "", "", None
+        )
+    )
+    dumped = manifest(image(0, "h1"), image(1, "h2"))
+    store.commit_checkpoint(
+        "ckpt-1", "ring", files.write_manifest(folder, dumped), 3.0, ranks_stop=False
+    )
+    agents = {h: agent(h) for h in ("h1", "h2", "h3")}
+    plane = FakePlane()
+    plane.failing.add("h2")
+    copies = ImageCopies(store=store, files=files, plane=plane, agents=lambda: agents, replicas=1)
+
+    def copies_of() -> dict[int, list[str]]:
+        record = store.checkpoint("ckpt-1")
+        assert record is not None and record.manifest is not None
+        parsed = Parse(record.manifest, coordinator_pb2.Manifest())
+        return {i.rank: list(i.copies) for i in parsed.ranks}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        copies.copy_again()  # the first sweep finds ckpt-1, committed, without copies
+        await asyncio.sleep(0.01)
+        assert sorted(plane.copies) == [("h2", [0]), ("h3", [1])]
+        assert copies_of() == {0: [], 1: ["h3"]}
+        plane.failing.clear()
+        copies.copy_again()  # too soon
+        await asyncio.sleep(0.01)
+        assert len(plane.copies) == 2
+        await asyncio.sleep(RETRY_AFTER)
+        started = loop.time()
+        copies.copy_again()
+        await asyncio.sleep(0.01)
+        assert plane.copies[2:] == [("h2", [0])]  # rank 1's copy on h3 is not made twice
+        assert copies_of() == {0: ["h2"], 1: ["h3"]}
+        await asyncio.sleep(RETRY_AFTER)
+        copies.copy_again()  # complete: nothing more
+        await asyncio.sleep(0.01)
+        assert len(plane.copies) == 3 and loop.time() > started
+
+    vtime.run(scenario())
