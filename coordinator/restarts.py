@@ -529,9 +529,9 @@ class RestartService:
         agents = self._jobs.agents()
         passed_over: list[coordinator_pb2.PassedOver] = []
         plan: _Plan | None = latest
-        older = (
+        older = (  # their manifests read one by one, only as far as needed
             c
-            for c in self._store.checkpoints(request.job, "committed")
+            for c in self._store.checkpoints(request.job, "committed", manifests=False)
             if c.started_at < latest.checkpoint.started_at
         )
         while plan is not None and (
@@ -575,8 +575,9 @@ class RestartService:
         older checkpoint may not have run on); one that cannot is passed over too. None when
         none is left."""
         rank_hosts = latest.placement.rank_hosts
-        for record in older:
-            if not record.manifest:
+        for listed in older:
+            record = self._store.checkpoint(listed.checkpoint)
+            if record is None or not record.manifest:
                 continue
             manifest = Parse(record.manifest, coordinator_pb2.Manifest())
             ranks = sorted(image.rank for image in manifest.ranks)
