@@ -106,13 +106,21 @@ def require_restorable(
         )
 
 
-def unasked_holders(
-    image: control_pb2.RankImage, asked_by: str, agents: Mapping[str, AgentRecord]
-) -> list[str]:
-    """The holders of a rank's images a restart on ``asked_by`` could not read them from (not
-    alive): when the copies it could read are damaged, one of these may keep an intact one."""
+def intact_copy_may_remain(
+    image: control_pb2.RankImage, read_on: str, agents: Mapping[str, AgentRecord]
+) -> str:
+    """Why a rank's images that a restart on ``read_on`` found unlike the manifest (in its own
+    copy, or in every copy it fetched from the live holders) may still be intact elsewhere,
+    for a person; empty when every copy was read. A holder's own copy stands for itself only;
+    a host that holds none read the shared store, or fetched from every live holder."""
+    others = [host for host in holders(image) if host != read_on]
+    if read_on in holders(image) and others:
+        return f"its copy on {read_on} differs; another is on {', '.join(others)}"
     live = live_holders(image, agents)
-    return [host for host in holders(image) if host not in live and host != asked_by]
+    unasked = [host for host in others if host not in live]
+    if unasked:
+        return f"{', '.join(unasked)} (not reachable now) may hold an intact copy"
+    return ""
 
 
 def partners(dumped_on: Sequence[str], candidates: Sequence[str]) -> dict[str, str]:

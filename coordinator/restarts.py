@@ -278,23 +278,19 @@ class RestartRun:
         return [r for r in results if isinstance(r, control_pb2.RestoreResult)]
 
     def _damaged(self, failure: StepFailure) -> tuple[str, bool]:
-        """A rank's images found unlike the manifest on every host asked: the checkpoint is
-        marked damaged, unless a holder that was not asked (lost when the restart began) may
-        still keep an intact copy; a sentence saying which, and whether it was marked."""
-        unasked = [
-            host
-            for image in self._manifest.ranks
-            if image.rank == failure.rank
-            for host in image_copies.unasked_holders(image, failure.host, self._agents)
-        ]
-        if unasked:
-            self._log.warning(
-                "restart_images_damaged_where_asked", rank=failure.rank, unasked=unasked
-            )
-            return (
-                f"checkpoint {self.checkpoint} stays committed: {', '.join(unasked)} (not "
-                f"reachable now) may hold an intact copy of rank {failure.rank}'s images"
-            ), False
+        """A rank's images found unlike the manifest: the checkpoint is marked damaged when
+        every copy was read, else (another holder may keep an intact copy) it stays committed;
+        a sentence saying which, and whether it was marked."""
+        for image in self._manifest.ranks:
+            if image.rank != failure.rank:
+                continue
+            why = image_copies.intact_copy_may_remain(image, failure.host, self._agents)
+            if why:
+                self._log.warning("restart_images_damaged_on_a_copy", rank=failure.rank, why=why)
+                return (
+                    f"checkpoint {self.checkpoint} stays committed: rank {failure.rank}'s "
+                    f"images were not read from every copy ({why})"
+                ), False
         return mark_damaged(self._store, self._jobs, self._checkpoint, failure.reason), True
 
     async def run(self) -> coordinator_pb2.RestartOutcome:

@@ -15,6 +15,7 @@ from coordinator.image_copies import (
     RETRY_AFTER,
     ImageCopies,
     holders,
+    intact_copy_may_remain,
     partners,
     require_restorable,
     sources,
@@ -84,6 +85,35 @@ def test_a_restart_is_refused_only_when_a_rank_has_no_live_holder_naming_where_i
     assert "rank 0" not in refused.value.message
     with pytest.raises(ConflictError, match=r"h9 \(unknown\)"):
         require_restorable(manifest(image(0, "h9")), {0: "h2"}, agents)
+
+
+@pytest.mark.parametrize(
+    ("read_on", "states", "expected"),
+    [
+        # h5 fetched from every live holder: h2 and h3 both served copies unlike the manifest
+        ("h5", {"h2": "alive", "h3": "alive"}, ""),
+        # ... but h3 was down: it was never asked
+        ("h5", {"h2": "alive", "h3": "lost"}, "h3 (not reachable now) may hold an intact copy"),
+        # h2 read its own copy only: h3's was not read
+        ("h2", {"h2": "alive", "h3": "alive"}, "its copy on h2 differs; another is on h3"),
+    ],
+)
+def test_a_rank_found_damaged_damages_the_checkpoint_only_when_every_copy_was_read(
+    read_on: str, states: dict[str, str], expected: str
+) -> None:
+    agents = {host: agent(host, state=state) for host, state in states.items()}
+    assert intact_copy_may_remain(image(1, "h2", "h3"), read_on, agents) == expected
+
+
+def test_a_rank_with_one_copy_found_damaged_where_it_is_read_damages_the_checkpoint() -> None:
+    """One holder (a shared store: every host reads the same files), or the holder itself."""
+    agents = {"h2": agent("h2", state="lost"), "h5": agent("h5")}
+    assert intact_copy_may_remain(image(1, "h2"), "h5", agents) == (
+        "h2 (not reachable now) may hold an intact copy"
+    )
+    agents["h2"] = agent("h2")
+    assert intact_copy_may_remain(image(1, "h2"), "h5", agents) == ""
+    assert intact_copy_may_remain(image(1, "h2"), "h2", agents) == ""
 
 
 class FakePlane:
