@@ -215,6 +215,12 @@ def damaged_copy_is_passed_over(state: bed.State, ring: RingJob, image: str) -> 
     assert [(p["path"], p["kind"]) for p in problems] == [(f"rank-1/{image}", "copy")], problems
     assert "(on h2)" in problems[0]["detail"]
     assert crctl_json("checkpoints", ring.job)[0]["state"] == "committed"
+    # Where it was: h2 reads its own copy, which differs; h3's intact one keeps it committed.
+    code, failed, stderr = restart(ring)
+    assert code == 1 and failed["checkpoint_damaged"] is False
+    assert "its copy on h2 differs; another is on h3" in stderr, stderr
+    assert crctl_json("checkpoints", ring.job)[0]["state"] == "committed"
+    assert_nothing_left(state, ring.job, ["h1", "h2", "h3"])
     code, restarted, stderr = restart(ring, "--map", "h1=h4,h2=h5,h3=h6")
     assert code == 0, stderr
     assert restarted["checkpoint"] == checkpoint
