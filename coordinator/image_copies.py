@@ -164,6 +164,7 @@ class ImageCopies:
         self._dropping: set[tuple[str, str]] = set()  # (host, checkpoint) asked to drop
         self._drop_failed_at: dict[tuple[str, str], float] = {}  # the loop's time
         self._copying: set[str] = set()  # checkpoints being copied
+        self._failed_partners: dict[str, set[str]] = {}  # checkpoint -> who failed its copy
         # Checkpoints a rank of which has no copy yet -> when the last try ended (the loop's
         # time); None until the store was read for them (a coordinator that restarted).
         self._uncopied: dict[str, float] | None = None
@@ -208,6 +209,7 @@ class ImageCopies:
             record = self._store.checkpoint(checkpoint, manifest=False)
             if record is None or record.state != "committed":
                 del self._uncopied[checkpoint]  # retired or damaged since
+                self._failed_partners.pop(checkpoint, None)
                 continue
             self._start_copy(checkpoint)
 
@@ -233,7 +235,12 @@ class ImageCopies:
         agents = self._agents()
         live = [h for h, a in agents.items() if image_holder(a) is not None]
         dumped_on = sorted({image.host for image in manifest.ranks})
-        pairs = partners(dumped_on, live)
+        # A partner that failed this checkpoint's copy before is passed over for the next
+        # live host, when there is one.
+        failed_before = self._failed_partners.pop(checkpoint, set())
+        pairs = partners(dumped_on, live) | partners(
+            dumped_on, [h for h in live if h not in failed_before]
+        )
         logger = log.bind(job=record.job, checkpoint=checkpoint, phase="copy")
         for host in dumped_on:
             if host not in pairs:
@@ -245,7 +252,7 @@ class ImageCopies:
             body.job, body.checkpoint = record.job, checkpoint
             body.checkpoint_dir = record.directory
             for image in manifest.ranks:
-                if image.host == host and partner not in holders(image):
+                if image.host == host and not image.copies and partner not in holders(image):
                     body.ranks.add(rank=image.rank, image=image).sources.extend(
                         sources(image, partner, agents)
                     )
@@ -257,11 +264,13 @@ class ImageCopies:
                 logger.warning(
                     "checkpoint_copy_failed", host=partner, source=host, reason=exc.message
                 )
+                self._failed_partners.setdefault(checkpoint, set()).add(partner)
                 return partner, []
             result = reply.images_copied
             if reply.WhichOneof("body") != "images_copied" or not result.ok:
                 why = result.reason or reply.order_failed.reason or "unexpected reply"
                 logger.warning("checkpoint_copy_failed", host=partner, source=host, reason=why)
+                self._failed_partners.setdefault(checkpoint, set()).add(partner)
             else:
                 logger.info(
                     "checkpoint_copied",

@@ -150,7 +150,8 @@ def test_a_rank_damaged_on_every_host_that_holds_it_marks_the_checkpoint_damaged
 
 def test_a_partner_copy_that_failed_is_made_again(private6: bed.State, ring: RingJob) -> None:
     """h2 fails its copy of h1's images (a failpoint standing for a full disk): the checkpoint
-    is listed without that copy, and the coordinator makes it again image_retry_after later."""
+    is listed without that copy, and image_retry_after later the coordinator has it made by
+    the next host, h3."""
     failpoints = bed.failpoints_file(private6, "agent-h2")
     failpoints.parent.mkdir(parents=True, exist_ok=True)
     failpoints.write_text("agent.images.copy=error:no space left on device (failpoint)\n")
@@ -164,11 +165,12 @@ def test_a_partner_copy_that_failed_is_made_again(private6: bed.State, ring: Rin
         )
         rank_0 = next(r for r in listed["manifest"]["ranks"] if r["rank"] == 0)
         assert rank_0.get("copies", []) == []  # not yet
-        assert copies_made(ring.job, checkpoint, 1) == {0: ["h2"], 1: ["h3"], 2: ["h4"]}
+        assert copies_made(ring.job, checkpoint, 1) == {0: ["h3"], 1: ["h3"], 2: ["h4"]}
     finally:
         failpoints.unlink(missing_ok=True)
-    assert "h1+h2 h2+h3 h3+h4" in crctl("checkpoints", ring.job).stdout
-    assert "rank-0" in images_in(private6, "h2", ring.job, checkpoint)
+    assert "h1+h3 h2+h3 h3+h4" in crctl("checkpoints", ring.job).stdout
+    assert "rank-0" in images_in(private6, "h3", ring.job, checkpoint)
+    assert "rank-0" not in images_in(private6, "h2", ring.job, checkpoint)
 
 
 def agents_are(state: str, *hosts: str) -> None:
