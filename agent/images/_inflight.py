@@ -139,7 +139,7 @@ def _connections(images_dir: Path) -> list[InetSocket]:
 # ::ffff:a.b.c.d is its peer's a.b.c.d), the port, and for a loopback address the host that
 # dumped it (every host has its own 127.0.0.1: equal endpoints on two hosts are two ends).
 _EndKey = tuple[str, int, str]
-Ends = dict[tuple[_EndKey, _EndKey], tuple[Path, InetSocket, str]]
+Ends = dict[tuple[_EndKey, _EndKey], tuple[Path, InetSocket]]
 
 
 def _end_key(endpoint: Endpoint, host: str) -> _EndKey:
@@ -154,8 +154,7 @@ def connection_ends(images_dirs: Mapping[Path, str]) -> Ends:
     for images_dir, host in images_dirs.items():
         for sock in _connections(images_dir):
             assert sock.peer is not None
-            key = (_end_key(sock.local, host), _end_key(sock.peer, host))
-            ends[key] = (images_dir, sock, host)
+            ends[(_end_key(sock.local, host), _end_key(sock.peer, host))] = (images_dir, sock)
     return ends
 
 
@@ -166,14 +165,14 @@ def hand_over_in_flight(working: Path, original: Path, ends: Ends) -> list[Hande
     images are rewritten there, the originals only read. Returns the connection ends that
     changed."""
     changed = []
-    mine_here = [(sock, host) for folder, sock, host in ends.values() if folder == original]
-    for sock, host in mine_here:
+    mine_here = [(key, sock) for key, (folder, sock) in ends.items() if folder == original]
+    for (local, peer), sock in mine_here:
         assert sock.peer is not None
-        other = ends.get((_end_key(sock.peer, host), _end_key(sock.local, host)))
+        other = ends.get((peer, local))
         if other is None:
             continue  # a peer outside the checkpoint
         entry, mine = _load(_stream_path(original, sock))
-        _, theirs = _load(_stream_path(other[0], other[1]))
+        _, theirs = _load(_stream_path(*other))
         settled = settle(mine, theirs)
         if settled is None or settled == mine:
             continue
