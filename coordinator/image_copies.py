@@ -10,6 +10,7 @@ the holders, and a host that finds them in its own store fetches nothing."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -166,8 +167,10 @@ class ImageCopies:
         self._copying: set[str] = set()  # checkpoints being copied
         self._failed_partners: dict[str, set[str]] = {}  # checkpoint -> who failed its copy
         # Checkpoints a rank of which has no copy yet -> when the last try ended (the loop's
-        # time); None until the store was read for them (a coordinator that restarted).
-        self._uncopied: dict[str, float] | None = None
+        # time); those a coordinator that restarted finds in the store are due at once.
+        self._uncopied: dict[str, float] = (
+            dict.fromkeys(self._latest_uncopied(), -math.inf) if replicas > 0 else {}
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -187,22 +190,17 @@ class ImageCopies:
             complete = await self.replicate(checkpoint)
         finally:
             self._copying.discard(checkpoint)
-        if self._uncopied is not None:
-            if complete:
-                self._uncopied.pop(checkpoint, None)
-            else:
-                self._uncopied[checkpoint] = asyncio.get_running_loop().time()
+        if complete:
+            self._uncopied.pop(checkpoint, None)
+        else:
+            self._uncopied[checkpoint] = asyncio.get_running_loop().time()
 
     def copy_again(self) -> None:
         """Copy again, RETRY_AFTER (``retry_after``) after the last try, each job's latest
         checkpoint a rank of which has no copy (its partner was down or failed the copy, or
-        no other host was up); called by the sweeper. A coordinator that restarted finds them
-        in the store at its first call."""
-        if self._replicas <= 0:
-            return
+        no other host was up); called by the sweeper. A coordinator that restarted found them
+        in the store when it started."""
         now = asyncio.get_running_loop().time()
-        if self._uncopied is None:
-            self._uncopied = {c: now - self._retry_after for c in self._latest_uncopied()}
         for checkpoint, tried_at in list(self._uncopied.items()):
             if checkpoint in self._copying or now - tried_at < self._retry_after:
                 continue
